@@ -1,0 +1,86 @@
+"""Backends run the fused graph: create once, `run(model_input) → class map`, `close()`.
+
+Each backend lives in its own module and imports its heavy runtime only when created,
+so `segdemo` imports on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import SegdemoError
+from ..preprocess import ModelInput
+from ..spans import SpanRecorder
+
+
+class Backend(Protocol):
+    """What the pipeline needs from a runtime."""
+
+    name: str
+    precision: str
+    device: str
+
+    def run(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
+        """Return the uint8 class map of shape `model_input.out_size`."""
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One backend of the ladder and whether it can run here."""
+
+    name: str
+    available: bool
+    reason: str
+
+
+# Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
+LADDER: tuple[str, ...] = ("onnxruntime",)
+_MODULES = {"onnxruntime": "onnxruntime_cpu"}
+
+
+def names() -> tuple[str, ...]:
+    return LADDER
+
+
+def _module(name: str):
+    if name not in _MODULES:
+        raise SegdemoError(f"unknown backend '{name}' — choose one of auto, {', '.join(LADDER)}")
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def probe(name: str) -> Rung:
+    """Whether backend `name` can run on this machine, with the reason if not."""
+    reason = _module(name).unavailable_reason()
+    return Rung(name, reason is None, reason or "available")
+
+
+def ladder() -> list[Rung]:
+    """Every backend in order of preference, each with its availability and reason."""
+    return [probe(name) for name in LADDER]
+
+
+def choose(requested: str = "auto") -> tuple[str, list[Rung]]:
+    """Pick the backend to use and report the ones skipped on the way."""
+    if requested != "auto":
+        rung = probe(requested)
+        if not rung.available:
+            raise SegdemoError(f"backend '{requested}' is not usable here: {rung.reason} — try --backend auto")
+        return requested, [rung]
+    rungs = ladder()
+    for rung in rungs:
+        if rung.available:
+            return rung.name, rungs
+    raise SegdemoError("no backend is usable: " + "; ".join(f"{r.name}: {r.reason}" for r in rungs))
+
+
+def create(name: str, onnx_file: Path, spans: SpanRecorder, **options) -> Backend:
+    """Create backend `name` for the fused graph at `onnx_file`."""
+    return _module(name).create(onnx_file, spans, **options)

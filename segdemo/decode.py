@@ -1,0 +1,121 @@
+"""Decode uploads and files into RGB uint8 arrays, refusing what is not a usable image."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImageError
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 64_000_000  # 64 MP: well above phone photos, far below a decompression bomb
+MAX_FILE_BYTES = 50 * 1024 * 1024
+
+
+def decode(source: Any) -> np.ndarray:
+    """Return an H×W×3 uint8 RGB array from a path, bytes, PIL image or numpy array."""
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, (bytes, bytearray)):
+        return _from_bytes(bytes(source), "the upload")
+    if isinstance(source, (str, Path)):
+        return _from_path(Path(source))
+    raise BadImageError(f"cannot read an image from a {type(source).__name__}")
+
+
+def _from_path(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise BadImageError(f"'{path}' does not exist or is not a file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise BadImageError(f"'{path.name}' is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+    return _from_bytes(path.read_bytes(), f"'{path.name}'")
+
+
+def _from_bytes(data: bytes, what: str) -> np.ndarray:
+    if not data:
+        raise BadImageError(f"{what} is empty (0 bytes), not an image")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between 1× and 2× its own pixel limit; we check sizes ourselves below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                _check_size(img.size, what)
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    log.warning("%s is animated (%d frames): segmenting the first frame", what, frames)
+                    img.seek(0)
+                img.load()
+                return _to_rgb(img)
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(f"{what} is not an image in a format Pillow can read (PNG, JPEG, WebP, …)") from None
+    except Image.DecompressionBombError:
+        raise BadImageError(
+            f"{what} declares far more pixels than allowed (a decompression bomb?); "
+            f"the limit is {MAX_PIXELS / 1e6:.0f} MP"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{what} is truncated or corrupt ({exc})") from None
+
+
+def _check_size(size: tuple[int, int], what: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise BadImageError(f"{what} has no pixels ({width}×{height})")
+    if width * height > MAX_PIXELS:
+        raise BadImageError(
+            f"{what} is {width}×{height} ({width * height / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP"
+        )
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Apply EXIF orientation and bring any mode (16-bit, CMYK, palette, alpha) to 8-bit RGB."""
+    _check_size(img.size, "the image")
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit greyscale: PIL's convert() clips instead of scaling, which would give a white image.
+        wide = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or wide.max() > 255 else 255.0
+        grey = np.clip(wide * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float32)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels are drawn over white, as a browser shows them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def _from_array(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise BadImageError(f"expected an H×W×3 image array, got shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype != np.uint8:
+        if array.dtype == np.uint16:
+            array = (array.astype(np.uint32) * 255 + 32767) // 65535
+        elif np.issubdtype(array.dtype, np.floating) and np.nanmax(array) <= 1.0:
+            array = np.nan_to_num(array) * 255.0
+        array = np.clip(np.nan_to_num(array), 0, 255).astype(np.uint8)
+    if array.shape[2] == 4:
+        return _to_rgb(Image.fromarray(array, "RGBA"))
+    _check_size((array.shape[1], array.shape[0]), "the image")
+    return np.ascontiguousarray(array)

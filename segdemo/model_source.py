@@ -1,0 +1,212 @@
+"""Resolve `--model` (hub id, local directory or `random:` preset) into config, labels and weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelNotFoundError, SegdemoError
+from .labels import ADE20K_LABELS
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "nvidia/segformer-b4-finetuned-ade-512-512"
+DEFAULT_INPUT_SIZE = 512
+RANDOM_SEED = 0
+
+# SegFormer MiT encoder variants as published (Xie et al., 2021); decoder width 256 for b0/b1, 768 above.
+_MIT = {
+    "tiny": dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], decoder_hidden_size=64),
+    "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "b1": dict(hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], decoder_hidden_size=256),
+    "b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768),
+    "b3": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 18, 3], decoder_hidden_size=768),
+    "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], decoder_hidden_size=768),
+    "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
+}
+PRESETS = tuple(f"random:{name}" for name in _MIT)
+
+
+@dataclass
+class ModelSource:
+    """Everything needed to build the graph, known before any weights are loaded."""
+
+    spec: str  # what the user passed
+    name: str  # short, filesystem-safe name for artifacts
+    config: Any  # transformers.SegformerConfig
+    labels: list[str]
+    input_size: tuple[int, int]  # (height, width) the network sees
+    random_weights: bool
+    content_hash: str  # changes whenever the weights or config change
+    local_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def load_model(self) -> torch.nn.Module:
+        """Instantiate the transformers model in eval mode (weights from safetensors only)."""
+        from transformers import SegformerForSemanticSegmentation
+
+        if self.random_weights:
+            import torch
+
+            torch.manual_seed(RANDOM_SEED)
+            return SegformerForSemanticSegmentation(self.config).eval()
+        return SegformerForSemanticSegmentation.from_pretrained(
+            str(self.local_dir), use_safetensors=True, local_files_only=True
+        ).eval()
+
+
+def preset_for(spec: str) -> str | None:
+    """The `random:` preset with the architecture a hub id names (e.g. segformer-b4 → random:b4)."""
+    match = re.search(r"segformer-(b[0-5])", spec.lower())
+    return f"random:{match.group(1)}" if match else None
+
+
+def resolve(spec: str) -> ModelSource:
+    """Resolve a model spec; raises ModelNotFoundError with both remedies if it cannot be found."""
+    if spec.startswith("random:"):
+        return _random_source(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _local_source(spec, path)
+    if _looks_like_path(spec):
+        raise ModelNotFoundError(
+            f"no local model directory '{spec}' — pass an existing directory in Hugging Face layout "
+            f"or a preset such as --model random:b4"
+        )
+    return _local_source(spec, _download(spec))
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or os.sep == "\\" and "\\" in spec
+
+
+def _random_source(spec: str) -> ModelSource:
+    from transformers import SegformerConfig
+
+    variant = spec.split(":", 1)[1]
+    if variant not in _MIT:
+        raise SegdemoError(f"unknown preset '{spec}' — choose one of {', '.join(PRESETS)}")
+    labels = list(ADE20K_LABELS)
+    config = SegformerConfig(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        **_MIT[variant],
+    )
+    import torch
+    import transformers
+
+    # Random init depends on the seed and on the torch/transformers init code, so all are in the hash.
+    identity = {
+        "preset": variant,
+        "seed": RANDOM_SEED,
+        "config": _config_identity(config),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    return ModelSource(
+        spec=spec,
+        name=f"random-{variant}",
+        config=config,
+        labels=labels,
+        input_size=(DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE),
+        random_weights=True,
+        content_hash=_sha256(json.dumps(identity, sort_keys=True).encode()),
+        notes=[f"random weights ({spec}): the masks are meaningless; pass a trained model to get real results"],
+    )
+
+
+def _config_identity(config: Any) -> dict:
+    data = config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path"):
+        data.pop(volatile, None)
+    return data
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch (or reuse from the local Hugging Face cache) the config and safetensors weights."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors"], etag_timeout=5
+        )
+    except Exception as exc:  # noqa: BLE001 — hub errors come in many types; all mean "not available"
+        log.debug("hub download of %s failed: %r", repo_id, exc)
+        raise ModelNotFoundError(
+            f"model '{repo_id}' could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}) and there is no local directory '{repo_id}' — "
+            f"pass a local directory in Hugging Face layout or a preset such as "
+            f"--model {preset_for(repo_id) or 'random:b4'}"
+        ) from None
+    return Path(folder)
+
+
+def _local_source(spec: str, folder: Path) -> ModelSource:
+    from transformers import SegformerConfig
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(f"'{folder}' has no config.json — pass a directory in Hugging Face layout")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in folder.glob("*.bin")]
+        hint = f" (found pickle weights {pickled}, which segdemo never loads)" if pickled else ""
+        raise ModelNotFoundError(
+            f"'{spec}' has no .safetensors weights{hint} — convert the checkpoint to safetensors"
+        )
+    try:
+        config = SegformerConfig.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFoundError(f"'{config_file}' is not a SegFormer config ({exc})") from None
+    if getattr(config, "model_type", None) != "segformer":
+        raise ModelNotFoundError(f"'{spec}' is a '{config.model_type}' model, not SegFormer")
+    labels = [str(config.id2label[i]).strip() for i in range(config.num_labels)]
+    digest = hashlib.sha256(json.dumps(_config_identity(config), sort_keys=True).encode())
+    for file in weights:
+        digest.update(file.name.encode())
+        _hash_file(file, digest)
+    return ModelSource(
+        spec=spec,
+        name=_slug(spec),
+        config=config,
+        labels=labels,
+        input_size=_input_size(folder),
+        random_weights=False,
+        content_hash=digest.hexdigest(),
+        local_dir=folder,
+    )
+
+
+def _input_size(folder: Path) -> tuple[int, int]:
+    """The resize target of the model's image processor (512×512 for the ADE checkpoints)."""
+    try:
+        size = json.loads((folder / "preprocessor_config.json").read_text()).get("size", {})
+    except (OSError, ValueError):
+        return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return (int(size["height"]), int(size["width"]))
+    return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
+
+
+def _hash_file(path: Path, digest: Any) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.strip("/").split("/")[-1] if "/" in spec else spec)[:64]

@@ -1,0 +1,158 @@
+"""A segmentation session: load once (model → fused graph → backend), then segment many images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from .classmap import LegendEntry, legend, restore_size
+from .decode import decode
+from .export import ensure_onnx
+from .labels import palette
+from .model_source import ModelSource, resolve
+from .preprocess import MAX_OUTPUT_SIDE, prepare
+from .spans import INFERENCE, LOAD, SpanRecorder
+from .visuals import class_map_png, colour_mask, overlay, png_bytes
+
+log = logging.getLogger("segdemo")
+
+
+@dataclass
+class Segmentation:
+    """The result of one request: the class map at the original size and everything derived from it."""
+
+    image: np.ndarray  # decoded RGB, original size
+    class_map: np.ndarray  # uint8 class ids, original size
+    legend: list[LegendEntry]
+    colours: np.ndarray
+    spans: SpanRecorder
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return colour_mask(self.class_map, self.colours)
+
+    def overlay(self, opacity: float = 0.5) -> np.ndarray:
+        return overlay(self.image, self.mask, opacity)
+
+    def legend_json(self) -> dict[str, Any]:
+        return {**self.info, "classes": [e.to_dict() for e in self.legend]}
+
+    def write(self, out_dir: Path, opacity: float = 0.5) -> dict[str, Path]:
+        """Write classes.png (palette PNG of ids), overlay.png and legend.json into out_dir."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = {
+            "classes": out_dir / "classes.png",
+            "overlay": out_dir / "overlay.png",
+            "legend": out_dir / "legend.json",
+        }
+        files["classes"].write_bytes(class_map_png(self.class_map, self.colours))
+        files["overlay"].write_bytes(png_bytes(self.overlay(opacity)))
+        files["legend"].write_text(json.dumps(self.legend_json(), indent=2) + "\n")
+        return files
+
+
+class Session:
+    """Model, fused graph and backend, created once and shared by every request."""
+
+    def __init__(
+        self,
+        model: str,
+        backend: str = "auto",
+        precision: str = "fp32",
+        build: Path | None = None,
+        max_side: int = MAX_OUTPUT_SIDE,
+        source: ModelSource | None = None,
+    ) -> None:
+        self.load_spans = SpanRecorder()
+        self.max_side = max_side
+        start = time.perf_counter()
+        with self.load_spans.span("session load", LOAD, model=model) as attrs:
+            with self.load_spans.span("resolve model", LOAD, model=model):
+                self.source = source or resolve(model)
+            with self.load_spans.span("onnx export", LOAD) as onnx_attrs:
+                self.onnx_file, hit = ensure_onnx(self.source, build)
+                onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,
+                                  bytes=self.onnx_file.stat().st_size)
+            with self.load_spans.span("choose backend", LOAD):
+                name, self.rungs = backends.choose(backend)
+            self.backend = backends.create(name, self.onnx_file, self.load_spans, precision=precision)
+            with self.load_spans.span("warm-up", LOAD, backend=name):
+                self._warm_up()
+            attrs.update(backend=name, precision=self.backend.precision)
+        self.labels = self.source.labels
+        self.colours = palette(len(self.labels))
+        self.init_ms = (time.perf_counter() - start) * 1e3
+        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s)",
+                 self.init_ms, self.source.spec, name, self.backend.precision, self.onnx_file.name,
+                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported")
+        for note in self.source.notes:
+            log.warning(note)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.source.random_weights
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the session that go with every result (UI status line, legend.json)."""
+        info = {
+            "model": self.source.spec,
+            "backend": self.backend.name,
+            "precision": self.backend.precision,
+            "device": self.backend.device,
+            "random_weights": self.random_weights,
+        }
+        if self.random_weights:
+            info["notice"] = self.source.notes[0]
+        return info
+
+    def _warm_up(self) -> None:
+        height, width = self.source.input_size
+        self.backend.run(prepare(np.zeros((height, width, 3), np.uint8), (height, width)), SpanRecorder())
+
+    def segment(self, image: Any, spans: SpanRecorder | None = None) -> Segmentation:
+        """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given."""
+        spans = spans or SpanRecorder()
+        start = time.perf_counter()
+        with spans.span("request", INFERENCE) as attrs:
+            if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+                rgb = image  # already decoded by the caller (inside its own "decode" span)
+            else:
+                with spans.span("decode", INFERENCE):
+                    rgb = decode(image)
+            with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
+                model_input = prepare(rgb, self.source.input_size, self.max_side)
+            class_map = self.backend.run(model_input, spans)
+            with spans.span("restore size", INFERENCE):
+                class_map = restore_size(class_map, model_input.original_size)
+            with spans.span("legend", INFERENCE):
+                entries = legend(class_map, self.labels, self.colours)
+            attrs.update(backend=self.backend.name, size=list(rgb.shape[:2]))
+        infer_ms = (time.perf_counter() - start) * 1e3
+        info = {**self.describe(), "image_size": list(rgb.shape[:2]), "infer_ms": round(infer_ms, 2)}
+        log.info("infer time: %.1f ms (%d×%d, %d classes present)", infer_ms, rgb.shape[1], rgb.shape[0], len(entries))
+        return Segmentation(rgb, class_map, entries, self.colours, spans, info)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+_sessions: dict[tuple, Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def get_session(model: str, backend: str = "auto", precision: str = "fp32", build: Path | None = None) -> Session:
+    """The process-wide session for these options, created on first use."""
+    key = (model, backend, precision, str(build))
+    with _sessions_lock:
+        if key not in _sessions:
+            _sessions[key] = Session(model, backend, precision, build)
+        return _sessions[key]

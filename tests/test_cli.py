@@ -1,0 +1,78 @@
+"""The command line: real subprocesses, real files, one-line errors with non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from segdemo.visuals import read_class_map
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segdemo", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", [[], ["export"], ["segment"]])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0 and "usage: segdemo" in result.stdout
+
+
+def test_segment_writes_three_files(photo_file, tmp_path, build_dir, session_factory):
+    out = tmp_path / "out"
+    result = run("segment", str(photo_file), "--model", "random:tiny", "--out", str(out),
+                 "--build-dir", str(build_dir), "--no-show")
+    assert result.returncode == 0, result.stderr
+    assert "init time" in result.stderr and "infer time" in result.stderr
+    classes = read_class_map(out / "classes.png")
+    assert classes.shape == (400, 600)
+    expected = session_factory("random:tiny").segment(photo_file).class_map
+    assert (classes == expected).all()
+    legend = json.loads((out / "legend.json").read_text())
+    assert legend["random_weights"] is True and "random weights" in legend["notice"]
+    shares = [c["share"] for c in legend["classes"]]
+    assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 1) < 1e-9
+    assert sum(c["pixels"] for c in legend["classes"]) == 400 * 600
+    assert {c["id"] for c in legend["classes"]} == set(np.unique(classes).tolist())
+    assert (out / "overlay.png").stat().st_size > 1000
+
+
+def test_export_prints_path_size_and_time(tmp_path):
+    result = run("export", "--model", "random:tiny", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    path, size, _ = result.stdout.split(maxsplit=2)
+    assert path.endswith(".onnx") and size.replace(".", "").isdigit()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("hello"), "not an image"),
+        (lambda p: None, "does not exist"),
+    ],
+    ids=["zero-bytes", "text", "missing"],
+)
+def test_bad_image_is_one_line_and_nonzero(tmp_path, make, message):
+    image = tmp_path / "input.png"
+    make(image)
+    result = run("segment", str(image), "--model", "random:tiny", "--no-show", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_model_is_one_line(tmp_path, photo_file):
+    result = subprocess.run(
+        [sys.executable, "-m", "segdemo", "export", "--model", "nvidia/segformer-b0-finetuned-ade-512-512",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "random:b0" in result.stderr and "local directory" in result.stderr
