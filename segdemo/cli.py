@@ -29,6 +29,8 @@ def command(name: str, help_text: str, add_arguments: Callable[[argparse.Argumen
 
     return register
 
+from . import bench  # noqa: E402,F401 — its @command registers bench (needs `command` above)
+
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
@@ -58,21 +60,25 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="engine precision")
     p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
+    p.add_argument("--detailed", action="store_true",
+                   help="add per-layer spans from the backend's profiler to profiling.json (slower)")
     p.add_argument("--no-show", action="store_true", help="do not open the overlay in an image viewer")
 
 
-@command("segment", "segment one image: classes.png, overlay.png, legend.json", _segment_args)
+@command("segment", "segment one image: classes.png, overlay.png, legend.json, profiling.json", _segment_args)
 def _segment(args: argparse.Namespace) -> int:
     from .decode import decode
     from .pipeline import Session
     from .spans import INFERENCE, SpanRecorder
+    from .trace import write_trace
 
     spans = SpanRecorder()
     with spans.span("decode", INFERENCE, file=args.image.name):
         image = decode(args.image)  # a bad image fails here, before any model loading
     session = Session(args.model, args.backend, args.precision, args.build_dir)
-    result = session.segment(image, spans)
+    result = session.segment(image, spans, detailed=args.detailed)
     files = result.write(args.out, args.opacity)
+    files["profiling"] = write_trace(args.out / "profiling.json", session.trace_spans(spans), result.info)
     for entry in result.legend[:5]:
         log.info("  %-20s %5.1f %%", entry.name, entry.share * 100)
     for name, path in files.items():
@@ -91,6 +97,9 @@ def _show(path: Path) -> None:
             img.show()
     except Exception as exc:  # noqa: BLE001 — no viewer on a headless machine is not an error
         log.info("could not open a viewer (%s); the overlay is at %s", exc, path)
+
+
+from . import doctor, engine_build  # noqa: E402,F401 — modules whose @command registers build, doctor
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import onnx
 
     from .model_source import ModelSource
+    from .spans import SpanRecorder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def onnx_path(source: ModelSource, out_dir: Path | None = None, precision: str =
     return build_dir(out_dir) / "onnx" / f"{source.name}-{precision}-{key}.onnx"
 
 
-def ensure_onnx(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, bool]:
+def ensure_onnx(source: ModelSource, out_dir: Path | None = None,
+                spans: SpanRecorder | None = None) -> tuple[Path, bool]:
     """Return (path, cache_hit) of the fp32 fused graph, exporting it only when absent."""
     path = onnx_path(source, out_dir)
     if path.is_file():
@@ -51,20 +53,32 @@ def ensure_onnx(source: ModelSource, out_dir: Path | None = None) -> tuple[Path,
         if path.is_file():  # another process exported it while we waited
             return path, True
         start = time.perf_counter()
-        model = fused_graph(source)
-        atomic_write(path, model.SerializeToString())
+        model = fused_graph(source, spans)
+        with _span(spans, "write onnx", file=path.name):
+            atomic_write(path, model.SerializeToString())
         log.info("exported %s in %.1f s (%.1f MB)", path, time.perf_counter() - start, path.stat().st_size / 1e6)
     return path, False
 
 
-def fused_graph(source: ModelSource) -> onnx.ModelProto:
+def _span(spans: SpanRecorder | None, name: str, **attrs):
+    from contextlib import nullcontext
+
+    from .spans import LOAD
+
+    return spans.span(name, LOAD, **attrs) if spans is not None else nullcontext(attrs)
+
+
+def fused_graph(source: ModelSource, spans: SpanRecorder | None = None) -> onnx.ModelProto:
     """Network from transformers wrapped in pre/post-processing nodes, all in one graph."""
     import onnx
 
     num_labels = len(source.labels)
     if num_labels > 256:
         raise SegdemoError(f"the model has {num_labels} classes; the uint8 class map holds at most 256")
-    model = _export_network(source)
+    with _span(spans, "load weights", random=source.random_weights):
+        net = source.load_model()
+    with _span(spans, "torch.onnx export", opset=OPSET):
+        model = _export_network(net, source.input_size)
     graph = model.graph
     (net_input,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     (net_output,) = graph.output
@@ -92,20 +106,14 @@ def fused_graph(source: ModelSource) -> onnx.ModelProto:
     return model
 
 
-def _export_network(source: ModelSource) -> onnx.ModelProto:
+def _export_network(network, input_size: tuple[int, int]) -> onnx.ModelProto:
     import onnx
     import torch
 
-    class Logits(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
+    from .network import folded_logits
 
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return self.net(pixel_values=pixel_values).logits
-
-    net = Logits(source.load_model())
-    dummy = torch.zeros(1, 3, *source.input_size)
+    net = folded_logits(network)  # the same logits with the decode head folded (see network.py)
+    dummy = torch.zeros(1, 3, *input_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python bools in attention code
@@ -135,19 +143,28 @@ def _preprocess_nodes(pixel_values: str) -> tuple[list, list]:
 
 
 def _postprocess_nodes(logits: str, num_labels: int) -> tuple[list, list]:
-    """Bilinear upsampling of the logits to `out_size` (as torch's align_corners=False), then argmax."""
+    """Bilinear upsampling of the logits to `out_size` (as torch's align_corners=False), then argmax.
+
+    Channels-last: the same values, but ArgMax reduces over contiguous memory (ONNX Runtime, 1024×768 on 2 cores:
+    0.07 s instead of 0.37 s). Resize then scales the innermost three dims (H, W, and C at scale 1).
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
-        helper.make_node("Concat", ["post_batch_classes", INPUT_SIZE], ["post_sizes"], axis=0, name="post_sizes"),
+        helper.make_node("Transpose", [logits], ["post_nhwc"], perm=[0, 2, 3, 1], name="post_nhwc"),
+        helper.make_node("Concat", ["post_batch", INPUT_SIZE, "post_classes"], ["post_sizes"], axis=0,
+                         name="post_sizes"),
         helper.make_node(
-            "Resize", [logits, "", "", "post_sizes"], ["post_upsampled"], mode="linear",
+            "Resize", ["post_nhwc", "", "", "post_sizes"], ["post_upsampled"], mode="linear",
             coordinate_transformation_mode="pytorch_half_pixel", name="post_resize",
         ),
-        helper.make_node("ArgMax", ["post_upsampled"], ["post_argmax"], axis=1, keepdims=0, name="post_argmax"),
+        helper.make_node("ArgMax", ["post_upsampled"], ["post_argmax"], axis=3, keepdims=0, name="post_argmax"),
         # int64 → int32 → uint8: TensorRT casts to uint8 only from 32-bit types.
         helper.make_node("Cast", ["post_argmax"], ["post_int32"], to=TensorProto.INT32, name="post_int32"),
         helper.make_node("Cast", ["post_int32"], [OUTPUT_CLASSES], to=TensorProto.UINT8, name="post_uint8"),
     ]
-    inits = [numpy_helper.from_array(np.array([1, num_labels], dtype=np.int64), "post_batch_classes")]
+    inits = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "post_batch"),
+        numpy_helper.from_array(np.array([num_labels], dtype=np.int64), "post_classes"),
+    ]
     return nodes, inits

@@ -14,6 +14,8 @@ class ImageUpload(gr.Image):
     upload would fail with a generic error; segdemo's decoder gives the user a clear sentence instead.
     """
 
+    is_template = True  # render with gr.Image's own front end (no custom component bundle)
+
     def preprocess(self, payload):  # type: ignore[override]
         if payload is None:
             return None

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from .export import ensure_onnx
 from .labels import palette
 from .model_source import ModelSource, resolve
 from .preprocess import MAX_OUTPUT_SIDE, prepare
-from .spans import INFERENCE, LOAD, SpanRecorder
+from .spans import INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
 from .visuals import class_map_png, colour_mask, overlay, png_bytes
 
 log = logging.getLogger("segdemo")
@@ -35,13 +36,20 @@ class Segmentation:
     colours: np.ndarray
     spans: SpanRecorder
     info: dict[str, Any] = field(default_factory=dict)
+    _mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def mask(self) -> np.ndarray:
-        return colour_mask(self.class_map, self.colours)
+        """Colour picture of the class map (computed once)."""
+        if self._mask is None:
+            with self.spans.span("colourise", INFERENCE):
+                self._mask = colour_mask(self.class_map, self.colours)
+        return self._mask
 
     def overlay(self, opacity: float = 0.5) -> np.ndarray:
-        return overlay(self.image, self.mask, opacity)
+        mask = self.mask
+        with self.spans.span("overlay", INFERENCE, opacity=opacity):
+            return overlay(self.image, mask, opacity)
 
     def legend_json(self) -> dict[str, Any]:
         return {**self.info, "classes": [e.to_dict() for e in self.legend]}
@@ -71,29 +79,33 @@ class Session:
         build: Path | None = None,
         max_side: int = MAX_OUTPUT_SIDE,
         source: ModelSource | None = None,
+        progress: Callable[[float, str], None] | None = None,
     ) -> None:
+        """`progress(fraction, message)` hears about long steps (engine builds); the app shows it."""
         self.load_spans = SpanRecorder()
+        self.history = RequestHistory()
         self.max_side = max_side
         start = time.perf_counter()
         with self.load_spans.span("session load", LOAD, model=model) as attrs:
             with self.load_spans.span("resolve model", LOAD, model=model):
                 self.source = source or resolve(model)
             with self.load_spans.span("onnx export", LOAD) as onnx_attrs:
-                self.onnx_file, hit = ensure_onnx(self.source, build)
+                self.onnx_file, hit = ensure_onnx(self.source, build, self.load_spans)
                 onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, self.rungs = backends.choose(backend)
-            self.backend = backends.create(name, self.onnx_file, self.load_spans, precision=precision)
+            self.backend = backends.create(name, self.onnx_file, self.load_spans, precision=precision,
+                                           source=self.source, build=build, progress=progress)
             with self.load_spans.span("warm-up", LOAD, backend=name):
                 self._warm_up()
             attrs.update(backend=name, precision=self.backend.precision)
         self.labels = self.source.labels
         self.colours = palette(len(self.labels))
         self.init_ms = (time.perf_counter() - start) * 1e3
-        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s)",
+        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s, peak RSS %.0f MB)",
                  self.init_ms, self.source.spec, name, self.backend.precision, self.onnx_file.name,
-                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported")
+                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported", peak_rss_mb())
         for note in self.source.notes:
             log.warning(note)
 
@@ -118,8 +130,11 @@ class Session:
         height, width = self.source.input_size
         self.backend.run(prepare(np.zeros((height, width, 3), np.uint8), (height, width)), SpanRecorder())
 
-    def segment(self, image: Any, spans: SpanRecorder | None = None) -> Segmentation:
-        """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given."""
+    def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False) -> Segmentation:
+        """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given.
+
+        `detailed` adds per-layer spans from the backend's own profiler (slower; opt-in).
+        """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
         with spans.span("request", INFERENCE) as attrs:
@@ -130,7 +145,10 @@ class Session:
                     rgb = decode(image)
             with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
                 model_input = prepare(rgb, self.source.input_size, self.max_side)
-            class_map = self.backend.run(model_input, spans)
+            if detailed:
+                class_map = self.backend.run(model_input, spans, detailed=True)
+            else:
+                class_map = self.backend.run(model_input, spans)
             with spans.span("restore size", INFERENCE):
                 class_map = restore_size(class_map, model_input.original_size)
             with spans.span("legend", INFERENCE):
@@ -138,11 +156,32 @@ class Session:
             attrs.update(backend=self.backend.name, size=list(rgb.shape[:2]))
         infer_ms = (time.perf_counter() - start) * 1e3
         info = {**self.describe(), "image_size": list(rgb.shape[:2]), "infer_ms": round(infer_ms, 2)}
-        log.info("infer time: %.1f ms (%d×%d, %d classes present)", infer_ms, rgb.shape[1], rgb.shape[0], len(entries))
+        log.info("infer time: %.1f ms (%d×%d, %d classes present, peak RSS %.0f MB)",
+                 infer_ms, rgb.shape[1], rgb.shape[0], len(entries), peak_rss_mb())
+        self.history.append(spans)
         return Segmentation(rgb, class_map, entries, self.colours, spans, info)
+
+    def trace_spans(self, request: SpanRecorder | None = None) -> list[Span]:
+        """The session's load spans plus one request's spans (default: the latest), for traces and plots."""
+        request = request or self.history.last()
+        return self.load_spans.spans + (request.spans if request else [])
+
+    def reload_backend(self, **options: Any) -> None:
+        """Recreate the backend (e.g. after an engine rebuild); requests in flight finish on the old one."""
+        old = self.backend
+        self.backend = backends.create(old.name, self.onnx_file, self.load_spans, source=self.source, **options)
 
     def close(self) -> None:
         self.backend.close()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports kB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 _sessions: dict[tuple, Session] = {}

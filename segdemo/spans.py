@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 LOAD, INFERENCE, LAYER = "load", "inference", "layer"
+CATEGORIES = (LOAD, INFERENCE, LAYER)
+DEVICE_THREAD = "GPU stream"  # lane of spans measured with CUDA events (what the GPU did)
 
 
 @dataclass
@@ -45,6 +49,10 @@ class SpanRecorder:
             self.add(Span(name, category, start, time.perf_counter_ns() - start,
                           threading.current_thread().name, attrs))
 
+    def add_device(self, name: str, category: str, start_ns: int, duration_ns: int, **attrs: Any) -> None:
+        """Record a span timed on the device (CUDA events), placed on the host clock at `start_ns`."""
+        self.add(Span(name, category, start_ns, max(0, duration_ns), DEVICE_THREAD, {"clock": "device", **attrs}))
+
     def add(self, span: Span) -> None:
         with self._lock:
             self._spans.append(span)
@@ -76,3 +84,58 @@ class SpanRecorder:
         for s in self.spans:
             out[s.name] = out.get(s.name, 0.0) + s.duration_ms
         return out
+
+
+class RequestHistory:
+    """The spans of the last N requests, for the latest timeline and p50/p95 summaries."""
+
+    def __init__(self, size: int = 100) -> None:
+        self._items: deque[SpanRecorder] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def append(self, spans: SpanRecorder) -> None:
+        with self._lock:
+            self._items.append(spans)
+
+    def last(self) -> SpanRecorder | None:
+        with self._lock:
+            return self._items[-1] if self._items else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per span name: count, p50 and p95 in ms over the kept requests (host and device spans apart)."""
+        with self._lock:
+            recorders = list(self._items)
+        samples: dict[tuple[str, str, str], list[float]] = {}
+        for recorder in recorders:
+            for name_key, ms in _per_request_totals(recorder).items():
+                samples.setdefault(name_key, []).append(ms)
+        rows = []
+        for (category, name, clock), values in samples.items():
+            rows.append({
+                "span": name, "category": category, "clock": clock, "count": len(values),
+                "p50_ms": round(percentile(values, 50), 3), "p95_ms": round(percentile(values, 95), 3),
+            })
+        order = {c: i for i, c in enumerate(CATEGORIES)}
+        return sorted(rows, key=lambda r: (order.get(r["category"], 9), -r["p50_ms"]))
+
+
+def _per_request_totals(recorder: SpanRecorder) -> dict[tuple[str, str, str], float]:
+    totals: dict[tuple[str, str, str], float] = {}
+    for s in recorder.spans:
+        if s.category == LAYER:
+            continue  # per-layer spans only exist in detailed mode; summarised by the trace viewer instead
+        key = (s.category, s.name, s.attrs.get("clock", "host"))
+        totals[key] = totals.get(key, 0.0) + s.duration_ms
+    return totals
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(sorted(values), n=100, method="inclusive")
+    return cuts[min(max(int(round(q)) - 1, 0), 98)] if 0 < q < 100 else (min(values) if q <= 0 else max(values))

@@ -6,20 +6,33 @@ import html
 import json
 import logging
 import os
+import platform
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import backends
+from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
 from .model_source import DEFAULT_MODEL, preset_for
-from .pipeline import Segmentation, Session
-from .visuals import class_map_png
+from .pipeline import Segmentation, Session, peak_rss_mb
+from .trace import write_trace
+from .visuals import class_map_png, png_bytes
 
 log = logging.getLogger("segdemo.app")
+
+SEGMENT_API_DOC = (
+    "Segment one image. Inputs: image (file), opacity (0..1, overlay blend), detailed (bool, per-layer profiling). "
+    "Returns: overlay PNG (original size); classes.png, a palette PNG whose pixel values are ADE20K class ids; "
+    "legend JSON {model, backend, precision, random_weights, image_size, infer_ms, classes: [{id, name, color, "
+    "pixels, share}] sorted by share}; timings JSON {init_ms, infer_ms, spans_ms: {span: ms}, backend, precision}."
+)
+EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
 
 
 @dataclass
@@ -56,7 +69,13 @@ class Demo:
     banner: str = ""
     error: str | None = None
     session: Session | None = None
+    stage: str = "starting"
     _ready: threading.Event = field(default_factory=threading.Event)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def build(self) -> Path | None:
+        return Path(self.config.build_dir) if self.config.build_dir else None
 
     def start(self) -> Demo:
         threading.Thread(target=self._load, name="session-load", daemon=True).start()
@@ -64,10 +83,10 @@ class Demo:
 
     def _load(self) -> None:
         cfg = self.config
-        build = Path(cfg.build_dir) if cfg.build_dir else None
         try:
+            self.stage = f"loading {cfg.model} (export and engine build happen once, then come from build/)"
             try:
-                self.session = Session(cfg.model, cfg.backend, cfg.precision, build)
+                self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build, progress=self._progress)
             except ModelNotFoundError as exc:
                 fallback = preset_for(cfg.model) if cfg.model == DEFAULT_MODEL else None
                 if fallback is None:
@@ -80,10 +99,12 @@ class Demo:
                     f"Fix: give this machine access to the Hugging Face hub, or start it with "
                     f"`python app.py --model /path/to/local/model`."
                 )
-                self.session = Session(fallback, cfg.backend, cfg.precision, build)
+                self.stage = f"loading {fallback} (random weights)"
+                self.session = Session(fallback, cfg.backend, cfg.precision, self.build, progress=self._progress)
             if self.session.random_weights and not self.banner:
-                self.banner = f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the " \
-                              f"pipeline, not of the model. Start with a trained model to get real results."
+                self.banner = (f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the "
+                               f"pipeline, not of the model. Start with a trained model to get real results.")
+            self.stage = "ready"
         except SegdemoError as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 — the page must say why instead of hanging
@@ -91,6 +112,37 @@ class Demo:
             self.error = f"the model could not be loaded: {exc}"
         finally:
             self._ready.set()
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.stage = f"building the engine: {message} ({fraction * 100:.0f} %)"
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def build_engine(self, precision: str, progress: Callable[[float, str], None] | None = None) -> str:
+        """(Re)build the TensorRT plan of the session's graph; a TensorRT session then reloads it."""
+        from .engine_build import default_backend, ensure_engine
+
+        session = self.wait(timeout=0)
+        serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
+        flavour = serving or default_backend()
+        with self._reload_lock:
+            engine = ensure_engine(session.onnx_file, precision, flavour, self.build, progress=progress, force=True)
+            if serving:
+                session.reload_backend(precision=precision, build=self.build)
+        where = (f"now serving it with {serving}" if serving else
+                 f"this machine keeps serving with {session.backend.name}; the plan is for GPUs {flavour} supports")
+        return (f"Built `{engine.plan.name}` ({engine.plan.stat().st_size / 1e6:.1f} MB, {precision}) in "
+                f"{engine.seconds:.1f} s — {where}.")
+
+    def status_text(self) -> str:
+        """The start-up line shown above the app until the session is ready."""
+        if self.error:
+            return f"❌ **The model could not be loaded:** {html.escape(self.error)}"
+        if not self.ready:
+            return f"⏳ **Starting:** {self.stage}… Requests sent now wait for it."
+        return self.banner
 
     def wait(self, timeout: float | None = None) -> Session:
         """The loaded session; raises SegdemoError if loading failed or is still running after timeout."""
@@ -100,15 +152,11 @@ class Demo:
             raise SegdemoError(self.error or "the model failed to load")
         return self.session
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def segment(self, image: Any) -> Segmentation:
+    def segment(self, image: Any, detailed: bool = False) -> Segmentation:
         """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
         if image is None:
             raise SegdemoError("no image was given — upload, paste or pick an example first")
-        return self.wait(timeout=600).segment(image)
+        return self.wait(timeout=900).segment(image, detailed=detailed)
 
 
 def status_line(result: Segmentation) -> str:
@@ -132,21 +180,166 @@ def legend_html(result: Segmentation, limit: int = 40) -> str:
             f"<td>{html.escape(entry.name)}</td><td style='text-align:right'>{entry.share * 100:.1f} %</td></tr>"
         )
     more = len(result.legend) - limit
-    tail = f"<tr><td></td><td colspan=2><i>… and {more} more under 0.1 %</i></td></tr>" if more > 0 else ""
-    return f"<table class='segdemo-legend'><thead><tr><th></th><th>class</th><th>share</th></tr></thead>" \
-           f"<tbody>{''.join(rows)}{tail}</tbody></table>"
+    tail = f"<tr><td></td><td colspan=2><i>… and {more} smaller classes</i></td></tr>" if more > 0 else ""
+    return (f"<table class='segdemo-legend'><thead><tr><th></th><th>class</th><th>share</th></tr></thead>"
+            f"<tbody>{''.join(rows)}{tail}</tbody></table>")
 
 
-def download_files(result: Segmentation) -> tuple[str, str]:
-    """classes.png (palette PNG of ids) and legend.json in a fresh temp folder, for the download buttons."""
-    folder = Path(tempfile.mkdtemp(prefix="segdemo-"))
-    classes = folder / "classes.png"
-    classes.write_bytes(class_map_png(result.class_map, result.colours))
-    legend = folder / "legend.json"
-    legend.write_text(json.dumps(result.legend_json(), indent=2))
-    return str(classes), str(legend)
+def timings(result: Segmentation, session: Session) -> dict[str, Any]:
+    """Plain timing values for API clients: init, this request, and each of its spans (ms)."""
+    return {
+        "init_ms": round(session.init_ms, 2),
+        "infer_ms": result.info["infer_ms"],
+        "spans_ms": {name: round(ms, 3) for name, ms in result.spans.durations_ms().items()},
+        "backend": result.info["backend"],
+        "precision": result.info["precision"],
+    }
 
 
-def annotations(result: Segmentation, limit: int = 20) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """(image, [(mask, label)]) for gr.AnnotatedImage: hovering a class highlights it."""
-    return result.image, [((result.class_map == e.id).astype(np.float32), e.name) for e in result.legend[:limit]]
+SUMMARY_COLUMNS = ("span", "category", "clock", "count", "p50_ms", "p95_ms")
+
+
+def summary_rows(summary: list[dict[str, Any]]) -> list[list[Any]]:
+    """The per-span summary as table rows in SUMMARY_COLUMNS order."""
+    return [[row[c] for c in SUMMARY_COLUMNS] for row in summary]
+
+
+def _fresh_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="segdemo-"))
+
+
+def class_map_file(result: Segmentation) -> str:
+    """classes.png: a palette PNG whose pixel values are the class ids."""
+    path = _fresh_folder() / "classes.png"
+    path.write_bytes(class_map_png(result.class_map, result.colours))
+    return str(path)
+
+
+def overlay_file(overlay: np.ndarray) -> str:
+    path = _fresh_folder() / "overlay.png"
+    path.write_bytes(png_bytes(overlay))
+    return str(path)
+
+
+def legend_file(result: Segmentation) -> str:
+    path = _fresh_folder() / "legend.json"
+    path.write_text(json.dumps(result.legend_json(), indent=2))
+    return str(path)
+
+
+def trace_file(session: Session, result: Segmentation) -> str:
+    """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing."""
+    return str(write_trace(_fresh_folder() / "profiling.json", session.trace_spans(result.spans), result.info))
+
+
+def annotations(result: Segmentation, limit: int = 20, max_side: int = 800) -> tuple[np.ndarray, list]:
+    """(image, [(mask, label)]) for gr.AnnotatedImage, at most `max_side` px: hovering a class highlights it.
+
+    Downscaled because the component ships one PNG per class: full-size masks of a 12 MP photo would be ~1 GB.
+    """
+    from PIL import Image
+
+    from .classmap import restore_size
+
+    height, width = result.class_map.shape
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    class_map = restore_size(result.class_map, size)
+    image = result.image if scale == 1.0 else np.asarray(Image.fromarray(result.image).resize(size[::-1]))
+    sections = [((class_map == e.id).astype(np.float32), f"{e.name} ({e.share * 100:.1f} %)")
+                for e in result.legend[:limit]]
+    return image, sections
+
+
+def annotation_colours(result: Segmentation, limit: int = 20) -> dict[str, str]:
+    return {f"{e.name} ({e.share * 100:.1f} %)": e.color for e in result.legend[:limit]}
+
+
+def example_files(folder: Path | None = None) -> list[str]:
+    """Example photographs (from scikit-image's bundled data) written once as JPEG files."""
+    from PIL import Image
+    from skimage import data
+
+    target = build_dir(folder) / "examples"
+    target.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in EXAMPLE_PHOTOS:
+        path = target / f"{name}.jpg"
+        if not path.is_file():
+            Image.fromarray(getattr(data, name)()).save(path, quality=92)
+        paths.append(str(path))
+    return paths
+
+
+def engine_rows(demo: Demo) -> list[list[str]]:
+    """Backend ladder: every backend, whether it can run here, and why not."""
+    rows = []
+    chosen = demo.session.backend.name if demo.session else None
+    for rung in backends.ladder():
+        state = "▶ in use" if rung.name == chosen else ("available" if rung.available else "skipped")
+        rows.append([rung.name, state, rung.reason])
+    return rows
+
+
+def engine_markdown(demo: Demo) -> str:
+    """Model, device, runtime versions, precision and the artifact cache entry behind the session."""
+    if not demo.ready:
+        return f"⏳ {demo.stage}…"
+    if demo.session is None:
+        return f"❌ {demo.error}"
+    session = demo.session
+    backend = session.backend
+    lines = [
+        f"**Model:** `{session.source.spec}`" + (" — ⚠️ random weights" if session.random_weights else ""),
+        f"**Backend:** `{backend.name}` on **{backend.device}**, precision **{backend.precision}**",
+        f"**Machine:** {platform.machine()}, {os.cpu_count()} CPU cores, {_gpu_name()}",
+        f"**Runtime versions:** {_versions()}",
+        f"**Fused graph:** `{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)",
+        f"**Init time:** {session.init_ms:.0f} ms · **peak RSS:** {peak_rss_mb():.0f} MB",
+    ]
+    for key, value in _engine_facts(backend).items():
+        lines.append(f"**{key}:** {value}")
+    return "  \n".join(lines)
+
+
+def _engine_facts(backend: Any) -> dict[str, Any]:
+    """The engine cache entry behind a TensorRT backend: hit/miss, key, size, build time, accuracy guard."""
+    artifact = getattr(backend, "artifact", None)
+    if artifact is None:
+        return {"Engine cache": "not used — this backend runs the fused graph directly"}
+    meta = artifact.sidecar
+    accuracy = meta.get("accuracy", {})
+    return {
+        "Engine": f"`{artifact.plan}` ({artifact.plan.stat().st_size / 1e6:.1f} MB, "
+                  f"{'cache hit' if artifact.cache_hit else 'built now'})",
+        "Engine key": f"`{meta.get('key', '?')[:16]}…` ({meta.get('tensorrt', '?')}, target {meta.get('target')})",
+        "Build time": f"{meta.get('build_seconds', '?')} s, {meta.get('built_at', '?')}",
+        "Device memory": f"{getattr(backend, 'device_memory_bytes', 0) / 1e6:.1f} MB",
+        "Accuracy guard": accuracy.get("status", "?") + (
+            f" — engine agreement {accuracy['engine_agreement'] * 100:.2f} %"
+            if isinstance(accuracy.get("engine_agreement"), float) else ""),
+    }
+
+
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"GPU {torch.cuda.get_device_name(0)} (compute capability {major}.{minor})"
+    except ImportError:
+        pass
+    return "no CUDA GPU"
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    found = []
+    for dist in ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio"):
+        try:
+            found.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    return ", ".join(found)

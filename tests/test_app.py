@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -17,61 +11,28 @@ from PIL import Image
 from segdemo.visuals import read_class_map
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(build_dir, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "app.py", "--model", "random:tiny", "--port", str(port), "--build-dir", str(build_dir)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app exited early:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"app did not come up:\n{log.read_text()}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    from gradio_client import Client
-
-    return Client(app_url, verbose=False)
-
-
-def test_segment_api(client, photo_file):
+def test_segment_api_returns_documented_values(client, photo_file):
     from gradio_client import handle_file
 
-    overlay, legend_html, classes_png, legend_json, status = client.predict(
-        handle_file(str(photo_file)), 0.5, api_name="/segment"
+    overlay, classes_png, legend, timings = client.predict(
+        handle_file(str(photo_file)), 0.5, False, api_name="/segment"
     )
     assert Image.open(overlay).size == (600, 400)
     classes = read_class_map(classes_png)
     assert classes.shape == (400, 600) and classes.max() < 150
-    legend = json.loads(open(legend_json).read())
     assert abs(sum(c["share"] for c in legend["classes"]) - 1.0) < 1e-9
     assert {c["id"] for c in legend["classes"]} == set(np.unique(classes).tolist())
-    assert "onnxruntime" in status and "random weights" in status
-    assert legend["classes"][0]["name"] in legend_html
+    for entry in legend["classes"]:
+        assert entry["pixels"] == int((classes == entry["id"]).sum())
+    assert legend["random_weights"] is True and legend["image_size"] == [400, 600]
+    assert timings["backend"] == "onnxruntime" and timings["infer_ms"] > 0
+    assert {"decode", "resize", "execute", "legend"} <= set(timings["spans_ms"])
+
+
+def test_api_is_documented(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/segment"]
+    assert [p["label"] for p in api["named_endpoints"]["/segment"]["returns"]][0] == "Overlay"
 
 
 def test_bad_upload_gives_clear_error_and_app_keeps_serving(client, tmp_path, photo_file):
@@ -80,10 +41,44 @@ def test_bad_upload_gives_clear_error_and_app_keeps_serving(client, tmp_path, ph
     bad = tmp_path / "notes.png"
     bad.write_text("not a picture")
     with pytest.raises(Exception, match="not an image"):
-        client.predict(handle_file(str(bad)), 0.5, api_name="/segment")
+        client.predict(handle_file(str(bad)), 0.5, False, api_name="/segment")
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(Exception, match="empty"):
-        client.predict(handle_file(str(empty)), 0.5, api_name="/segment")
-    overlay, *_ = client.predict(handle_file(str(photo_file)), 0.5, api_name="/segment")
+        client.predict(handle_file(str(empty)), 0.5, False, api_name="/segment")
+    overlay, *_ = client.predict(handle_file(str(photo_file)), 0.5, False, api_name="/segment")
     assert Image.open(overlay).size == (600, 400)
+
+
+def test_detailed_request_has_layer_spans(client, photo_file):
+    from gradio_client import handle_file
+
+    *_, timings = client.predict(handle_file(str(photo_file)), 0.3, True, api_name="/segment")
+    layer_names = set(timings["spans_ms"]) - {"request", "decode", "resize", "execute", "restore size", "legend",
+                                             "colourise", "overlay", "create profiling session"}
+    assert any("LayerNormalization" in name for name in layer_names)
+
+
+def test_config_from_environment():
+    from segdemo.webapp import AppConfig
+
+    config = AppConfig.from_env({"SEGDEMO_MODEL": "random:b0", "SEGDEMO_PORT": "9000", "SEGDEMO_SHARE": "1",
+                                 "SEGDEMO_BACKEND": "onnxruntime"})
+    assert (config.model, config.port, config.share, config.backend) == ("random:b0", 9000, True, "onnxruntime")
+    assert AppConfig.from_env({}).host == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_offline_default_model_falls_back_to_random_weights_with_banner(monkeypatch, tmp_path):
+    from segdemo.model_source import DEFAULT_MODEL
+    from segdemo.webapp import AppConfig, Demo
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    demo = Demo(AppConfig(model=DEFAULT_MODEL, build_dir=str(tmp_path / "build"))).start()
+    session = demo.wait(timeout=600)
+    assert session.source.spec == "random:b4" and session.random_weights
+    assert "Random weights" in demo.status_text() and "--model" in demo.status_text()
+    result = demo.segment(np.zeros((64, 48, 3), np.uint8))
+    assert result.info["random_weights"] and "random weights" in result.info["notice"]
+    assert json.loads(json.dumps(result.legend_json()))["random_weights"] is True

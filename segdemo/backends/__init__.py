@@ -7,6 +7,7 @@ so `segdemo` imports on any machine.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,8 +43,9 @@ class Rung:
 
 
 # Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
-LADDER: tuple[str, ...] = ("onnxruntime",)
-_MODULES = {"onnxruntime": "onnxruntime_cpu"}
+LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
+_MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt",
+            "tensorrt-rtx": "tensorrt_rtx"}
 
 
 def names() -> tuple[str, ...]:
@@ -78,9 +80,13 @@ def choose(requested: str = "auto") -> tuple[str, list[Rung]]:
     for rung in rungs:
         if rung.available:
             return rung.name, rungs
+        logging.getLogger("segdemo").info("backend %s skipped: %s", rung.name, rung.reason)
     raise SegdemoError("no backend is usable: " + "; ".join(f"{r.name}: {r.reason}" for r in rungs))
 
 
 def create(name: str, onnx_file: Path, spans: SpanRecorder, **options) -> Backend:
-    """Create backend `name` for the fused graph at `onnx_file`."""
-    return _module(name).create(onnx_file, spans, **options)
+    """Create backend `name` for the fused graph at `onnx_file` (`source=` reaches only backends that build from it)."""
+    module = _module(name)
+    if not getattr(module, "NEEDS_SOURCE", False):
+        options.pop("source", None)
+    return module.create(onnx_file, spans, **options)

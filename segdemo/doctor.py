@@ -1,0 +1,150 @@
+"""`segdemo doctor`: versions, GPU, the backend ladder with reasons, and a tiny end-to-end self-test per backend."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cli import command
+
+SELF_TEST_MODEL = "random:tiny"
+MODULES = ("numpy", "torch", "onnx", "onnxruntime", "transformers", "tensorrt", "tensorrt_rtx")
+
+
+def versions() -> dict[str, str]:
+    """Version of each library segdemo may use, or why it is missing."""
+    out = {"python": platform.python_version()}
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            out[name] = "not installed"
+            continue
+        except Exception as exc:  # noqa: BLE001 — a broken install is reported, not raised
+            out[name] = f"broken ({type(exc).__name__}: {exc})"
+            continue
+        version = getattr(module, "__version__", "?")
+        if name == "torch":
+            version += f" (CUDA {module.version.cuda})" if module.version.cuda else " (CPU build)"
+        out[name] = version
+    return out
+
+
+def self_test(name: str, onnx_file: Path, source, reference: np.ndarray) -> tuple[bool, str]:
+    """Create backend `name`, segment the probe image, and compare with ONNX Runtime fp32."""
+    from . import backends
+    from .export_fp16 import PROBE_OUT_SIZE, probe_image
+    from .preprocess import ModelInput
+    from .spans import SpanRecorder
+
+    start = time.perf_counter()
+    try:
+        backend = backends.create(name, onnx_file, SpanRecorder(), precision="fp32", source=source)
+        load_s = time.perf_counter() - start
+        pixels = probe_image(source.input_size)
+        run_start = time.perf_counter()
+        classes = backend.run(ModelInput(pixels, PROBE_OUT_SIZE, PROBE_OUT_SIZE), SpanRecorder())
+        run_ms = (time.perf_counter() - run_start) * 1e3
+        backend.close()
+    except Exception as exc:  # noqa: BLE001 — the doctor reports every failure and goes on
+        return False, f"FAILED: {type(exc).__name__}: {exc}"
+    if classes.shape != tuple(PROBE_OUT_SIZE) or classes.dtype != np.uint8:
+        return False, f"FAILED: class map {classes.shape} {classes.dtype}, expected {PROBE_OUT_SIZE} uint8"
+    agreement = float((classes == reference).mean())
+    ok = agreement >= 0.99
+    return ok, (f"{'ok' if ok else 'FAILED'}: {agreement * 100:.2f} % pixel agreement with ONNX Runtime fp32, "
+                f"load {load_s:.1f} s, run {run_ms:.0f} ms, device {backend.device}")
+
+
+# Run in a child process: a runtime that rejects the GPU must not take the doctor down with it.
+_RTX_LOAD = """
+import sys
+import tensorrt_rtx as trt
+runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+with open(sys.argv[1], "rb") as fh:
+    engine = runtime.deserialize_cuda_engine(fh.read())
+print("LOADED" if engine is not None else "REFUSED")
+"""
+
+
+def rtx_build_check(onnx_file: Path, build: Path) -> str:
+    """Build a tiny TensorRT-RTX plan ahead of time; where a GPU exists, also ask its runtime to load it."""
+    from .engine_build import ensure_engine
+    from .gpu import detect
+
+    try:
+        start = time.perf_counter()
+        engine = ensure_engine(onnx_file, "fp32", "tensorrt-rtx", build)
+    except Exception as exc:  # noqa: BLE001 — the doctor reports every failure and goes on
+        return f"AOT build FAILED: {type(exc).__name__}: {exc}"
+    line = (f"AOT build ok ({engine.plan.stat().st_size / 1e6:.1f} MB plan, "
+            f"{'cached' if engine.cache_hit else f'{time.perf_counter() - start:.1f} s'})")
+    if detect() is None:
+        return line
+    try:  # the runtime's own verdict on this GPU, not just our compute-capability table
+        result = subprocess.run([sys.executable, "-c", _RTX_LOAD, str(engine.plan)], capture_output=True,
+                                text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return line + "; runtime load timed out"
+    lines = result.stdout.strip().splitlines()
+    verdict = lines[-1] if lines else "no answer"
+    messages = [m for m in lines[:-1] + result.stderr.strip().splitlines() if "[E]" in m or "[F]" in m or "rror" in m]
+    detail = messages[0].split("] ", 3)[-1][:200] if messages else "no message"  # TensorRT logs to stdout
+    if verdict == "LOADED":
+        return line + "; its runtime loads the plan on this GPU"
+    return line + f"; its runtime does NOT load it on this GPU ({verdict}, exit {result.returncode}: {detail})"
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--build-dir", type=Path, default=None,
+                   help="artifact folder for the self-test (default: a temporary folder)")
+
+
+@command("doctor", "print versions, GPU and backend ladder, and self-test each usable backend", _doctor_args)
+def _doctor(args: argparse.Namespace) -> int:
+    from . import backends
+    from .export import ensure_onnx
+    from .export_fp16 import PROBE_OUT_SIZE, run_onnx
+    from .gpu import detect
+    from .model_source import resolve
+
+    print("segdemo doctor")
+    print(f"  platform     {platform.platform()}")
+    for name, version in versions().items():
+        print(f"  {name:12s} {version}")
+    gpu = detect()
+    print(f"  gpu          {gpu.describe() if gpu else 'none'}")
+    print("\nbackend ladder (--backend auto takes the first usable one)")
+    rungs = backends.ladder()
+    chosen = next((r.name for r in rungs if r.available), None)
+    for rung in rungs:
+        arrow, state = "→" if rung.name == chosen else " ", "usable" if rung.available else "skipped"
+        print(f"  {arrow} {rung.name:13s} {state:8s} {'' if rung.available else rung.reason}".rstrip())
+    print(f"\nself-test ({SELF_TEST_MODEL}, probe image → class map {PROBE_OUT_SIZE[0]}×{PROBE_OUT_SIZE[1]})")
+    with tempfile.TemporaryDirectory(prefix="segdemo-doctor-") as tmp:
+        build = args.build_dir or Path(tmp)
+        source = resolve(SELF_TEST_MODEL)
+        onnx_file, _ = ensure_onnx(source, build)
+        reference = run_onnx(onnx_file)[0]
+        results = {}
+        for rung in rungs:
+            if rung.available:
+                results[rung.name], line = self_test(rung.name, onnx_file, source, reference)
+            else:
+                line = "not run (skipped above)"
+            print(f"  {rung.name:13s} {line}")
+        if importlib.util.find_spec("tensorrt_rtx") is not None:
+            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build)} [build check]")
+    ok = chosen is not None and results.get(chosen, False)
+    print(f"\n{'OK' if ok else 'PROBLEM'}: --backend auto uses {chosen or 'nothing'}"
+          f"{'' if ok else ' and its self-test failed'}")
+    return 0 if ok else 1

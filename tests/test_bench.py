@@ -1,0 +1,53 @@
+"""`segdemo bench --smoke`: the output format only (benchmarks are a command; timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from segdemo.bench import merge_section, parse_sizes
+
+
+def test_smoke_run_writes_json_markdown_and_chart(tmp_path, build_dir):
+    out, doc = tmp_path / "bench", tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "segdemo", "bench", "--smoke", "--out", str(out), "--build-dir", str(build_dir),
+         "--markdown", str(doc), "--section", "ci"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"date", "model", "device", "machine", "versions", "sizes", "command"} <= set(results["meta"])
+    labels = [run["label"] for run in results["runs"]]
+    assert labels[0] == "transformers" and "onnxruntime (fp32)" in labels
+    for run in results["runs"]:
+        assert "error" not in run, run
+        assert run["cold_start_ms"] > 0 and run["peak_host_mb"] > 0
+        stats = run["sizes"]["64x48"]
+        for metric in ("e2e_ms", "model_ms"):
+            assert stats[metric]["n"] == 3 and 0 < stats[metric]["p50"] <= stats[metric]["p95"]
+        assert stats["throughput_ips"] > 0 and stats["concurrency"] == 2
+    onnxruntime = next(r for r in results["runs"] if r["backend"] == "onnxruntime")
+    assert 0.999 <= onnxruntime["sizes"]["64x48"]["agreement"] <= 1.0
+    assert "stages_ms" in onnxruntime["sizes"]["64x48"] and onnxruntime["load_spans_ms"]
+    table = (out / "bench.md").read_text()
+    assert "| contender | size | e2e p50 ms |" in table and "| onnxruntime (fp32) | 64x48 |" in table
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and "<!-- segdemo-bench:ci -->" in text
+    chart = out / "bench.html"
+    assert not chart.exists() or "plotly" in chart.read_text().lower()
+
+
+def test_sections_are_replaced_not_duplicated(tmp_path):
+    doc = tmp_path / "b.md"
+    merge_section(doc, "cpu", "first cpu\n")
+    merge_section(doc, "h100", "gpu\n")
+    merge_section(doc, "cpu", "second cpu\n")
+    text = doc.read_text()
+    assert text.count("<!-- segdemo-bench:cpu -->") == 1 and "second cpu" in text and "first cpu" not in text
+    assert text.index("second cpu") < text.index("gpu\n")
+
+
+def test_sizes_are_width_by_height():
+    assert parse_sizes("1024x768,512×512") == [(1024, 768), (512, 512)]

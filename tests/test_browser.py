@@ -1,0 +1,84 @@
+"""A real browser (Debian's Chromium driven by Playwright) uses the app as a person would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("SEGDEMO_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parent.parent / "doc" / "screenshot.png"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM} "
+                                "(apt-get install chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(app_url)
+        # Start-up (export + session) runs in the background; the banner says when it is done.
+        page.wait_for_function("!document.body.innerText.includes('Starting:')", timeout=300_000)
+        yield page
+        browser.close()
+
+
+def test_upload_segment_and_profile(page, photo_file, tmp_path):
+    page.locator("input[type=file]").first.set_input_files(str(photo_file))
+    page.get_by_role("button", name="Segment").click()
+    page.locator("#overlay img").wait_for(state="visible", timeout=120_000)
+    page.locator("#legend table.segdemo-legend").wait_for(timeout=60_000)
+    legend_rows = page.locator("#legend table.segdemo-legend tbody tr")
+    assert legend_rows.count() >= 1
+    assert "%" in legend_rows.first.inner_text()
+    page.locator("#status").get_by_text("onnxruntime").wait_for(timeout=30_000)
+    assert "random weights" in page.locator("#status").inner_text()
+    page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
+
+    # The opacity slider re-blends the overlay without another inference.
+    before = page.locator("#overlay img").get_attribute("src")
+    number = page.get_by_label("number input for Overlay opacity")
+    number.fill("1")
+    number.press("Enter")
+    page.wait_for_function(
+        "before => { const i = document.querySelector('#overlay img'); return i && i.src !== before; }",
+        arg=before, timeout=30_000)
+
+    page.get_by_role("tab", name="Profiling").click()
+    timeline = page.locator("#timeline .js-plotly-plot")
+    timeline.wait_for(state="visible", timeout=30_000)
+    bars = page.locator("#timeline .js-plotly-plot g.point")
+    assert bars.count() >= 5  # load and inference spans are drawn
+    page.screenshot(path=str(os.environ.get("SEGDEMO_PROFILING_SHOT", tmp_path / "profiling.png")), full_page=True)
+    lanes = page.locator("#timeline").inner_text()
+    assert "load" in lanes and "inference" in lanes
+
+    page.get_by_role("tab", name="Segment").click()
+    if os.environ.get("SEGDEMO_UPDATE_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=False)
+
+
+def test_engine_tab_shows_ladder(page):
+    page.get_by_role("tab", name="Engine").click()
+    page.wait_for_function("document.body.innerText.includes('in use')", timeout=60_000)
+    text = page.locator("body").inner_text()
+    assert "onnxruntime" in text and "Backend ladder" in text and "random weights" in text
+    assert "tensorrt-rtx" in text and "skipped" in text  # every skipped backend is listed with its reason
+
+
+@pytest.mark.slow
+def test_engine_tab_builds_a_tensorrt_rtx_plan(page):
+    pytest.importorskip("tensorrt_rtx")
+    page.get_by_role("tab", name="Engine").click()
+    page.get_by_role("button", name="Build / rebuild engine").click()
+    # A real ahead-of-time TensorRT-RTX build of the session's graph, with progress shown while it runs.
+    page.wait_for_function("document.body.innerText.includes('Built random-tiny-fp16')", timeout=300_000)
+    assert ".plan" in page.locator("body").inner_text()

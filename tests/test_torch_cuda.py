@@ -1,0 +1,80 @@
+"""torch-cuda backend: bucketed post-processing (CPU-checkable) and, on a CUDA GPU, parity and graph replays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional
+
+from segdemo.backends import torch_cuda
+from segdemo.backends.torch_cuda import bucket, source_coordinates, upsample_argmax
+
+from .conftest import photo
+
+CUDA_REASON = torch_cuda.unavailable_reason()
+needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"needs a CUDA GPU: {CUDA_REASON}")
+
+
+@pytest.mark.parametrize("size", [(512, 512), (768, 1024), (48, 64), (7, 5), (129, 127), (2000, 1500)])
+def test_padded_upsample_equals_torch_interpolate(size):
+    generator = torch.Generator().manual_seed(sum(size))
+    logits = torch.randn(1, 150, 128, 128, generator=generator)
+    height, width = size
+    padded_h, padded_w = bucket(size)
+    assert padded_h % torch_cuda.BUCKET == 0 and padded_w % torch_cuda.BUCKET == 0
+    assert height <= padded_h < height + torch_cuda.BUCKET and width <= padded_w < width + torch_cuda.BUCKET
+    grid_x = torch.from_numpy(source_coordinates(128, width, padded_w))
+    grid_y = torch.from_numpy(source_coordinates(128, height, padded_h))
+    classes = upsample_argmax(logits, grid_x, grid_y)
+    assert classes.shape == (padded_h, padded_w) and classes.dtype == torch.uint8
+    expected = functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+    assert float((classes[:height, :width] == expected).float().mean()) > 0.9999
+
+
+@pytest.fixture(scope="module")
+def cuda_sessions(build_dir):
+    import os
+
+    from segdemo.pipeline import Session
+
+    sessions = {"fp16": Session("random:b0", "torch-cuda", "fp16", build=build_dir)}  # default: torch.compile
+    os.environ[torch_cuda.COMPILE_ENV] = "0"  # and the uncompiled graph path, in fp32
+    try:
+        sessions["fp32"] = Session("random:b0", "torch-cuda", "fp32", build=build_dir)
+    finally:
+        del os.environ[torch_cuda.COMPILE_ENV]
+    assert sessions["fp16"].backend.compiled and not sessions["fp32"].backend.compiled
+    yield sessions
+    for session in sessions.values():
+        session.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision, parity", [("fp32", 0.999), ("fp16", 0.99)])
+@pytest.mark.parametrize("size", [(512, 512), (768, 1024), (700, 1000), (48, 64), (2000, 1500)], ids=str)
+def test_parity_with_transformers_pipeline_on_gpu(cuda_sessions, reference_factory, precision, parity, size):
+    image = photo("astronaut", size)
+    result = cuda_sessions[precision].segment(image)
+    expected = reference_factory("random:b0")(image)
+    assert result.class_map.shape == expected.shape == size
+    agreement = float((result.class_map == expected).mean())
+    assert agreement >= parity, f"{precision} {size}: {agreement:.5f}"
+    assert len(np.unique(expected)) > 1
+    names = {s.name for s in result.spans.spans}
+    assert {"gpu upload", "gpu network", "gpu postprocess", "gpu download"} <= names
+    assert result.info["backend"] == "torch-cuda" and result.info["device"] == "cuda"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_one_graph_serves_every_size_of_its_bucket(cuda_sessions):
+    backend = cuda_sessions["fp32"].backend
+    before = set(backend.post)
+    maps = [cuda_sessions["fp32"].segment(photo("coffee", size)).class_map for size in ((700, 1000), (768, 1024))]
+    assert bucket((700, 1000)) == bucket((768, 1024)) and set(backend.post) - before <= {bucket((768, 1024))}
+    assert maps[0].shape == (700, 1000) and maps[1].shape == (768, 1024)
+    # Replays are deterministic: the same request twice gives the same map.
+    again = cuda_sessions["fp32"].segment(photo("coffee", (700, 1000))).class_map
+    assert (again == maps[0]).all()
