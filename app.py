@@ -21,7 +21,8 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p = argparse.ArgumentParser(description="segdemo web app (options also read from SEGDEMO_* variables)")
     p.add_argument("--model", default=env.model, help=f"hub id, local directory or {', '.join(PRESETS)}")
     p.add_argument("--backend", default=env.backend, help="auto or a backend name")
-    p.add_argument("--precision", default=env.precision, choices=("fp32", "fp16"))
+    p.add_argument("--precision", default=env.precision, choices=("auto", "fp16", "fp32"),
+                   help="auto: fp16 on GPU backends, fp32 on the CPU")
     p.add_argument("--build-dir", default=env.build_dir, help="artifact cache (default build/)")
     p.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=env.port)
@@ -71,7 +72,7 @@ def build(demo: w.Demo) -> gr.Blocks:
 
     with gr.Blocks(title="segdemo — SegFormer semantic segmentation") as blocks:
         gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
-        banner = gr.Markdown(demo.status_text())
+        banner = gr.Markdown(demo.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)
         state = gr.State()
         with gr.Tab("Segment"):

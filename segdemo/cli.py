@@ -57,7 +57,8 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
     p.add_argument("--backend", default="auto", help="auto (best available) or a backend name")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="engine precision")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
+                   help="auto (default): fp16 on GPU backends (sensitive ops fp32, accuracy-checked), fp32 on CPU")
     p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     p.add_argument("--detailed", action="store_true",

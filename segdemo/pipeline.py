@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ class Session:
         self,
         model: str,
         backend: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         build: Path | None = None,
         max_side: int = MAX_OUTPUT_SIDE,
         source: ModelSource | None = None,
@@ -95,7 +94,8 @@ class Session:
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, self.rungs = backends.choose(backend)
-            self.backend = backends.create(name, self.onnx_file, self.load_spans, precision=precision,
+            self.backend = backends.create(name, self.onnx_file, self.load_spans,
+                                           precision=backends.precision_for(name, precision),
                                            source=self.source, build=build, progress=progress)
             with self.load_spans.span("warm-up", LOAD, backend=name):
                 self._warm_up()
@@ -182,16 +182,3 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-_sessions: dict[tuple, Session] = {}
-_sessions_lock = threading.Lock()
-
-
-def get_session(model: str, backend: str = "auto", precision: str = "fp32", build: Path | None = None) -> Session:
-    """The process-wide session for these options, created on first use."""
-    key = (model, backend, precision, str(build))
-    with _sessions_lock:
-        if key not in _sessions:
-            _sessions[key] = Session(model, backend, precision, build)
-        return _sessions[key]

@@ -41,7 +41,7 @@ class AppConfig:
 
     model: str = DEFAULT_MODEL
     backend: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     build_dir: str | None = None
     host: str = "127.0.0.1"
     port: int = 7860

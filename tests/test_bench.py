@@ -51,3 +51,13 @@ def test_sections_are_replaced_not_duplicated(tmp_path):
 
 def test_sizes_are_width_by_height():
     assert parse_sizes("1024x768,512×512") == [(1024, 768), (512, 512)]
+
+
+def test_cuda_without_a_gpu_is_one_line():
+    from segdemo.backends.torch_cuda import unavailable_reason
+
+    if unavailable_reason() is None:
+        return  # a GPU machine runs the real thing
+    result = subprocess.run([sys.executable, "-m", "segdemo", "bench", "--device", "cuda", "--sizes", "64x48"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--device cpu" in result.stderr

@@ -25,7 +25,10 @@ def page(app_url):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(app_url)
         # Start-up (export + session) runs in the background; the banner says when it is done.
-        page.wait_for_function("!document.body.innerText.includes('Starting:')", timeout=300_000)
+        page.wait_for_function(
+            "(() => { const b = document.querySelector('#banner');"
+            " return b && !b.innerText.includes('Starting:'); })()",
+            timeout=300_000)
         yield page
         browser.close()
 
@@ -41,6 +44,9 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     page.locator("#status").get_by_text("onnxruntime").wait_for(timeout=30_000)
     assert "random weights" in page.locator("#status").inner_text()
     page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
+    if os.environ.get("SEGDEMO_UPDATE_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=False)
 
     # The opacity slider re-blends the overlay without another inference.
     before = page.locator("#overlay img").get_attribute("src")
@@ -59,11 +65,6 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     page.screenshot(path=str(os.environ.get("SEGDEMO_PROFILING_SHOT", tmp_path / "profiling.png")), full_page=True)
     lanes = page.locator("#timeline").inner_text()
     assert "load" in lanes and "inference" in lanes
-
-    page.get_by_role("tab", name="Segment").click()
-    if os.environ.get("SEGDEMO_UPDATE_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
 
 
 def test_engine_tab_shows_ladder(page):

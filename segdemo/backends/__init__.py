@@ -84,9 +84,19 @@ def choose(requested: str = "auto") -> tuple[str, list[Rung]]:
     raise SegdemoError("no backend is usable: " + "; ".join(f"{r.name}: {r.reason}" for r in rungs))
 
 
+# fp16 where the backend keeps the numerically sensitive ops in fp32 and checks agreement; ONNX Runtime on the CPU
+# has no fast fp16 path, so it stays fp32.
+PREFERRED_PRECISION = {"onnxruntime": "fp32"}
+PRECISIONS = ("auto", "fp16", "fp32")
+
+
+def precision_for(name: str, requested: str = "auto") -> str:
+    """The precision backend `name` runs at: the request, or its preferred one for "auto"."""
+    if requested not in PRECISIONS:
+        raise SegdemoError(f"unknown precision '{requested}' — choose one of {', '.join(PRECISIONS)}")
+    return PREFERRED_PRECISION.get(name, "fp16") if requested == "auto" else requested
+
+
 def create(name: str, onnx_file: Path, spans: SpanRecorder, **options) -> Backend:
-    """Create backend `name` for the fused graph at `onnx_file` (`source=` reaches only backends that build from it)."""
-    module = _module(name)
-    if not getattr(module, "NEEDS_SOURCE", False):
-        options.pop("source", None)
-    return module.create(onnx_file, spans, **options)
+    """Create backend `name` for the fused graph at `onnx_file`; backends ignore options they do not use."""
+    return _module(name).create(onnx_file, spans, **options)

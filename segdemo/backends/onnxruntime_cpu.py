@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
+
+log = logging.getLogger("segdemo")
 
 
 def unavailable_reason() -> str | None:
@@ -31,7 +34,9 @@ class OnnxRuntimeBackend:
     def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
                  **_: object):
         self.onnx_file = onnx_file
-        self.precision = precision
+        if precision != "fp32":
+            log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
+        self.precision = "fp32"
         self.threads = threads or os.cpu_count() or 1
         with spans.span("create ort session", LOAD, backend=self.name, file=onnx_file.name):
             self.session = self._new_session()

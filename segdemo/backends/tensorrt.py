@@ -13,12 +13,11 @@ import numpy as np
 from ..errors import SegdemoError
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..preprocess import ModelInput
-from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
+from ..spans import INFERENCE, LAYER, LOAD, SpanRecorder
 
 log = logging.getLogger("segdemo")
 
 BACKEND = "tensorrt"
-DEVICE_THREAD = "GPU stream"  # the lane spans.py draws device (CUDA event) spans in
 
 
 def unavailable_reason(backend: str = BACKEND) -> str | None:
@@ -245,13 +244,13 @@ class TensorRTBackend:
         for name, ms in zip(names, device_ms, strict=True):
             if name == "execute":
                 execute_start = start
-            _add_device(spans, f"gpu {name}", INFERENCE, start, int(ms * 1e6), backend=self.name)
+            spans.add_device(f"gpu {name}", INFERENCE, start, int(ms * 1e6), backend=self.name)
             start += int(ms * 1e6)
         if profiler is not None:
             self.context.report_to_profiler()  # layer timing of the launch that just finished
             cursor = execute_start
             for layer, ms in profiler.layers:
-                _add_device(spans, layer, LAYER, cursor, int(ms * 1e6), backend=self.name)
+                spans.add_device(layer, LAYER, cursor, int(ms * 1e6), backend=self.name)
                 cursor += int(ms * 1e6)
             try:
                 self.context.profiler = None  # back to unprofiled launches
@@ -263,14 +262,6 @@ class TensorRTBackend:
         for attr in ("context", "engine", "device_image", "device_classes", "host_image", "host_classes"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
-
-
-def _add_device(spans: SpanRecorder, name: str, category: str, start_ns: int, duration_ns: int, **attrs) -> None:
-    add = getattr(spans, "add_device", None)
-    if add is not None:
-        add(name, category, start_ns, duration_ns, **attrs)
-    else:
-        spans.add(Span(name, category, start_ns, max(0, duration_ns), DEVICE_THREAD, {"clock": "device", **attrs}))
 
 
 def _lock_for(plan: Path):

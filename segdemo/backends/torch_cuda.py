@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NEEDS_SOURCE = True  # builds from the model source, not from the ONNX file
 BUCKET = 128  # output sizes are rounded up to a multiple of this; each bucket is one captured graph
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
@@ -91,7 +90,6 @@ class TorchCudaBackend:
             raise ValueError(f"torch-cuda runs fp16 or fp32, not {precision}")
         self.torch = torch
         self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.cuda = torch.device("cuda", device)
         self.input_size = source.input_size
         self.lock = threading.Lock()  # one set of static buffers: requests take turns
