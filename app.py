@@ -70,7 +70,8 @@ def build(demo: w.Demo) -> gr.Blocks:
             raise gr.Error(str(exc)) from None
         return message, *engine()
 
-    with gr.Blocks(title="segdemo — SegFormer semantic segmentation") as blocks:
+    # delete_cache: Gradio's copies of results older than an hour are removed every hour (long-running Spaces).
+    with gr.Blocks(title="segdemo — SegFormer semantic segmentation", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
         banner = gr.Markdown(demo.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)

@@ -93,7 +93,7 @@ class Session:
                 onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
-                name, self.rungs = backends.choose(backend)
+                name, _ = backends.choose(backend)
             self.backend = backends.create(name, self.onnx_file, self.load_spans,
                                            precision=backends.precision_for(name, precision),
                                            source=self.source, build=build, progress=progress)
@@ -145,10 +145,7 @@ class Session:
                     rgb = decode(image)
             with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
                 model_input = prepare(rgb, self.source.input_size, self.max_side)
-            if detailed:
-                class_map = self.backend.run(model_input, spans, detailed=True)
-            else:
-                class_map = self.backend.run(model_input, spans)
+            class_map = self.backend.run(model_input, spans, detailed=detailed)
             with spans.span("restore size", INFERENCE):
                 class_map = restore_size(class_map, model_input.original_size)
             with spans.span("legend", INFERENCE):

@@ -204,8 +204,19 @@ def summary_rows(summary: list[dict[str, Any]]) -> list[list[Any]]:
     return [[row[c] for c in SUMMARY_COLUMNS] for row in summary]
 
 
+_DOWNLOADS = Path(tempfile.mkdtemp(prefix="segdemo-app-"))
+KEEP_FOLDERS = 256  # Gradio copies each returned file into its own cache, so only recent folders are kept here
+
+
 def _fresh_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="segdemo-"))
+    """A new folder for one response's files; the oldest beyond KEEP_FOLDERS are removed."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(dir=_DOWNLOADS))
+    old = sorted(_DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return folder
 
 
 def class_map_file(result: Segmentation) -> str:

@@ -26,8 +26,8 @@ class Backend(Protocol):
     precision: str
     device: str
 
-    def run(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
-        """Return the uint8 class map of shape `model_input.out_size`."""
+    def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
+        """Return the uint8 class map of shape `model_input.out_size`; `detailed` adds per-layer spans."""
 
     def close(self) -> None:
         """Release the runtime's resources."""
