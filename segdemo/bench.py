@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,7 +112,10 @@ def contenders(device: str, requested: str) -> list[tuple[str, str]]:
     pairs = []
     for name in names:
         backend, _, precision = name.partition(":")
-        backends.probe(backend)  # unknown names fail here, before any work
+        if requested != "available":  # unknown or unusable names fail here, before any work
+            rung = backends.probe(backend)
+            if not rung.available:
+                raise SegdemoError(f"backend '{backend}' cannot run here: {rung.reason}")
         pairs.append((backend, precision or ("fp32" if backend in CPU_BACKENDS else "fp16")))
     return pairs
 
@@ -180,7 +184,7 @@ def _photo(name: str) -> np.ndarray:
         image = getattr(skimage.data, name)()
         return image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
     except ImportError:  # no scikit-image: a smooth synthetic scene still gives real-looking structure
-        rng = np.random.default_rng(abs(hash(name)) % 2**32)
+        rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same images in every run
         y, x = np.mgrid[0:480, 0:640] / 100.0
         base = np.stack([np.sin(x + rng.random() * 6), np.cos(y * 1.3), np.sin(x * y / 3)], axis=2)
         return np.clip((base + 1) * 110 + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
@@ -353,7 +357,7 @@ class _Segdemo:
 
 def _worker(backend: str, job: dict) -> None:
     """Time one contender on every size; write its numbers and class maps next to the job file."""
-    import resource
+    from .pipeline import peak_rss_mb
 
     device = job["device"]
     torch = _torch_if(device)
@@ -402,7 +406,7 @@ def _worker(backend: str, job: dict) -> None:
             "e2e_ms": _percentiles(e2e), "model_ms": _percentiles(model_ms),
             "throughput_ips": requests / wall, "concurrency": concurrency, "stages_ms": stages,
         }
-    peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    peak_host = peak_rss_mb()
     result = {
         "backend": backend, "precision": job["precision"] if backend != REFERENCE else "fp32",
         "device": device if backend == REFERENCE else runner.session.backend.device,

@@ -212,6 +212,7 @@ def _sidecar(spec: EngineSpec, onnx_file: Path, precision: str, seconds: float) 
     }
 
 
+@functools.cache  # TensorRT keeps the first logger it sees; a second one only earns a warning
 def trt_logger(trt):
     """A TensorRT logger that speaks through Python logging (warnings and errors only, unless -v)."""
 
@@ -402,7 +403,7 @@ def _build(args: argparse.Namespace) -> int:
     from .model_source import resolve
 
     backend = default_backend() if args.backend == "auto" else args.backend
-    targets = [t for t in args.target.split(",") if t.strip()] if args.target else None
+    targets = [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None
     bar = ConsoleProgress()
     start = time.perf_counter()
     try:

@@ -164,9 +164,13 @@ class Session:
         return self.load_spans.spans + (request.spans if request else [])
 
     def reload_backend(self, **options: Any) -> None:
-        """Recreate the backend (e.g. after an engine rebuild); requests in flight finish on the old one."""
+        """Recreate the backend (e.g. after an engine rebuild), then close the old one.
+
+        Backends close under their own lock, so a request still running on the old one finishes first.
+        """
         old = self.backend
         self.backend = backends.create(old.name, self.onnx_file, self.load_spans, source=self.source, **options)
+        old.close()
 
     def close(self) -> None:
         self.backend.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import lock_for
 from ..errors import SegdemoError
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..preprocess import ModelInput
@@ -102,8 +103,9 @@ class TensorRTBackend:
                 engine = self._runtime.deserialize_cuda_engine(self.artifact.plan.read_bytes())
             if engine is not None:
                 break
-            engine_cache.invalidate(self.artifact.plan, "TensorRT could not deserialize it (truncated, corrupt, "
-                                                        "or built by another version)")
+            with lock_for(self.artifact.plan):
+                engine_cache.invalidate(self.artifact.plan, "TensorRT could not deserialize it (truncated, "
+                                                            "corrupt, or built by another version)")
         else:
             raise SegdemoError(f"{self.name} cannot load the engine it just built ({self.artifact.plan.name}) — "
                                f"check the TensorRT log above, or use --backend onnxruntime")
@@ -168,7 +170,7 @@ class TensorRTBackend:
                         "gpu": self._gpu_name()}
             meta = {**meta, "accuracy": accuracy}
             self.artifact.sidecar = meta
-            with _lock_for(self.artifact.plan):
+            with lock_for(self.artifact.plan):
                 engine_cache.write_sidecar(self.artifact.plan, meta)
         log.info("%s %s engine agrees with ONNX Runtime fp32 on %.3f %% of probe pixels",
                  self.name, self.precision, agreement * 100)
@@ -198,6 +200,8 @@ class TensorRTBackend:
                                f"{self.max_out[0]}×{self.max_out[1]}) — resize the image first")
         with self._lock, spans.span("tensorrt run", INFERENCE, backend=self.name, precision=self.precision,
                                     out_size=[height, width], detailed=detailed) as attrs:
+            if self.context is None:
+                raise SegdemoError(f"the {self.name} engine was just rebuilt and reloaded — send the image again")
             np.copyto(self.host_image.numpy(), model_input.pixels)
             self.host_size[:] = (height, width)  # read by TensorRT at shape inference and enqueue
             shape = tuple(self.context.get_tensor_shape(OUTPUT_CLASSES))
@@ -252,22 +256,14 @@ class TensorRTBackend:
             for layer, ms in profiler.layers:
                 spans.add_device(layer, LAYER, cursor, int(ms * 1e6), backend=self.name)
                 cursor += int(ms * 1e6)
-            try:
-                self.context.profiler = None  # back to unprofiled launches
-            except TypeError:
-                pass
+            self.context.profiler = None  # back to unprofiled launches
 
     def close(self) -> None:
-        """Drop context, engine and buffers (in that order: the context uses the engine)."""
-        for attr in ("context", "engine", "device_image", "device_classes", "host_image", "host_classes"):
-            if hasattr(self, attr):
-                setattr(self, attr, None)
-
-
-def _lock_for(plan: Path):
-    from ..artifacts import lock_for
-
-    return lock_for(plan)
+        """Drop context, engine and buffers (in that order: the context uses the engine), between requests."""
+        with self._lock:
+            for attr in ("context", "engine", "device_image", "device_classes", "host_image", "host_classes"):
+                if hasattr(self, attr):
+                    setattr(self, attr, None)
 
 
 def create(onnx_file: Path, spans: SpanRecorder, **options) -> TensorRTBackend:

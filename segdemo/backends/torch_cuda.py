@@ -36,13 +36,9 @@ MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the 
 
 
 def unavailable_reason() -> str | None:
-    try:
-        import torch
-    except ImportError as exc:
-        return f"torch is not installed ({exc})"
-    if not torch.cuda.is_available():
-        return f"no CUDA device visible to torch {torch.__version__}"
-    return None
+    from ..gpu import torch_cuda_reason
+
+    return torch_cuda_reason()
 
 
 def bucket(size: tuple[int, int]) -> tuple[int, int]:
@@ -137,6 +133,12 @@ class TorchCudaBackend:
                 self.net, self.compiled = self.eager_net, False
                 self.network_graph, self.logits = self._capture(self._network)
         self.post: dict[tuple[int, int], dict[str, Any]] = {}
+        # All post-processing graphs share one memory pool (each private pool would keep its own peak, ~2.5 GB
+        # at 2048²) and one pair of pinned buffers: replays never overlap (self.lock) and each output is copied
+        # out right after its replay, so what one graph leaves behind is never read after another runs.
+        self.post_pool = torch.cuda.graph_pool_handle()
+        self.host_grid = torch.empty(2 * MAX_GRAPHED_SIDE, dtype=torch.float32, pin_memory=True)
+        self.host_classes = torch.empty(MAX_GRAPHED_SIDE * MAX_GRAPHED_SIDE, dtype=torch.uint8, pin_memory=True)
 
     def _network(self) -> torch.Tensor:
         """Static uint8 NHWC pixels → fp32 logits; autocast keeps LayerNorm and Softmax in fp32."""
@@ -146,7 +148,7 @@ class TorchCudaBackend:
             logits = self.net(x)
         return logits.float()
 
-    def _capture(self, fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, fn, pool=None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Warm `fn` up on the backend's stream (cuDNN/cuBLAS choices, lazy init), then capture it."""
         torch = self.torch
         with torch.inference_mode():
@@ -156,7 +158,7 @@ class TorchCudaBackend:
                     fn()
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
                 out = fn()
             self.stream.synchronize()
         return graph, out
@@ -170,11 +172,9 @@ class TorchCudaBackend:
             entry: dict[str, Any] = {
                 "grid_x": torch.zeros(width, dtype=torch.float32, device=self.cuda),
                 "grid_y": torch.zeros(height, dtype=torch.float32, device=self.cuda),
-                "host_grid": torch.empty(width + height, dtype=torch.float32, pin_memory=True),
-                "host_classes": torch.empty(height * width, dtype=torch.uint8, pin_memory=True),
             }
             entry["graph"], entry["classes"] = self._capture(
-                lambda: upsample_argmax(self.logits, entry["grid_x"], entry["grid_y"]))
+                lambda: upsample_argmax(self.logits, entry["grid_x"], entry["grid_y"]), pool=self.post_pool)
             self.post[padded] = entry
         return self.post[padded]
 
@@ -193,12 +193,12 @@ class TorchCudaBackend:
                 events[0].record(self.stream)
                 self.pixels.copy_(self.host_pixels, non_blocking=True)
                 if entry is not None:
-                    width = entry["grid_x"].shape[0]
-                    grid = entry["host_grid"].numpy()
+                    width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
+                    grid = self.host_grid.numpy()
                     grid[:width] = source_coordinates(logit_w, out_w, width)
-                    grid[width:] = source_coordinates(logit_h, out_h, grid.shape[0] - width)
-                    entry["grid_x"].copy_(entry["host_grid"][:width], non_blocking=True)
-                    entry["grid_y"].copy_(entry["host_grid"][width:], non_blocking=True)
+                    grid[width:width + height] = source_coordinates(logit_h, out_h, height)
+                    entry["grid_x"].copy_(self.host_grid[:width], non_blocking=True)
+                    entry["grid_y"].copy_(self.host_grid[width:width + height], non_blocking=True)
                 events[1].record(self.stream)
                 self.network_graph.replay()
                 events[2].record(self.stream)
@@ -206,7 +206,7 @@ class TorchCudaBackend:
                     entry["graph"].replay()
                     # Contiguous on both sides, so the download is one plain asynchronous copy.
                     classes = entry["classes"][:out_h, :out_w].contiguous()
-                    host = entry["host_classes"][: out_h * out_w].view(out_h, out_w)
+                    host = self.host_classes[: out_h * out_w].view(out_h, out_w)
                 else:  # beyond the graphed buckets: the same computation, launched eagerly
                     grid_x = torch.from_numpy(source_coordinates(logit_w, out_w, out_w)).to(self.cuda)
                     grid_y = torch.from_numpy(source_coordinates(logit_h, out_h, out_h)).to(self.cuda)
@@ -229,10 +229,13 @@ class TorchCudaBackend:
                              backend=self.name)
 
     def close(self) -> None:
-        self.post.clear()
-        self.network_graph = None
-        self.net = None
-        self.torch.cuda.empty_cache()
+        """Drop graphs, network and buffers so the caching allocator can hand the memory back."""
+        with self.lock:
+            self.post.clear()
+            for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels", "scale", "shift",
+                         "post_pool", "host_grid", "host_classes"):
+                setattr(self, attr, None)
+            self.torch.cuda.empty_cache()
 
 
 def create(onnx_file: Path, spans: SpanRecorder, source: ModelSource | None = None, **options) -> TorchCudaBackend:
