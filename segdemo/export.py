@@ -125,13 +125,17 @@ def _export_network(network, input_size: tuple[int, int]) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
+def normalisation() -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift), float32 per RGB channel, with x·scale + shift == (x/255 − mean)/std."""
+    std = np.array(IMAGENET_STD, dtype=np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-np.array(IMAGENET_MEAN) / std).astype(np.float32)
+
+
 def _preprocess_nodes(pixel_values: str) -> tuple[list, list]:
     """uint8 NHWC → float NCHW, normalised as (x/255 − mean)/std, folded into one Mul and one Add."""
     from onnx import helper, numpy_helper
 
-    std = np.array(IMAGENET_STD, dtype=np.float64)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)
-    shift = (-np.array(IMAGENET_MEAN) / std).astype(np.float32)
+    scale, shift = normalisation()
     nodes = [
         helper.make_node("Cast", [INPUT_IMAGE], ["pre_float"], to=1, name="pre_cast"),
         helper.make_node("Mul", ["pre_float", "pre_scale"], ["pre_scaled"], name="pre_scale"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import atomic_write, digest, lock_for
+from .engine_cache import sidecar_path
 from .errors import SegdemoError
 from .export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 
@@ -82,10 +83,6 @@ def _same_as_source(meta_file: Path) -> bool:
         return bool(json.loads(meta_file.read_text()).get("same_as_source"))
     except (OSError, ValueError):
         return False
-
-
-def sidecar_path(graph: Path) -> Path:
-    return graph.with_suffix(".json")
 
 
 def graph_check(graph: Path) -> dict | None:

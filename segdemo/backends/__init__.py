@@ -48,10 +48,6 @@ _MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tenso
             "tensorrt-rtx": "tensorrt_rtx"}
 
 
-def names() -> tuple[str, ...]:
-    return LADDER
-
-
 def _module(name: str):
     if name not in _MODULES:
         raise SegdemoError(f"unknown backend '{name}' — choose one of auto, {', '.join(LADDER)}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..artifacts import build_dir
-from ..export import IMAGENET_MEAN, IMAGENET_STD
+from ..export import normalisation
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 
@@ -115,11 +115,10 @@ class TorchCudaBackend:
             height, width = self.input_size
             self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
             self.pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, device=self.cuda)
-            std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
             # The same folded constants as the ONNX graph: x·scale + shift == (x/255 − mean)/std.
-            self.scale = (1.0 / (255.0 * std)).float().view(1, 3, 1, 1).to(self.cuda)
-            self.shift = (-torch.tensor(IMAGENET_MEAN, dtype=torch.float64) / std).float().view(1, 3, 1, 1).to(
-                self.cuda)
+            scale, shift = normalisation()
+            self.scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self.cuda)
+            self.shift = torch.from_numpy(shift).view(1, 3, 1, 1).to(self.cuda)
         with spans.span("capture network graph", LOAD, backend=self.name, input=list(self.input_size),
                         compiled=self.compiled):
             self.pixels.copy_(torch.randint(0, 256, self.pixels.shape, dtype=torch.uint8, device=self.cuda))
