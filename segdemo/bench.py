@@ -438,14 +438,9 @@ def _sync(torch: Any) -> None:
 
 
 def _facts(torch: Any) -> dict[str, Any]:
-    import importlib.metadata as md
+    from .gpu import package_versions
 
-    versions = {}
-    for name in ("torch", "transformers", "onnxruntime", "onnx", "numpy", "pillow"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
+    versions = package_versions(("torch", "transformers", "onnxruntime", "onnx", "numpy", "pillow"))
     gpu = None
     if torch is not None:
         gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, driver-visible memory " \

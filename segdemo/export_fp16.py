@@ -44,11 +44,11 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
     """
     path = tensorrt_graph_path(fp32_file, precision)
     meta_file = sidecar_path(path)
-    if meta_file.is_file() and (path.is_file() or _same_as_source(meta_file)):
-        return (fp32_file if _same_as_source(meta_file) else path), True
+    if cached := _cached(fp32_file, path):
+        return cached, True
     with lock_for(path):
-        if meta_file.is_file() and (path.is_file() or _same_as_source(meta_file)):
-            return (fp32_file if _same_as_source(meta_file) else path), True  # made by another process meanwhile
+        if cached := _cached(fp32_file, path):  # made by another process meanwhile
+            return cached, True
         import onnx
 
         start = time.perf_counter()
@@ -78,11 +78,15 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
     return path, False
 
 
-def _same_as_source(meta_file: Path) -> bool:
+def _cached(fp32_file: Path, path: Path) -> Path | None:
+    """The graph to build from if it was made before: `path`, or the fp32 graph when nothing had to change."""
     try:
-        return bool(json.loads(meta_file.read_text()).get("same_as_source"))
+        meta = json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    if meta.get("same_as_source"):
+        return fp32_file
+    return path if path.is_file() else None
 
 
 def graph_check(graph: Path) -> dict | None:

@@ -27,6 +27,19 @@ class Gpu:
         return f"{self.name} (compute capability {self.cc}, {self.memory_gb:.0f} GB{extra}; seen by {self.seen_by})"
 
 
+def package_versions(dists: tuple[str, ...]) -> dict[str, str]:
+    """Installed version of each distribution that is present (metadata only: nothing is imported)."""
+    import importlib.metadata as md
+
+    found = {}
+    for dist in dists:
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
 def torch_cuda_reason() -> str | None:
     """Why torch cannot drive a CUDA GPU here, or None when it can."""
     try:

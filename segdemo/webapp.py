@@ -19,6 +19,7 @@ import numpy as np
 from . import backends
 from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
+from .gpu import detect, package_versions
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session, peak_rss_mb
 from .trace import write_trace
@@ -32,6 +33,7 @@ SEGMENT_API_DOC = (
     "legend JSON {model, backend, precision, random_weights, image_size, infer_ms, classes: [{id, name, color, "
     "pixels, share}] sorted by share}; timings JSON {init_ms, infer_ms, spans_ms: {span: ms}, backend, precision}."
 )
+RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
 
 
@@ -300,11 +302,13 @@ def engine_markdown(demo: Demo) -> str:
         return f"❌ {demo.error}"
     session = demo.session
     backend = session.backend
+    gpu = detect()
+    versions = ", ".join(f"{k} {v}" for k, v in package_versions(RUNTIME_DISTS).items())
     lines = [
         f"**Model:** `{session.source.spec}`" + (" — ⚠️ random weights" if session.random_weights else ""),
         f"**Backend:** `{backend.name}` on **{backend.device}**, precision **{backend.precision}**",
-        f"**Machine:** {platform.machine()}, {os.cpu_count()} CPU cores, {_gpu_name()}",
-        f"**Runtime versions:** {_versions()}",
+        f"**Machine:** {platform.machine()}, {os.cpu_count()} CPU cores, {gpu.describe() if gpu else 'no CUDA GPU'}",
+        f"**Runtime versions:** {versions}",
         f"**Fused graph:** `{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)",
         f"**Init time:** {session.init_ms:.0f} ms · **peak RSS:** {peak_rss_mb():.0f} MB",
     ]
@@ -330,27 +334,3 @@ def _engine_facts(backend: Any) -> dict[str, Any]:
             f" — engine agreement {accuracy['engine_agreement'] * 100:.2f} %"
             if isinstance(accuracy.get("engine_agreement"), float) else ""),
     }
-
-
-def _gpu_name() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return f"GPU {torch.cuda.get_device_name(0)} (compute capability {major}.{minor})"
-    except ImportError:
-        pass
-    return "no CUDA GPU"
-
-
-def _versions() -> str:
-    import importlib.metadata as md
-
-    found = []
-    for dist in ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio"):
-        try:
-            found.append(f"{dist} {md.version(dist)}")
-        except md.PackageNotFoundError:
-            continue
-    return ", ".join(found)
