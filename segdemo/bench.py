@@ -121,9 +121,11 @@ def contenders(device: str, requested: str) -> list[tuple[str, str]]:
 
 
 def _variant(precision: str) -> tuple[str, dict[str, str]]:
-    """'fp16+eager' → ('fp16', environment that turns torch.compile off for torch-cuda); '+compile' forces it on."""
+    """'fp16+eager' → ('fp16', environment that turns torch.compile off for torch-cuda); '+compile' forces it on,
+    '+pillow' decodes JPEGs with Pillow on the host instead of nvJPEG."""
     precision, _, extra = precision.partition("+")
-    env = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"}}.get(extra, {})
+    env = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"},
+           "pillow": {"SEGDEMO_GPU_DECODE": "0"}}.get(extra, {})
     return precision, env
 
 
@@ -212,6 +214,8 @@ def _run_worker(backend: str, precision: str, job: dict, work: Path) -> dict[str
     result = json.loads(result_file.read_text())
     if result.get("compiled") and "compile" not in label:
         label = label[:-1] + ", torch.compile)"
+    if (result.get("decoder") or "").startswith("nvJPEG"):
+        label = label[:-1] + ", nvJPEG decode)"
     log.info("bench: %s done in %.0f s", label, time.perf_counter() - start)
     return {**result, "label": label}
 
@@ -416,6 +420,8 @@ def _worker(backend: str, job: dict) -> None:
     }
     if backend != REFERENCE:
         result["compiled"] = getattr(runner.session.backend, "compiled", None)
+        result["decoder"] = getattr(runner.session.backend, "decoder_name", None)
+        result["decode_difference"] = getattr(runner.session.backend, "decode_difference", None)
         result["load_spans_ms"] = {k: round(v, 2) for k, v in runner.session.load_spans.durations_ms().items()}
     job_file = Path(job["maps_dir"]) / f"job-{backend}-{job['precision']}.json"
     np.savez_compressed(Path(job["maps_dir"]) / f"maps-{backend}-{job['precision']}.npz", **maps)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 
-@dataclass(frozen=True)
-class LegendEntry:
-    """One class present in a class map."""
+class LegendEntry(NamedTuple):
+    """One class present in a class map (a tuple: up to 150 are made per request, so they must be cheap)."""
 
     id: int
     name: str
@@ -19,7 +19,7 @@ class LegendEntry:
     share: float  # fraction of the image, 0..1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 def restore_size(class_map: np.ndarray, original: tuple[int, int]) -> np.ndarray:
@@ -32,17 +32,22 @@ def restore_size(class_map: np.ndarray, original: tuple[int, int]) -> np.ndarray
 
 def legend(class_map: np.ndarray, labels: list[str], colours: np.ndarray) -> list[LegendEntry]:
     """Classes present, largest share first (ties by id)."""
-    counts = np.bincount(class_map.ravel(), minlength=len(labels))
-    total = int(class_map.size)
+    return legend_from_counts(np.bincount(class_map.ravel(), minlength=len(labels)), labels, colours)
+
+
+def legend_from_counts(counts: np.ndarray, labels: list[str], colours: np.ndarray) -> list[LegendEntry]:
+    """The legend from pixels per class id (a device may have counted them)."""
+    counts = np.asarray(counts)
+    total = int(counts.sum())
     present = np.flatnonzero(counts)
-    entries = [
-        LegendEntry(
-            id=int(i),
-            name=labels[i] if i < len(labels) else f"class {i}",
-            color="#{:02x}{:02x}{:02x}".format(*colours[i % len(colours)]),
-            pixels=int(counts[i]),
-            share=int(counts[i]) / total,
-        )
-        for i in present
+    order = present[np.lexsort((present, -counts[present]))].tolist()  # largest first, ties by id
+    hexes = _hex_colours(colours.tobytes())
+    return [
+        LegendEntry(i, labels[i] if i < len(labels) else f"class {i}", hexes[i % len(hexes)], pixels, pixels / total)
+        for i, pixels in zip(order, counts[order].tolist(), strict=True)
     ]
-    return sorted(entries, key=lambda e: (-e.pixels, e.id))
+
+
+@lru_cache(maxsize=8)
+def _hex_colours(rgb: bytes) -> tuple[str, ...]:
+    return tuple(f"#{rgb[k]:02x}{rgb[k + 1]:02x}{rgb[k + 2]:02x}" for k in range(0, len(rgb), 3))

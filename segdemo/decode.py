@@ -6,7 +6,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 MAX_PIXELS = 64_000_000  # 64 MP: well above phone photos, far below a decompression bomb
 MAX_FILE_BYTES = 50 * 1024 * 1024
+ORIENTATION = 0x0112  # the EXIF tag
+SAMPLINGS = {(1, 1), (2, 1), (2, 2)}  # luma (horizontal, vertical) factors of 4:4:4, 4:2:2, 4:2:0
 
 
 def decode(source: Any) -> np.ndarray:
@@ -33,12 +35,65 @@ def decode(source: Any) -> np.ndarray:
 
 
 def _from_path(path: Path) -> np.ndarray:
+    return _from_bytes(_read(path), f"'{path.name}'")
+
+
+def _read(path: Path) -> bytes:
     if not path.is_file():
         raise BadImageError(f"'{path}' does not exist or is not a file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise BadImageError(f"'{path.name}' is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
-    return _from_bytes(path.read_bytes(), f"'{path.name}'")
+    return path.read_bytes()
+
+
+def encoded_bytes(source: Any) -> bytes | None:
+    """The encoded file behind a path or bytes (size-checked), None for sources that are already pixels."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        return _read(Path(source))
+    return None
+
+
+class JpegHeader(NamedTuple):
+    """What a GPU decoder needs to know about a plain JPEG."""
+
+    height: int
+    width: int
+    sampling: tuple[int, int]  # luma samples per chroma sample, (vertical, horizontal): (2, 2) is 4:2:0
+
+
+class EncodedJpeg(NamedTuple):
+    """A plain JPEG's bytes and header, for a backend that decodes on its device."""
+
+    data: bytes
+    header: JpegHeader
+
+
+def plain_jpeg(data: bytes) -> JpegHeader | None:
+    """The header of a complete YCbCr JPEG (4:4:4, 4:2:2 or 4:2:0) that needs no EXIF rotation, else None.
+
+    A GPU decoder that replays libjpeg's chroma upsampling and colour conversion gives Pillow's pixels for such
+    files (up to inverse-DCT rounding); everything else (other formats, CMYK, greyscale, Adobe RGB, rotated,
+    truncated or with bytes after the end marker, tiny or too large) is left to `decode`, which also words errors.
+    """
+    if not data.startswith(b"\xff\xd8\xff") or not data.endswith(b"\xff\xd9"):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                factors = [tuple(layer[1:3]) for layer in getattr(img, "layer", [])]  # (h, v) per component
+                plain = (img.format == "JPEG" and img.mode == "RGB" and len(factors) == 3
+                         and factors[1] == factors[2] == (1, 1) and factors[0] in SAMPLINGS
+                         and 16 <= min(width, height) and width * height <= MAX_PIXELS
+                         and img.info.get("adobe_transform", 1) == 1
+                         and img.getexif().get(ORIENTATION, 1) == 1)
+    except Exception:  # noqa: BLE001 — whatever Pillow dislikes, decode() will explain
+        return None
+    return JpegHeader(height, width, factors[0][::-1]) if plain else None
 
 
 def _from_bytes(data: bytes, what: str) -> np.ndarray:

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .classmap import LegendEntry, legend, restore_size
-from .decode import decode
+from .classmap import LegendEntry, legend, legend_from_counts, restore_size
+from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
 from .export import ensure_onnx
 from .labels import palette
 from .model_source import ModelSource, resolve
-from .preprocess import MAX_OUTPUT_SIDE, prepare
+from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare
 from .spans import INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
-from .visuals import class_map_png, colour_mask, overlay, png_bytes
+from .visuals import DEFAULT_OPACITY, clamp_opacity, class_map_png, colour_mask, overlay, png_bytes
 
 log = logging.getLogger("segdemo")
 
@@ -36,6 +36,7 @@ class Segmentation:
     spans: SpanRecorder
     info: dict[str, Any] = field(default_factory=dict)
     _mask: np.ndarray | None = field(default=None, repr=False)
+    _overlays: dict[float, np.ndarray] = field(default_factory=dict, repr=False)  # made along with the class map
 
     @property
     def mask(self) -> np.ndarray:
@@ -45,7 +46,10 @@ class Segmentation:
                 self._mask = colour_mask(self.class_map, self.colours)
         return self._mask
 
-    def overlay(self, opacity: float = 0.5) -> np.ndarray:
+    def overlay(self, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+        opacity = clamp_opacity(opacity)
+        if opacity in self._overlays:
+            return self._overlays[opacity]
         mask = self.mask
         with self.spans.span("overlay", INFERENCE, opacity=opacity):
             return overlay(self.image, mask, opacity)
@@ -53,7 +57,7 @@ class Segmentation:
     def legend_json(self) -> dict[str, Any]:
         return {**self.info, "classes": [e.to_dict() for e in self.legend]}
 
-    def write(self, out_dir: Path, opacity: float = 0.5) -> dict[str, Path]:
+    def write(self, out_dir: Path, opacity: float = DEFAULT_OPACITY) -> dict[str, Path]:
         """Write classes.png (palette PNG of ids), overlay.png and legend.json into out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {
@@ -128,35 +132,61 @@ class Session:
 
     def _warm_up(self) -> None:
         height, width = self.source.input_size
-        self.backend.run(prepare(np.zeros((height, width, 3), np.uint8), (height, width)), SpanRecorder())
+        blank = np.zeros((height, width, 3), np.uint8)
+        self.backend.run(prepare(blank, (height, width)), SpanRecorder())
+        if hasattr(self.backend, "render"):
+            self.backend.render(blank, SpanRecorder())
 
     def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False) -> Segmentation:
         """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given.
 
-        `detailed` adds per-layer spans from the backend's own profiler (slower; opt-in).
+        `detailed` adds per-layer spans from the backend's own profiler (slower; opt-in). Backends that can do the
+        whole request on their device (`render`) get it, unless `detailed` asks for the host pipeline's spans.
         """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
         with spans.span("request", INFERENCE) as attrs:
-            if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-                rgb = image  # already decoded by the caller (inside its own "decode" span)
+            source = self._decoded_or_jpeg(image, spans, on_device=hasattr(self.backend, "render") and not detailed)
+            if isinstance(source, EncodedJpeg) or (self._renders(source.shape[:2]) and not detailed):
+                rendered = self.backend.render(source, spans, DEFAULT_OPACITY)
+                rgb, class_map = rendered.image, rendered.class_map
+                with spans.span("legend", INFERENCE):
+                    entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
+                extras = {"_mask": rendered.mask, "_overlays": {rendered.opacity: rendered.overlay}}
             else:
-                with spans.span("decode", INFERENCE):
-                    rgb = decode(image)
-            with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
-                model_input = prepare(rgb, self.source.input_size, self.max_side)
-            class_map = self.backend.run(model_input, spans, detailed=detailed)
-            with spans.span("restore size", INFERENCE):
-                class_map = restore_size(class_map, model_input.original_size)
-            with spans.span("legend", INFERENCE):
-                entries = legend(class_map, self.labels, self.colours)
+                rgb, extras = source, {}
+                with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
+                    model_input = prepare(rgb, self.source.input_size, self.max_side)
+                class_map = self.backend.run(model_input, spans, detailed=detailed)
+                with spans.span("restore size", INFERENCE):
+                    class_map = restore_size(class_map, model_input.original_size)
+                with spans.span("legend", INFERENCE):
+                    entries = legend(class_map, self.labels, self.colours)
             attrs.update(backend=self.backend.name, size=list(rgb.shape[:2]))
         infer_ms = (time.perf_counter() - start) * 1e3
         info = {**self.describe(), "image_size": list(rgb.shape[:2]), "infer_ms": round(infer_ms, 2)}
         log.info("infer time: %.1f ms (%d×%d, %d classes present, peak RSS %.0f MB)",
                  infer_ms, rgb.shape[1], rgb.shape[0], len(entries), peak_rss_mb())
         self.history.append(spans)
-        return Segmentation(rgb, class_map, entries, self.colours, spans, info)
+        return Segmentation(rgb, class_map, entries, self.colours, spans, info, **extras)
+
+    def _renders(self, size: tuple[int, int]) -> bool:
+        """Whether the backend can do a request of this image size on its device (class map at full size)."""
+        return hasattr(self.backend, "render") and output_size(size, self.max_side) == size \
+            and self.backend.renders(size)
+
+    def _decoded_or_jpeg(self, image: Any, spans: SpanRecorder, on_device: bool) -> np.ndarray | EncodedJpeg:
+        """RGB pixels, or — for a device that decodes JPEGs itself — a plain JPEG it can take whole."""
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return image  # already decoded by the caller (inside its own "decode" span)
+        if on_device and getattr(self.backend, "jpeg_decoder", None) is not None:
+            data = encoded_bytes(image)
+            if data is not None:
+                header = plain_jpeg(data)
+                if header is not None and self._renders((header.height, header.width)):
+                    return EncodedJpeg(data, header)
+        with spans.span("decode", INFERENCE):
+            return decode(image)
 
     def trace_spans(self, request: SpanRecorder | None = None) -> list[Span]:
         """The session's load spans plus one request's spans (default: the latest), for traces and plots."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.decode import decode
+from segdemo.decode import ORIENTATION, decode, encoded_bytes, plain_jpeg
 from segdemo.errors import BadImageError
 
 from .conftest import photo
@@ -115,3 +115,55 @@ def test_arrays_of_other_types():
     assert decode(np.ones((5, 7, 3), np.float32)).max() == 255
     with pytest.raises(BadImageError, match="H×W×3"):
         decode(np.zeros((5, 7, 2), np.uint8))
+
+
+def _jpeg(image: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def test_plain_jpegs_are_recognised_for_gpu_decoding():
+    image = photo("coffee", (120, 160))
+    assert plain_jpeg(_jpeg(image)) == (120, 160, (2, 2))
+    assert plain_jpeg(_jpeg(image, progressive=True)) == (120, 160, (2, 2))
+    assert plain_jpeg(_jpeg(image, subsampling=1)).sampling == (1, 2)
+    assert plain_jpeg(_jpeg(image, subsampling=0)).sampling == (1, 1)
+
+
+def test_everything_else_is_left_to_the_host_decoder():
+    image = photo("coffee", (120, 160))
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    data = _jpeg(image)
+    for name, other in {
+        "png": png.getvalue(),
+        "grey": _jpeg(image[:, :, 0]),
+        "cmyk": _cmyk_jpeg(image),
+        "rotated": _jpeg(image, exif=exif.tobytes()),
+        "truncated": data[: len(data) // 2],
+        "trailing bytes": data + b"MP4 video of a motion photo",
+        "garbage": b"\xff\xd8\xff" + b"x" * 100 + b"\xff\xd9",
+        "tiny": _jpeg(image[:8, :8]),
+    }.items():
+        assert plain_jpeg(other) is None, name
+    # and the host decoder still judges them as before
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        decode(data[: len(data) // 2])
+
+
+def _cmyk_jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("CMYK").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_encoded_bytes_reads_files_with_the_size_limit(tmp_path):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_jpeg(photo("coffee", (64, 64))))
+    assert encoded_bytes(path) == path.read_bytes() == encoded_bytes(str(path)) == encoded_bytes(path.read_bytes())
+    assert encoded_bytes(photo("coffee", (8, 8))) is None
+    with pytest.raises(BadImageError, match="does not exist"):
+        encoded_bytes(tmp_path / "missing.jpg")

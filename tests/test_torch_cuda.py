@@ -9,6 +9,9 @@ from torch.nn import functional
 
 from segdemo.backends import torch_cuda
 from segdemo.backends.torch_cuda import bucket, source_coordinates, upsample_argmax
+from segdemo.decode import decode
+from segdemo.errors import BadImageError
+from segdemo.visuals import colour_mask, overlay
 
 from .conftest import photo
 
@@ -26,7 +29,7 @@ def test_padded_upsample_equals_torch_interpolate(size):
     assert height <= padded_h < height + torch_cuda.BUCKET and width <= padded_w < width + torch_cuda.BUCKET
     grid_x = torch.from_numpy(source_coordinates(128, width, padded_w))
     grid_y = torch.from_numpy(source_coordinates(128, height, padded_h))
-    classes = upsample_argmax(logits, grid_x, grid_y)
+    classes = upsample_argmax(logits, grid_x, grid_y)  # 2000×1500 runs in four steps of POST_ROWS rows
     assert classes.shape == (padded_h, padded_w) and classes.dtype == torch.uint8
     expected = functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
     assert float((classes[:height, :width] == expected).float().mean()) > 0.9999
@@ -63,7 +66,7 @@ def test_parity_with_transformers_pipeline_on_gpu(cuda_sessions, reference_facto
     assert agreement >= parity, f"{precision} {size}: {agreement:.5f}"
     assert len(np.unique(expected)) > 1
     names = {s.name for s in result.spans.spans}
-    assert {"gpu upload", "gpu network", "gpu postprocess", "gpu download"} <= names
+    assert {"gpu prepare", "gpu network", "gpu postprocess", "gpu render", "gpu download"} <= names
     assert result.info["backend"] == "torch-cuda" and result.info["device"] == "cuda"
 
 
@@ -78,3 +81,64 @@ def test_one_graph_serves_every_size_of_its_bucket(cuda_sessions):
     # Replays are deterministic: the same request twice gives the same map.
     again = cuda_sessions["fp32"].segment(photo("coffee", (700, 1000))).class_map
     assert (again == maps[0]).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("size", [(512, 512), (768, 1024), (48, 64), (2000, 1500)], ids=str)
+def test_device_render_equals_the_host_pipeline(cuda_sessions, size):
+    """The whole request on the GPU gives the host pipeline's class map, legend, mask and overlay bit for bit."""
+    session = cuda_sessions["fp32"]
+    image = photo("chelsea", size)
+    on_device = session.segment(image)
+    on_host = session.segment(image, detailed=True)  # detailed keeps the host pipeline (resize, run, legend)
+    assert {"gpu render", "gpu download"} <= {s.name for s in on_device.spans.spans}
+    assert {"resize", "gpu upload"} <= {s.name for s in on_host.spans.spans}
+    assert np.array_equal(on_device.class_map, on_host.class_map)
+    assert on_device.legend == on_host.legend
+    assert np.array_equal(on_device.mask, colour_mask(on_host.class_map, on_host.colours))
+    assert np.array_equal(on_device.overlay(), overlay(image, on_device.mask, 0.5))
+    assert np.array_equal(on_device.overlay(0.3), overlay(image, on_device.mask, 0.3))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_jpegs_are_decoded_on_the_gpu(cuda_sessions, tmp_path):
+    from PIL import Image
+
+    session = cuda_sessions["fp16"]
+    if session.backend.jpeg_decoder is None:
+        pytest.skip("nvJPEG is not usable here: no libnvjpeg, or its decode failed the check (see the session log)")
+    path = tmp_path / "coffee.jpg"
+    Image.fromarray(photo("coffee", (600, 800))).save(path, quality=90)
+    on_gpu = session.segment(path)
+    decoders = [s.attrs.get("decoder", "") for s in on_gpu.spans.spans if s.name == "decode"]
+    assert decoders and decoders[0].startswith("nvJPEG")
+    pixels = decode(path)
+    assert on_gpu.image.shape == pixels.shape
+    difference = np.abs(on_gpu.image.astype(np.int16) - pixels)
+    assert difference.mean() < 0.5, f"mean {difference.mean():.3f}, max {difference.max()}"  # inverse-DCT rounding
+    on_host = session.segment(pixels)
+    assert float((on_gpu.class_map == on_host.class_map).mean()) > 0.99
+    assert np.array_equal(on_gpu.overlay(), overlay(on_gpu.image, on_gpu.mask, 0.5))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_bad_uploads_on_the_device_path_get_the_host_errors(cuda_sessions):
+    import io
+
+    from PIL import Image
+
+    session = cuda_sessions["fp16"]
+    buffer = io.BytesIO()
+    Image.fromarray(photo("coffee", (300, 400))).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        session.segment(data[: len(data) // 2])
+    with pytest.raises(BadImageError):
+        session.segment(b"\xff\xd8\xff" + b"\0" * 64 + b"\xff\xd9")
+    png = io.BytesIO()
+    Image.fromarray(photo("coffee", (300, 400))).save(png, format="PNG")
+    assert session.segment(png.getvalue()).class_map.shape == (300, 400)
+    assert session.segment(data).class_map.shape == (300, 400)  # and the next request works

@@ -1,7 +1,8 @@
 """Backends run the fused graph: create once, `run(model_input) → class map`, `close()`.
 
 Each backend lives in its own module and imports its heavy runtime only when created,
-so `segdemo` imports on any machine.
+so `segdemo` imports on any machine. A backend on a device may also offer `render(source, spans, opacity)`: the
+whole request (decode or upload, resize, network, class map, colours, overlay, counts) on the device → `Rendered`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the runtime's resources."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A request done on a device, every picture bit-identical to what the host functions make of its class map."""
+
+    image: np.ndarray  # decoded RGB (on the device when the backend decoded the file itself)
+    class_map: np.ndarray  # uint8 ids, image size
+    counts: np.ndarray  # pixels per class id, int64 [256]
+    mask: np.ndarray  # visuals.colour_mask(class_map)
+    overlay: np.ndarray  # visuals.overlay(image, mask, opacity)
+    opacity: float
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ model's fixed input size. The post-processing (bilinear upsampling of the logits
 is one graph per output-size bucket: sizes are rounded up to `BUCKET` pixels and the sampling coordinates are
 inputs, so one replay serves every size in its bucket and the padding is cropped on download.
 fp16 keeps LayerNorm, Softmax and the post-processing in fp32 (the TensorRT fp16 build's policy).
+
+`render` does a whole request on the GPU — nvJPEG's planar decode finished with libjpeg's own chroma upsampling
+and colour conversion (Pillow's pixels), or one upload; Pillow-exact resize; both graphs; colour mask, overlay and
+class counts — and downloads the pictures once, so the host only parses headers.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..artifacts import build_dir
+from ..decode import EncodedJpeg, decode, plain_jpeg
 from ..export import normalisation
+from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
+from ..visuals import DEFAULT_OPACITY, blend_table, clamp_opacity, colour_table
+from . import Rendered
+from .torch_ops import blend, class_counts, colourise, jpeg_planes_to_rgb, resize_like_pil, ycc_tables
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 BUCKET = 128  # output sizes are rounded up to a multiple of this; each bucket is one captured graph
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
+POST_ROWS = 512  # post-processing rows per step (one step up to 512 rows: the common sizes pay nothing)
+GPU_DECODE_ENV = "SEGDEMO_GPU_DECODE"  # "0": decode every upload with Pillow on the host
 
 
 def unavailable_reason() -> str | None:
@@ -59,15 +70,23 @@ def source_coordinates(in_size: int, out_size: int, padded: int) -> np.ndarray:
 
 
 def upsample_argmax(logits: torch.Tensor, grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tensor:
-    """fp32 logits [1,C,h,w] → uint8 class ids [H,W] at the sampling coordinates (one fused gather, then argmax)."""
+    """fp32 logits [1,C,h,w] → uint8 class ids [H,W] at the sampling coordinates (one fused gather, then argmax).
+
+    Runs POST_ROWS rows at a time: the upsampled [C,rows,W] fp32 block is the peak memory (2.5 GB whole at 2048²).
+    """
     import torch
     from torch.nn import functional
 
     height, width = grid_y.shape[0], grid_x.shape[0]
-    grid = torch.stack((grid_x[None, :].expand(height, width), grid_y[:, None].expand(height, width)), dim=-1)
-    upsampled = functional.grid_sample(logits, grid[None], mode="bilinear", padding_mode="border",
-                                       align_corners=False)
-    return upsampled[0].argmax(dim=0).to(torch.uint8)
+    parts = []
+    for top in range(0, height, POST_ROWS):
+        rows = grid_y[top:top + POST_ROWS]
+        grid = torch.stack((grid_x[None, :].expand(rows.shape[0], width), rows[:, None].expand(rows.shape[0], width)),
+                           dim=-1)
+        upsampled = functional.grid_sample(logits, grid[None], mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+        parts.append(upsampled[0].argmax(dim=0).to(torch.uint8))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class TorchCudaBackend:
@@ -138,6 +157,71 @@ class TorchCudaBackend:
         self.post_pool = torch.cuda.graph_pool_handle()
         self.host_grid = torch.empty(2 * MAX_GRAPHED_SIDE, dtype=torch.float32, pin_memory=True)
         self.host_classes = torch.empty(MAX_GRAPHED_SIDE * MAX_GRAPHED_SIDE, dtype=torch.uint8, pin_memory=True)
+        self.host_counts = torch.empty(256, dtype=torch.int64, pin_memory=True)
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
+        self.lut = torch.from_numpy(colour_table(palette(len(source.labels)))).to(self.cuda)
+        self.blend_tables: dict[float, torch.Tensor] = {}
+        with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
+            self.decode_difference: float | None = None
+            self.nvjpeg = None
+            self.jpeg_decoder = self._jpeg_decoder()
+            attrs.update(decoder=self.decoder_name, mean_difference_to_pillow=self.decode_difference)
+
+    @property
+    def decoder_name(self) -> str:
+        return "nvJPEG planes + libjpeg colour" if self.jpeg_decoder is not None else "Pillow (host)"
+
+    def _jpeg_decoder(self):
+        """nvJPEG's planes + libjpeg's chroma upsampling and colour conversion, if that gives Pillow's pixels for
+        real JPEGs here; else None (JPEGs are then decoded on the host)."""
+        if os.environ.get(GPU_DECODE_ENV, "1") == "0":
+            return None
+        from .nvjpeg import PlanarDecoder
+
+        torch = self.torch
+        try:
+            self.nvjpeg = PlanarDecoder(self.cuda)
+        except (OSError, RuntimeError, AttributeError) as exc:
+            log.info("JPEGs are decoded by Pillow on the host: %s", exc)
+            return None
+        tables = torch.from_numpy(ycc_tables()).to(self.cuda)
+        # ~50 small integer ops, launched one by one, would cost the host more than the decode; compiled they are
+        # a few fused kernels (one compilation per chroma subsampling, sizes dynamic).
+        colour = torch.compile(jpeg_planes_to_rgb, dynamic=True) if self.compiled else jpeg_planes_to_rgb
+
+        def decoder(jpeg: EncodedJpeg) -> torch.Tensor:
+            planes = self.nvjpeg.planes(jpeg.data, jpeg.header.height, jpeg.header.width)
+            return colour(planes, jpeg.header.sampling, tables)
+
+        def check() -> float:
+            worst = 0.0
+            for sample in _sample_jpegs():
+                with torch.inference_mode(), torch.cuda.stream(self.stream):
+                    got = decoder(EncodedJpeg(sample, plain_jpeg(sample))).cpu().numpy()
+                worst = max(worst, float(np.abs(got.astype(np.int16) - decode(sample)).mean()))
+            return worst
+
+        try:
+            try:
+                worst = check()
+            except Exception as exc:  # noqa: BLE001 — then without the compiler
+                if colour is jpeg_planes_to_rgb:
+                    raise
+                log.warning("compiled JPEG colour conversion failed (%s: %s); running it uncompiled",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                colour = jpeg_planes_to_rgb
+                worst = check()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("nvJPEG decoding does not work here (%s: %s); JPEGs are decoded on the host",
+                        type(exc).__name__, exc)
+            return None
+        self.decode_difference = worst
+        # Only the inverse DCT may round differently from libjpeg's: a small fraction of a level on average.
+        if worst > 0.5:
+            log.warning("nvJPEG decodes test JPEGs %.2f levels away from Pillow on average; JPEGs are decoded on "
+                        "the host", worst)
+            return None
+        return decoder
 
     def _network(self) -> torch.Tensor:
         """Static uint8 NHWC pixels → fp32 logits; autocast keeps LayerNorm and Softmax in fp32."""
@@ -177,6 +261,20 @@ class TorchCudaBackend:
             self.post[padded] = entry
         return self.post[padded]
 
+    def _upload_grid(self, entry: dict[str, Any], out_size: tuple[int, int]) -> None:
+        """Sampling coordinates of `out_size` into the bucket graph's inputs (pinned → device, asynchronous)."""
+        if entry.get("size") == out_size:  # still there from the bucket's previous request
+            return
+        entry["size"] = out_size
+        out_h, out_w = out_size
+        logit_h, logit_w = self.logits.shape[2:]
+        width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
+        grid = self.host_grid.numpy()
+        grid[:width] = source_coordinates(logit_w, out_w, width)
+        grid[width:width + height] = source_coordinates(logit_h, out_h, height)
+        entry["grid_x"].copy_(self.host_grid[:width], non_blocking=True)
+        entry["grid_y"].copy_(self.host_grid[width:width + height], non_blocking=True)
+
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """Upload, replay the network and post-processing graphs, download; GPU stages become spans always."""
         torch = self.torch
@@ -184,20 +282,14 @@ class TorchCudaBackend:
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, out_size=[out_h, out_w]) as attrs:
             graphed = max(out_h, out_w) <= MAX_GRAPHED_SIDE
             entry = self._post_graph((out_h, out_w)) if graphed else None
-            logit_h, logit_w = self.logits.shape[2:]
+            events = self.events
             with torch.inference_mode(), torch.cuda.stream(self.stream):
-                events = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
                 self.host_pixels.numpy()[...] = model_input.pixels
                 host_start = time.perf_counter_ns()
                 events[0].record(self.stream)
                 self.pixels.copy_(self.host_pixels, non_blocking=True)
                 if entry is not None:
-                    width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
-                    grid = self.host_grid.numpy()
-                    grid[:width] = source_coordinates(logit_w, out_w, width)
-                    grid[width:width + height] = source_coordinates(logit_h, out_h, height)
-                    entry["grid_x"].copy_(self.host_grid[:width], non_blocking=True)
-                    entry["grid_y"].copy_(self.host_grid[width:width + height], non_blocking=True)
+                    self._upload_grid(entry, (out_h, out_w))
                 events[1].record(self.stream)
                 self.network_graph.replay()
                 events[2].record(self.stream)
@@ -207,6 +299,7 @@ class TorchCudaBackend:
                     classes = entry["classes"][:out_h, :out_w].contiguous()
                     host = self.host_classes[: out_h * out_w].view(out_h, out_w)
                 else:  # beyond the graphed buckets: the same computation, launched eagerly
+                    logit_h, logit_w = self.logits.shape[2:]
                     grid_x = torch.from_numpy(source_coordinates(logit_w, out_w, out_w)).to(self.cuda)
                     grid_y = torch.from_numpy(source_coordinates(logit_h, out_h, out_h)).to(self.cuda)
                     classes = upsample_argmax(self.logits, grid_x, grid_y)
@@ -217,24 +310,126 @@ class TorchCudaBackend:
                 events[4].synchronize()
                 result = host.numpy().copy()  # the pinned buffer is reused by the next request
             attrs.update(graphed=entry is not None, bucket=list(bucket((out_h, out_w))))
-            self._device_spans(spans, events, host_start)
+            self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
         return result
 
-    def _device_spans(self, spans: SpanRecorder, events: list, host_start: int) -> None:
-        """GPU times from CUDA events, placed on the host clock from the moment the first event was queued."""
-        for name, begin, end in (("upload", 0, 1), ("network", 1, 2), ("postprocess", 2, 3), ("download", 3, 4)):
+    def renders(self, size: tuple[int, int]) -> bool:
+        """Whether `render` takes an image of this (height, width): its class map must fit a graphed bucket."""
+        return max(size) <= MAX_GRAPHED_SIDE
+
+    def render(self, source: EncodedJpeg | np.ndarray, spans: SpanRecorder,
+               opacity: float = DEFAULT_OPACITY) -> Rendered:
+        """The whole request on the GPU; `source` is a plain JPEG (see decode.plain_jpeg) or RGB pixels.
+
+        Every picture equals what the host functions make of the class map (Pillow-exact resize, the same colour
+        and blend tables); a JPEG decoded here may differ from Pillow's only by inverse-DCT rounding.
+        """
+        torch = self.torch
+        opacity = clamp_opacity(opacity)
+        with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True) as attrs:
+            events = self.events
+            with torch.inference_mode(), torch.cuda.stream(self.stream):
+                host_start = time.perf_counter_ns()
+                events[0].record(self.stream)
+                image, host_image = self._device_image(source, spans)
+                decoded_here = host_image is None
+                height, width = image.shape[:2]
+                if not self.renders((height, width)):
+                    raise ValueError(f"render takes images up to {MAX_GRAPHED_SIDE} px a side, not {width}×{height}")
+                entry = self._post_graph((height, width))  # captured on the bucket's first request
+                self.pixels[0].copy_(resize_like_pil(image, self.input_size))
+                self._upload_grid(entry, (height, width))
+                events[1].record(self.stream)
+                self.network_graph.replay()
+                events[2].record(self.stream)
+                entry["graph"].replay()
+                classes = entry["classes"][:height, :width].contiguous()  # a copy: the next replay reuses the pool
+                events[3].record(self.stream)
+                mask = colourise(classes, self.lut)
+                blended = blend(image, mask, self._blend_table(opacity))
+                counts = class_counts(classes)
+                events[4].record(self.stream)
+                parts = self._download([classes, mask, blended] + ([image] if decoded_here else []))
+                self.host_counts.copy_(counts, non_blocking=True)
+                events[5].record(self.stream)
+                events[5].synchronize()
+                arrays = [part.numpy() for part in parts]
+                counts = self.host_counts.numpy().copy()
+            attrs.update(decoder=self.decoder_name if decoded_here else "host", bucket=list(bucket((height, width))))
+            self._device_spans(spans, host_start, ("prepare", "network", "postprocess", "render", "download"))
+        return Rendered(arrays[3] if decoded_here else host_image, arrays[0], counts, arrays[1], arrays[2], opacity)
+
+    def _device_image(self, source: EncodedJpeg | np.ndarray,
+                      spans: SpanRecorder) -> tuple[torch.Tensor, np.ndarray | None]:
+        """uint8 H×W×3 on the GPU, and the host's copy (None when it was decoded here: download it)."""
+        if isinstance(source, EncodedJpeg):
+            if self.jpeg_decoder is not None:
+                with spans.span("decode", INFERENCE, decoder=self.decoder_name, bytes=len(source.data)):
+                    try:
+                        return self.jpeg_decoder(source), None
+                    except RuntimeError as exc:  # Pillow accepted the header; let it judge the file
+                        log.info("nvJPEG refused the upload (%s); decoding it on the host", exc)
+            with spans.span("decode", INFERENCE):
+                source = decode(source.data)
+        with spans.span("upload", INFERENCE, size=list(source.shape[:2])):
+            pinned = self.torch.empty(source.shape, dtype=self.torch.uint8, pin_memory=True)
+            pinned.numpy()[...] = source  # the one host copy; the upload below is asynchronous
+            return pinned.to(self.cuda, non_blocking=True), source
+
+    def _blend_table(self, opacity: float) -> torch.Tensor:
+        if opacity not in self.blend_tables:
+            self.blend_tables[opacity] = self.torch.from_numpy(blend_table(opacity)).to(self.cuda)
+        return self.blend_tables[opacity]
+
+    def _download(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Asynchronous copies into one pinned block; the arrays handed out keep it alive, so no host copy."""
+        sizes = [part.numel() for part in parts]
+        block = self.torch.empty(sum(sizes), dtype=self.torch.uint8, pin_memory=True)
+        views, offset = [], 0
+        for part, size in zip(parts, sizes, strict=True):
+            view = block[offset:offset + size].view(part.shape)
+            view.copy_(part, non_blocking=True)
+            views.append(view)
+            offset += size
+        return views
+
+    def _device_spans(self, spans: SpanRecorder, host_start: int, names: tuple[str, ...]) -> None:
+        """GPU times between consecutive events, placed on the host clock from when the first one was queued."""
+        events = self.events
+        for begin, name in enumerate(names):
             start_ns = host_start + int(events[0].elapsed_time(events[begin]) * 1e6)
-            spans.add_device(f"gpu {name}", INFERENCE, start_ns, int(events[begin].elapsed_time(events[end]) * 1e6),
-                             backend=self.name)
+            duration_ns = int(events[begin].elapsed_time(events[begin + 1]) * 1e6)
+            spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
     def close(self) -> None:
         """Drop graphs, network and buffers so the caching allocator can hand the memory back."""
         with self.lock:
             self.post.clear()
+            self.blend_tables.clear()
+            if self.nvjpeg is not None:
+                self.nvjpeg.close()
             for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels", "scale", "shift",
-                         "post_pool", "host_grid", "host_classes"):
+                         "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
+                         "jpeg_decoder"):
                 setattr(self, attr, None)
             self.torch.cuda.empty_cache()
+
+
+def _sample_jpegs() -> list[bytes]:
+    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized."""
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:49, 0:67].astype(np.float32)
+    blob = 120 * np.exp(-((x - 40) ** 2 + (y - 20) ** 2) / 200)
+    image = np.stack([x * 3 + blob, y * 4 + 40 + 30 * np.sin(x), 180 - blob], axis=2).clip(0, 255).astype(np.uint8)
+    samples = []
+    for subsampling in (2, 1, 0):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
+        samples.append(buffer.getvalue())
+    return samples
 
 
 def create(onnx_file: Path, spans: SpanRecorder, source: ModelSource | None = None, **options) -> TorchCudaBackend:

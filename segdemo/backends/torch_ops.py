@@ -1,0 +1,191 @@
+"""The host pictures' arithmetic as torch ops, bit-exact, so a GPU backend can do a whole request on its device.
+
+Each function here has a host twin it must match exactly (tests compare them on CPU tensors): Pillow's bilinear
+resize (preprocess.resize_for_model), visuals.colour_mask, visuals.overlay and the legend's bincount.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling (Resample.c)
+
+
+@lru_cache(maxsize=64)
+def pil_bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices [out, K] and fixed-point weights [out, K] of Pillow's bilinear resize along one axis.
+
+    Mirrors Resample.c (precompute_coeffs + normalize_coeffs_8bpc) operation by operation in float64, so the
+    weights are the very integers Pillow uses; unused taps get weight 0 and a valid index.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the triangle filter's support is 1
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64) - xmin
+    taps = np.arange(ksize, dtype=np.int64)
+    used = taps[None, :] < xmax[:, None]
+    source = (taps[None, :] + xmin[:, None]).astype(np.float64)
+    distance = np.abs((source - center[:, None] + 0.5) * (1.0 / filterscale))
+    weights = np.where(used & (distance < 1.0), 1.0 - distance, 0.0)
+    total = np.zeros(out_size, dtype=np.float64)
+    for k in range(ksize):  # Pillow sums tap by tap; numpy's pairwise sum could round differently
+        total = total + weights[:, k]
+    weights = np.where(total[:, None] != 0.0, weights / np.where(total == 0.0, 1.0, total)[:, None], weights)
+    fixed = np.trunc(0.5 + weights * (1 << PRECISION_BITS)).astype(np.int32)  # weights are never negative
+    index = np.minimum(taps[None, :] + xmin[:, None], in_size - 1)
+    return index, np.where(used, fixed, 0).astype(np.int32)
+
+
+def resample_axis(image: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, axis: int) -> torch.Tensor:
+    """One Pillow pass over uint8 H×W×C along `axis` (0 rows, 1 columns): Σ pixel·weight, rounded, clipped."""
+    import torch
+
+    out_size, taps = index.shape
+    gathered = image.index_select(axis, index.reshape(-1)).to(torch.int32)
+    if axis == 0:
+        gathered = gathered.view(out_size, taps, *image.shape[1:])
+        products = gathered * weights.view(out_size, taps, 1, 1)
+    else:
+        gathered = gathered.view(image.shape[0], out_size, taps, image.shape[2])
+        products = gathered * weights.view(1, out_size, taps, 1)
+    total = products.sum(dim=axis + 1, dtype=torch.int32) + (1 << (PRECISION_BITS - 1))
+    return (total >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+
+
+def resize_like_pil(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 H×W×3 → `size` (height, width), exactly as Pillow's bilinear resize: columns first, then rows."""
+    height, width = size
+    out = image
+    if width != image.shape[1]:
+        out = resample_axis(out, *device_taps(image.shape[1], width, image.device), axis=1)
+    if height != image.shape[0]:
+        out = resample_axis(out, *device_taps(image.shape[0], height, image.device), axis=0)
+    return out
+
+
+@lru_cache(maxsize=64)
+def device_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """pil_bilinear_taps on `device`, uploaded once (a pageable upload would wait for the device's queue)."""
+    import torch
+
+    return tuple(torch.from_numpy(array).to(device) for array in pil_bilinear_taps(in_size, out_size))
+
+
+def colourise(class_map: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """uint8 H×W class ids → H×W×3 colours through a 256×3 uint8 table (visuals.colour_mask)."""
+    import torch
+
+    return lut[class_map.to(torch.int64)]
+
+
+def blend(image: torch.Tensor, mask: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """visuals.overlay through its own 65 536-entry table: photo·256 + mask indexes the blended byte."""
+    import torch
+
+    pairs = (image.to(torch.int32) << 8) | mask.to(torch.int32)
+    return table[pairs]
+
+
+def class_counts(class_map: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Pixels per class id (int64 [bins]), the legend's bincount.
+
+    histc with a fixed range needs no device→host sync (bincount reads the maximum first) and counts in shared
+    memory (scatter_add's atomics pile up on the few classes a photo has); counts ≤ 2^24 are exact in float32.
+    """
+    import torch
+
+    if class_map.numel() >= 1 << 24:
+        raise ValueError(f"{class_map.numel()} pixels: too many to count exactly in float32")
+    counts = torch.histc(class_map.reshape(-1).to(torch.float32), bins=bins, min=0, max=bins)
+    return counts.to(torch.int64)
+
+
+
+# ------------------------------------------------------------------------------------------- JPEG colour (libjpeg)
+# What libjpeg-turbo (Pillow's decoder) does after the inverse DCT, so a GPU decoder's raw Y/Cb/Cr planes give
+# Pillow's pixels: "fancy" (triangle-filter) chroma upsampling (jdsample.c) and fixed-point YCbCr → RGB (jdcolor.c).
+SCALEBITS = 16
+
+
+@lru_cache(maxsize=1)
+def ycc_tables() -> np.ndarray:
+    """int64 [4, 256]: jdcolor.c's Cr→R, Cb→B, Cr→G and Cb→G (with its rounding half) tables."""
+    def fix(value: float) -> int:
+        return int(value * (1 << SCALEBITS) + 0.5)
+
+    x = np.arange(256, dtype=np.int64) - 128
+    half = 1 << (SCALEBITS - 1)
+    return np.stack([(fix(1.40200) * x + half) >> SCALEBITS, (fix(1.77200) * x + half) >> SCALEBITS,
+                     -fix(0.71414) * x, -fix(0.34414) * x + half])
+
+
+def ycc_to_rgb(luma: torch.Tensor, cb: torch.Tensor, cr: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """uint8 planes of one size → H×W×3 RGB exactly as libjpeg's ycc_rgb_convert (tables: ycc_tables())."""
+    import torch
+
+    y = luma.to(torch.int64)
+    cb, cr = cb.to(torch.int64), cr.to(torch.int64)
+    red = y + tables[0][cr]
+    green = y + ((tables[3][cb] + tables[2][cr]) >> SCALEBITS)
+    blue = y + tables[1][cb]
+    return torch.stack([red, green, blue], dim=-1).clamp_(0, 255).to(torch.uint8)
+
+
+def _neighbours(values: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous and next entries along `dim`, edges repeated (libjpeg's context rows and end columns)."""
+    import torch
+
+    first, last = values.narrow(dim, 0, 1), values.narrow(dim, values.shape[dim] - 1, 1)
+    size = values.shape[dim]
+    previous = torch.cat([first, values.narrow(dim, 0, size - 1)], dim=dim)
+    following = torch.cat([values.narrow(dim, 1, size - 1), last], dim=dim)
+    return previous, following
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor:
+    import torch
+
+    stacked = torch.stack([even, odd], dim=dim + 1)
+    shape = list(even.shape)
+    shape[dim] *= 2
+    return stacked.reshape(shape)
+
+
+def fancy_upsample(plane: torch.Tensor, vertical: int, horizontal: int, size: tuple[int, int]) -> torch.Tensor:
+    """libjpeg's triangle-filter upsampling of a chroma plane by 1 or 2 per axis (h2v1 / h2v2), cropped to `size`."""
+    import torch
+
+    p = plane.to(torch.int32)
+    if vertical == 2 and horizontal == 2:  # h2v2_fancy_upsample: column sums of 3·nearer + further row
+        above, below = _neighbours(p, 0)
+        sums = _interleave(3 * p + above, 3 * p + below, dim=0)
+        left, right = _neighbours(sums, 1)
+        out = _interleave((3 * sums + left + 8) >> 4, (3 * sums + right + 7) >> 4, dim=1)
+    elif vertical == 1 and horizontal == 2:  # h2v1_fancy_upsample
+        left, right = _neighbours(p, 1)
+        out = _interleave((3 * p + left + 1) >> 2, (3 * p + right + 2) >> 2, dim=1)
+    elif vertical == 1 and horizontal == 1:
+        out = p
+    else:
+        raise ValueError(f"no fancy upsampling for {horizontal}×{vertical} subsampling")
+    return out[: size[0], : size[1]].to(torch.uint8)
+
+
+def jpeg_planes_to_rgb(planes: torch.Tensor, sampling: tuple[int, int], tables: torch.Tensor) -> torch.Tensor:
+    """A decoder's raw output [3, H, W] (Y full size; Cb, Cr downsampled into their top-left corner, as nvJPEG's
+    "unchanged" format leaves them) → H×W×3 RGB as libjpeg-turbo makes it. `sampling`: (vertical, horizontal)."""
+    height, width = planes.shape[1:]
+    vertical, horizontal = sampling
+    chroma = (-(-height // vertical), -(-width // horizontal))
+    cb, cr = (fancy_upsample(planes[c, : chroma[0], : chroma[1]], vertical, horizontal, (height, width))
+              for c in (1, 2))
+    return ycc_to_rgb(planes[0], cb, cr, tables)

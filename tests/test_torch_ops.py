@@ -1,0 +1,104 @@
+"""The device request path's arithmetic equals the host functions bit for bit (checked on CPU tensors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segdemo.backends.torch_ops import (
+    PRECISION_BITS,
+    blend,
+    class_counts,
+    colourise,
+    pil_bilinear_taps,
+    resize_like_pil,
+)
+from segdemo.labels import palette
+from segdemo.preprocess import resize_for_model
+from segdemo.visuals import blend_table, colour_mask, colour_table, overlay
+
+from .conftest import photo
+
+SIZES = [(768, 1024), (1500, 2000), (2048, 2048), (300, 700), (48, 64), (1, 1), (1, 900), (4000, 100), (511, 513),
+         (512, 1024), (37, 1999)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("target", [(512, 512), (97, 300)], ids=str)
+def test_resize_is_pillow_bilinear_exactly(size, target):
+    rng = np.random.default_rng(size[0] * 7919 + size[1])
+    # A photograph (smooth areas, edges) and noise (every rounding case) at the same size.
+    for image in (photo("astronaut", size) if min(size) > 2 else rng.integers(0, 256, (*size, 3), np.uint8),
+                  rng.integers(0, 256, (*size, 3), np.uint8)):
+        expected = resize_for_model(image, target)
+        got = resize_like_pil(torch.from_numpy(image.copy()), target).numpy()
+        assert got.shape == (*target, 3)
+        assert np.array_equal(got, expected), f"{size}→{target}: {np.abs(got.astype(int) - expected).max()} off"
+
+
+def test_resize_of_a_strided_view_and_unchanged_size():
+    image = photo("coffee", (512, 512))
+    chw = torch.from_numpy(image.copy()).permute(2, 0, 1).contiguous()  # what nvJPEG returns, viewed back as HWC
+    hwc = chw.permute(1, 2, 0)
+    assert np.array_equal(resize_like_pil(hwc, (200, 300)).numpy(), resize_for_model(image, (200, 300)))
+    assert resize_like_pil(hwc, (512, 512)).numpy().tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("in_size, out_size", [(1024, 512), (700, 512), (48, 512), (2048, 97), (1, 300)])
+def test_taps_are_pillows_fixed_point_weights(in_size, out_size):
+    index, weights = pil_bilinear_taps(in_size, out_size)
+    assert index.shape == weights.shape and index.min() >= 0 and index.max() < in_size
+    # Normalised to 1.0 before rounding: each row sums to 2^22 give or take the rounding of its taps.
+    sums = weights.astype(np.int64).sum(axis=1)
+    assert np.all(np.abs(sums - (1 << PRECISION_BITS)) <= weights.shape[1])
+
+
+def test_colours_overlay_and_counts_equal_the_host_functions():
+    rng = np.random.default_rng(3)
+    colours = palette(150)
+    class_map = rng.integers(0, 150, (123, 77), np.uint8)
+    class_map[:5] = 7  # a dominant class, and ids the palette lacks stay black in both
+    image = rng.integers(0, 256, (123, 77, 3), np.uint8)
+    mask = colourise(torch.from_numpy(class_map), torch.from_numpy(colour_table(colours))).numpy()
+    assert np.array_equal(mask, colour_mask(class_map, colours))
+    for opacity in (0.0, 0.35, 0.5, 1.0):
+        got = blend(torch.from_numpy(image), torch.from_numpy(mask), torch.from_numpy(blend_table(opacity))).numpy()
+        assert np.array_equal(got, overlay(image, mask, opacity)), opacity
+    counts = class_counts(torch.from_numpy(class_map)).numpy()
+    assert counts.shape == (256,) and np.array_equal(counts[:150], np.bincount(class_map.ravel(), minlength=150))
+    assert counts[150:].sum() == 0
+
+
+def _turbojpeg():
+    try:
+        from turbojpeg import TurboJPEG
+
+        return TurboJPEG()
+    except (ImportError, RuntimeError, OSError) as exc:  # .ci/run installs both; elsewhere say what is missing
+        pytest.skip(f"needs PyTurboJPEG and the libturbojpeg0 system package: {exc}")
+
+
+@pytest.mark.parametrize("subsampling, sampling", [(2, (2, 2)), (1, (1, 2)), (0, (1, 1))], ids=["420", "422", "444"])
+@pytest.mark.parametrize("size", [(512, 512), (767, 1023), (300, 17), (49, 67)], ids=str)
+def test_jpeg_planes_to_rgb_is_pillows_decode(subsampling, sampling, size):
+    """libjpeg's raw Y/Cb/Cr planes (what nvJPEG's "unchanged" output holds) → exactly Pillow's RGB pixels."""
+    import io
+
+    from PIL import Image
+
+    from segdemo.backends.torch_ops import jpeg_planes_to_rgb, ycc_tables
+    from segdemo.decode import decode, plain_jpeg
+
+    turbo = _turbojpeg()
+    buffer = io.BytesIO()
+    Image.fromarray(photo("coffee", size)).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
+    data = buffer.getvalue()
+    header = plain_jpeg(data)
+    assert header is not None and header.sampling == sampling and (header.height, header.width) == size
+    planes = torch.zeros((3, *size), dtype=torch.uint8)  # each plane in the top-left corner, as nvJPEG leaves them
+    for channel, plane in enumerate(turbo.decode_to_yuv_planes(data)):
+        rows, cols = min(plane.shape[0], size[0]), min(plane.shape[1], size[1])
+        planes[channel, :rows, :cols] = torch.from_numpy(np.ascontiguousarray(plane[:rows, :cols]))
+    rgb = jpeg_planes_to_rgb(planes, header.sampling, torch.from_numpy(ycc_tables())).numpy()
+    assert np.array_equal(rgb, decode(data))
