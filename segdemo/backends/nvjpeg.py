@@ -1,4 +1,4 @@
-"""nvJPEG's planar Y/Cb/Cr decode, called through ctypes.
+"""nvJPEG's planar Y/Cb/Cr decode, called through ctypes: on the GPU's JPEG engines, or hybrid (Huffman on the host).
 
 torchvision's GPU decode only returns nvJPEG's RGB, whose nearest-neighbour chroma upsampling is up to ~36 levels
 away from Pillow's (libjpeg's triangle filter); the planes let torch_ops finish the decode exactly as libjpeg does.
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 OUTPUT_YUV = 1  # nvjpegOutputFormat_t: planar, chroma at its stored (subsampled) size
+BACKEND_HARDWARE = 3  # nvjpegBackend_t
+FLAGS_HW_DECODE_NO_PIPELINE = 1
 MAJOR_VERSION = 0  # libraryPropertyType
 
 
@@ -57,17 +59,45 @@ def load() -> ctypes.CDLL:
     raise OSError("libnvjpeg (CUDA ≥ 11) not found: pip install nvidia-nvjpeg-cu12 (or -cu13), or a CUDA toolkit")
 
 
-class PlanarDecoder:
+class _Decoder:
     """One nvJPEG handle and decode state; callers serialise decodes (the torch-cuda backend holds its lock)."""
+
+    name = ""
 
     def __init__(self, device: torch.device) -> None:
         import torch
 
         self.torch, self.device = torch, device
         self.lib = load()
+        self.handle, self.state = ctypes.c_void_p(), ctypes.c_void_p()
+
+    def _output(self, height: int, width: int) -> tuple[torch.Tensor, _Image, ctypes.c_void_p]:
+        """The planes tensor, its nvjpegImage_t and the current CUDA stream."""
+        out = self.torch.empty((3, height, width), dtype=self.torch.uint8, device=self.device)
+        image = _Image()
+        for channel in range(3):
+            image.channel[channel] = out[channel].data_ptr()
+            image.pitch[channel] = width
+        return out, image, ctypes.c_void_p(self.torch.cuda.current_stream(self.device).cuda_stream)
+
+    def close(self) -> None:
+        if self.state:
+            self.lib.nvjpegJpegStateDestroy(self.state)
+            self.state = None
+        if self.handle:
+            self.lib.nvjpegDestroy(self.handle)
+            self.handle = None
+
+
+class PlanarDecoder(_Decoder):
+    """nvjpegDecode: Huffman decoding on the host (the calling thread), the rest on the GPU; any GPU, any JPEG."""
+
+    name = "nvJPEG hybrid"
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
         self.lib.nvjpegDecode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
                                           ctypes.c_int, ctypes.POINTER(_Image), ctypes.c_void_p]
-        self.handle, self.state = ctypes.c_void_p(), ctypes.c_void_p()
         _check(self.lib.nvjpegCreateSimple(ctypes.byref(self.handle)), "nvjpegCreateSimple")
         _check(self.lib.nvjpegJpegStateCreate(self.handle, ctypes.byref(self.state)), "nvjpegJpegStateCreate")
 
@@ -76,22 +106,45 @@ class PlanarDecoder:
 
         Decodes on the current CUDA stream; `data` must stay alive until that stream has run the decode.
         """
-        torch = self.torch
-        out = torch.empty((3, height, width), dtype=torch.uint8, device=self.device)
-        image = _Image()
-        for channel in range(3):
-            image.channel[channel] = out[channel].data_ptr()
-            image.pitch[channel] = width
-        stream = torch.cuda.current_stream(self.device).cuda_stream
+        out, image, stream = self._output(height, width)
         _check(self.lib.nvjpegDecode(self.handle, self.state, data, len(data), OUTPUT_YUV, ctypes.byref(image),
-                                     ctypes.c_void_p(stream)), "nvjpegDecode")
+                                     stream), "nvjpegDecode")
         return out
 
-    def close(self) -> None:
-        if self.state:
-            self.lib.nvjpegJpegStateDestroy(self.state)
-            self.lib.nvjpegDestroy(self.handle)
-            self.state = self.handle = None
+
+class HardwareDecoder(_Decoder):
+    """The GPU's JPEG engines (A100, H100 and later) through the batched API, one image a batch: the host only
+    queues the work (~0.06 ms for 512², against ~0.4 ms of Huffman decoding in PlanarDecoder).
+
+    Baseline single-scan JPEGs only; progressive files raise RuntimeError (callers fall back to PlanarDecoder).
+    """
+
+    name = "nvJPEG hardware"
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.lib.nvjpegDecodeBatched.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(_Image), ctypes.c_void_p]
+        # No pipelining: each call decodes its own image, nothing is held back for a later batch.
+        _check(self.lib.nvjpegCreateEx(BACKEND_HARDWARE, None, None, FLAGS_HW_DECODE_NO_PIPELINE,
+                                       ctypes.byref(self.handle)), "nvjpegCreateEx(hardware)")
+        _check(self.lib.nvjpegJpegStateCreate(self.handle, ctypes.byref(self.state)), "nvjpegJpegStateCreate")
+        self._initialise()
+
+    def _initialise(self) -> None:
+        _check(self.lib.nvjpegDecodeBatchedInitialize(self.handle, self.state, 1, 1, OUTPUT_YUV),
+               "nvjpegDecodeBatchedInitialize")
+
+    def planes(self, data: bytes, height: int, width: int) -> torch.Tensor:
+        """As PlanarDecoder.planes."""
+        out, image, stream = self._output(height, width)
+        status = self.lib.nvjpegDecodeBatched(self.handle, self.state, (ctypes.c_char_p * 1)(data),
+                                              (ctypes.c_size_t * 1)(len(data)), ctypes.byref(image), stream)
+        if status != 0:
+            self._initialise()  # the documented recovery after a failed batch
+            _check(status, "nvjpegDecodeBatched")
+        return out
 
 
 def _check(status: int, call: str) -> None:
