@@ -38,18 +38,18 @@ def build(demo: w.Demo) -> gr.Blocks:
             result = demo.segment(image, detailed)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        overlay = w.overlay_file(result.overlay(opacity))
-        return overlay, w.class_map_file(result), result.legend_json(), w.timings(result, demo.session), \
-            (result, overlay)
+        files = w.result_files(result, opacity)
+        return files["overlay"], files["classes"], result.legend_json(), w.timings(result, demo.session), \
+            (result, files)
 
     def details(state):
-        result, overlay = state
+        result, files = state
         session = demo.session
         summary = session.history.summary()
         annotated = gr.AnnotatedImage(w.annotations(result), color_map=w.annotation_colours(result))
-        return (result.mask, annotated, w.legend_html(result), overlay, w.legend_file(result), w.status_line(result),
-                timeline_figure(session.load_spans.spans, result.spans.spans),
-                summary_figure(summary), w.summary_rows(summary), w.trace_file(session, result))
+        return (result.mask, annotated, w.legend_html(result), files["overlay"], files["legend"],
+                w.status_line(result), timeline_figure(session.load_spans.spans, result.spans.spans),
+                summary_figure(summary), w.summary_rows(summary), w.trace_file(session, result, files["legend"]))
 
     def reblend(state, opacity):
         if state is None:

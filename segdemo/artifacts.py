@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -25,6 +26,19 @@ def digest(*parts: str | bytes) -> str:
     for part in parts:
         h.update(part.encode() if isinstance(part, str) else part)
         h.update(b"\0")
+    return h.hexdigest()
+
+
+def hash_file_into(h: Any, path: Path) -> None:
+    """Feed a file to a hash object in 4 MiB blocks (weights and plans can be hundreds of MB)."""
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    hash_file_into(h, path)
     return h.hexdigest()
 
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -159,7 +158,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         runs += [_run_worker(backend, precision, job, work) for backend, precision in pairs]
         _add_agreement(runs, work, images)
     return {
-        "meta": _meta(args, runs, onnx_file),
+        "meta": _meta(args, runs, onnx_file, sizes),
         "runs": runs,
     }
 
@@ -180,22 +179,24 @@ def _write_images(folder: Path, sizes: list[tuple[int, int]], count: int) -> dic
 
 
 def _photo(name: str) -> np.ndarray:
-    try:
-        import skimage.data
+    import skimage.data
 
-        image = getattr(skimage.data, name)()
-        return image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-    except ImportError:  # no scikit-image: a smooth synthetic scene still gives real-looking structure
-        rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same images in every run
-        y, x = np.mgrid[0:480, 0:640] / 100.0
-        base = np.stack([np.sin(x + rng.random() * 6), np.cos(y * 1.3), np.sin(x * y / 3)], axis=2)
-        return np.clip((base + 1) * 110 + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    return getattr(skimage.data, name)()  # PHOTOS are RGB
+
+
+def _job_file(work: Path, backend: str, precision: str) -> Path:
+    return work / f"job-{backend}-{precision}.json"
+
+
+def _maps_file(work: Path, backend: str, precision: str) -> Path:
+    """A contender's class maps, written by its worker and compared by the parent."""
+    return work / f"maps-{backend}-{precision}.npz"
 
 
 def _run_worker(backend: str, precision: str, job: dict, work: Path) -> dict[str, Any]:
     """One contender in a fresh interpreter; its JSON comes back on a file, its log goes to ours on failure."""
     label = backend if backend == REFERENCE else f"{backend} ({precision.replace('+', ', ')})"
-    job_file = work / f"job-{backend}-{precision}.json"
+    job_file = _job_file(work, backend, precision)
     job_file.write_text(json.dumps({**job, "backend": backend, "precision": precision}))
     env = {**os.environ, **_variant(precision)[1]}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
@@ -222,12 +223,12 @@ def _run_worker(backend: str, precision: str, job: dict, work: Path) -> dict[str
 
 def _add_agreement(runs: list[dict], work: Path, images: dict[str, list[str]]) -> None:
     """Share of pixels where each contender's class map equals the transformers pipeline's, per size."""
-    reference_file = work / f"maps-{REFERENCE}-fp32.npz"
+    reference_file = _maps_file(work, REFERENCE, "fp32")
     if not reference_file.is_file():
         return
     reference = np.load(reference_file)
     for run in runs:
-        maps_file = work / f"maps-{run['backend']}-{run['precision']}.npz"
+        maps_file = _maps_file(work, run["backend"], run["precision"])
         if "error" in run or not maps_file.is_file():
             continue
         maps = np.load(maps_file)
@@ -240,13 +241,14 @@ def _add_agreement(runs: list[dict], work: Path, images: dict[str, list[str]]) -
             run["sizes"][key]["agreement"] = same / total
 
 
-def _meta(args: argparse.Namespace, runs: list[dict], onnx_file: Path) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, runs: list[dict], onnx_file: Path,
+          sizes: list[tuple[int, int]]) -> dict[str, Any]:
     facts = next((r["facts"] for r in runs if "facts" in r), {})
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "model": args.model,
         "device": args.device,
-        "sizes": [size_key(s) for s in parse_sizes(args.sizes)],
+        "sizes": [size_key(s) for s in sizes],
         "iters": args.iters, "warmup": args.warmup, "concurrency": args.concurrency, "images": args.images,
         "onnx_file": onnx_file.name,
         "machine": {
@@ -423,8 +425,9 @@ def _worker(backend: str, job: dict) -> None:
         result["decoder"] = getattr(runner.session.backend, "decoder_name", None)
         result["decode_difference"] = getattr(runner.session.backend, "decode_difference", None)
         result["load_spans_ms"] = {k: round(v, 2) for k, v in runner.session.load_spans.durations_ms().items()}
-    job_file = Path(job["maps_dir"]) / f"job-{backend}-{job['precision']}.json"
-    np.savez_compressed(Path(job["maps_dir"]) / f"maps-{backend}-{job['precision']}.npz", **maps)
+    work = Path(job["maps_dir"])
+    np.savez_compressed(_maps_file(work, backend, job["precision"]), **maps)
+    job_file = _job_file(work, backend, job["precision"])
     job_file.with_suffix(".result.json").write_text(json.dumps(result, indent=1))
 
 

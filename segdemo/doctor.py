@@ -117,7 +117,7 @@ def _doctor_args(p: argparse.ArgumentParser) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     from . import backends
     from .export import ensure_onnx
-    from .export_fp16 import PROBE_OUT_SIZE, run_onnx
+    from .export_fp16 import PROBE_OUT_SIZE, probe_reference
     from .gpu import detect
     from .model_source import resolve
 
@@ -138,7 +138,7 @@ def _doctor(args: argparse.Namespace) -> int:
         build = args.build_dir or Path(tmp)
         source = resolve(SELF_TEST_MODEL)
         onnx_file, _ = ensure_onnx(source, build)
-        reference = run_onnx(onnx_file)[0]
+        reference = probe_reference(onnx_file)[0]
         results = {}
         for rung in rungs:
             if rung.available:

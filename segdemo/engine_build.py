@@ -411,10 +411,6 @@ def _build(args: argparse.Namespace) -> int:
         bar(0.0, "exporting ONNX")
         onnx_file, _ = ensure_onnx(source, args.build_dir)
         engine = ensure_engine(onnx_file, args.precision, backend, args.build_dir, targets, bar, args.force)
-        if engine.cache_hit:
-            read_start = time.perf_counter()
-            size = len(engine_cache.CachedEngine(engine.plan, engine.sidecar).read())
-            load = engine.seconds + time.perf_counter() - read_start
     finally:
         bar.close()
     meta = engine.sidecar
@@ -423,7 +419,7 @@ def _build(args: argparse.Namespace) -> int:
     target = meta["target"].get("aot_targets") or f"{meta['target']['gpu']} ({meta['target']['compute_capability']})"
     print(f"engine   {meta['tensorrt']}, {meta['precision']}, target {target}")
     if engine.cache_hit:
-        print(f"cache    hit: verified and loaded {size / 1e6:.1f} MB in {load:.2f} s "
+        print(f"cache    hit: verified {meta['plan']['bytes'] / 1e6:.1f} MB in {engine.seconds:.2f} s "
               f"(built {meta['built_at']} in {meta['build_seconds']:.1f} s)")
     else:
         print(f"cache    miss: built in {engine.seconds:.1f} s (total {time.perf_counter() - start:.1f} s)")

@@ -9,19 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write, digest
+from .artifacts import atomic_write, digest, file_sha256
 
 log = logging.getLogger(__name__)
 
 ENGINE_DIR = "engines"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_key(parts: dict[str, Any]) -> str:
@@ -45,9 +37,6 @@ class CachedEngine:
 
     plan: Path
     sidecar: dict[str, Any]
-
-    def read(self) -> bytes:
-        return self.plan.read_bytes()
 
 
 def lookup(plan: Path, key: str) -> tuple[CachedEngine | None, str]:

@@ -6,12 +6,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import atomic_write, digest, lock_for
-from .engine_cache import sidecar_path
+from .engine_cache import sidecar_path, write_sidecar
 from .errors import SegdemoError
 from .export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 
@@ -40,14 +41,12 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
     """Return (path, cache_hit) of the graph to build a `precision` engine from, made and checked once.
 
     fp16 converts the network; both precisions get TensorRT's layout of the upsampling (see channels_first_upsampling).
-    When nothing changes, the sidecar says so and the fp32 graph itself is returned.
     """
     path = tensorrt_graph_path(fp32_file, precision)
-    meta_file = sidecar_path(path)
-    if cached := _cached(fp32_file, path):
+    if cached := _cached(path):
         return cached, True
     with lock_for(path):
-        if cached := _cached(fp32_file, path):  # made by another process meanwhile
+        if cached := _cached(path):  # made by another process meanwhile
             return cached, True
         import onnx
 
@@ -58,9 +57,6 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
         if precision == "fp16":
             model = convert(model)
         meta = {"source": fp32_file.name, "precision": precision, "channels_first_rewrites": rewrites}
-        if precision == "fp32" and not rewrites:
-            atomic_write(meta_file, (json.dumps({**meta, "same_as_source": True}, indent=2) + "\n").encode())
-            return fp32_file, False
         data = model.SerializeToString()
         _report(progress, 0.5, f"checking the {precision} graph against fp32 on ONNX Runtime")
         check = onnx_agreement(fp32_file, data)
@@ -69,7 +65,7 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
             fp32_ops=list(FP32_OPS), fp32_node_prefixes=list(FP32_NODE_PREFIXES),
             onnxruntime_check=check, seconds=round(time.perf_counter() - start, 2),
         )
-        atomic_write(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+        write_sidecar(path, meta)
         atomic_write(path, data)  # last: the graph's presence means its sidecar is complete
         level = logging.WARNING if check["agreement"] < MIN_AGREEMENT else logging.INFO
         log.log(level, "%s graph %s: %.3f %% pixel agreement with fp32 on ONNX Runtime (%.1f s)",
@@ -78,14 +74,12 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
     return path, False
 
 
-def _cached(fp32_file: Path, path: Path) -> Path | None:
-    """The graph to build from if it was made before: `path`, or the fp32 graph when nothing had to change."""
+def _cached(path: Path) -> Path | None:
+    """`path` if the graph was made before: a readable sidecar (written first) and the graph (written last)."""
     try:
-        meta = json.loads(sidecar_path(path).read_text())
+        json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("same_as_source"):
-        return fp32_file
     return path if path.is_file() else None
 
 
@@ -187,10 +181,23 @@ PROBE_OUT_SIZE = (384, 512)  # not the input size, so the upsampling in the grap
 
 def onnx_agreement(fp32_file: Path, other: Path | bytes) -> dict:
     """Pixel agreement of another graph (file or bytes) with the fp32 graph on the probe, both on ONNX Runtime."""
-    reference = run_onnx(fp32_file)
+    reference = probe_reference(fp32_file)
     result = run_onnx(other)
     return {"agreement": round(float((reference == result).mean()), 6), "probe": "synthetic 512×512",
             "out_size": list(PROBE_OUT_SIZE), "runtime": f"onnxruntime {_ort_version()} CPU"}
+
+
+def probe_reference(fp32_file: Path) -> np.ndarray:
+    """run_onnx(fp32_file): the class map every check compares against, computed once per version of the file."""
+    stat = fp32_file.stat()
+    return _probe_reference(fp32_file, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _probe_reference(fp32_file: Path, mtime_ns: int, size: int) -> np.ndarray:
+    classes = run_onnx(fp32_file)
+    classes.setflags(write=False)  # shared by every caller
+    return classes
 
 
 def run_onnx(graph: Path | bytes, pixels: np.ndarray | None = None,

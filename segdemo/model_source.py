@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .artifacts import hash_file_into
 from .errors import ModelNotFoundError, SegdemoError
 from .labels import ADE20K_LABELS
 
@@ -174,7 +175,7 @@ def _local_source(spec: str, folder: Path) -> ModelSource:
     digest = hashlib.sha256(json.dumps(_config_identity(config), sort_keys=True).encode())
     for file in weights:
         digest.update(file.name.encode())
-        _hash_file(file, digest)
+        hash_file_into(digest, file)
     return ModelSource(
         spec=spec,
         name=_slug(spec),
@@ -196,12 +197,6 @@ def _input_size(folder: Path) -> tuple[int, int]:
     if isinstance(size, dict) and "height" in size and "width" in size:
         return (int(size["height"]), int(size["width"]))
     return (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE)
-
-
-def _hash_file(path: Path, digest: Any) -> None:
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
 
 
 def _sha256(data: bytes) -> str:

@@ -188,10 +188,9 @@ class Session:
         with spans.span("decode", INFERENCE):
             return decode(image)
 
-    def trace_spans(self, request: SpanRecorder | None = None) -> list[Span]:
-        """The session's load spans plus one request's spans (default: the latest), for traces and plots."""
-        request = request or self.history.last()
-        return self.load_spans.spans + (request.spans if request else [])
+    def trace_spans(self, request: SpanRecorder) -> list[Span]:
+        """The session's load spans plus one request's spans, for traces and plots."""
+        return self.load_spans.spans + request.spans
 
     def reload_backend(self, **options: Any) -> None:
         """Recreate the backend (e.g. after an engine rebuild), then close the old one.

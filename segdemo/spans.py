@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections import deque
@@ -10,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 LOAD, INFERENCE, LAYER = "load", "inference", "layer"
 CATEGORIES = (LOAD, INFERENCE, LAYER)
@@ -97,14 +98,6 @@ class RequestHistory:
         with self._lock:
             self._items.append(spans)
 
-    def last(self) -> SpanRecorder | None:
-        with self._lock:
-            return self._items[-1] if self._items else None
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
     def summary(self) -> list[dict[str, Any]]:
         """Per span name: count, p50 and p95 in ms over the kept requests (host and device spans apart)."""
         with self._lock:
@@ -135,7 +128,4 @@ def _per_request_totals(recorder: SpanRecorder) -> dict[tuple[str, str, str], fl
 
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
-    if len(values) == 1:
-        return values[0]
-    cuts = statistics.quantiles(sorted(values), n=100, method="inclusive")
-    return cuts[min(max(int(round(q)) - 1, 0), 98)] if 0 < q < 100 else (min(values) if q <= 0 else max(values))
+    return float(np.percentile(values, q))

@@ -40,7 +40,7 @@ def _hover(s: Span, start_ms: float) -> str:
            f"<br>starts at {start_ms:.1f} ms<br>thread: {s.thread}{attrs}"
 
 
-def timeline_figure(load: list[Span], request: list[Span] | None = None, title: str = "") -> go.Figure:
+def timeline_figure(load: list[Span], request: list[Span] | None = None) -> go.Figure:
     """Load spans of the session and the spans of the last request on one axis (ms)."""
     import plotly.graph_objects as go
 
@@ -79,8 +79,8 @@ def timeline_figure(load: list[Span], request: list[Span] | None = None, title: 
         ))
     lanes_order = _lane_order([lane for r in rows.values() for lane in r[0]])
     fig.update_layout(
-        title=title or None, barmode="overlay", height=max(320, 90 + 44 * len(lanes_order)),
-        margin={"l": 10, "r": 10, "t": 40 if title or note else 10, "b": 40},
+        barmode="overlay", height=max(320, 90 + 44 * len(lanes_order)),
+        margin={"l": 10, "r": 10, "t": 40 if note else 10, "b": 40},
         legend={"orientation": "h", "y": -0.25}, xaxis_title="ms (drag to zoom into the request)", bargap=0.25,
         plot_bgcolor="white",
     )

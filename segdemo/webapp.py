@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import platform
@@ -18,12 +17,13 @@ import numpy as np
 
 from . import backends
 from .artifacts import build_dir
+from .classmap import LegendEntry
 from .errors import ModelNotFoundError, SegdemoError
 from .gpu import detect, package_versions
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session, peak_rss_mb
 from .trace import write_trace
-from .visuals import class_map_png, png_bytes
+from .visuals import png_bytes
 
 log = logging.getLogger("segdemo.app")
 
@@ -210,39 +210,37 @@ _DOWNLOADS = Path(tempfile.mkdtemp(prefix="segdemo-app-"))
 KEEP_FOLDERS = 256  # Gradio copies each returned file into its own cache, so only recent folders are kept here
 
 
+_PRUNE_LOCK = threading.Lock()  # requests and re-blends run concurrently; one prunes at a time
+
+
 def _fresh_folder() -> Path:
     """A new folder for one response's files; the oldest beyond KEEP_FOLDERS are removed."""
     import shutil
 
     folder = Path(tempfile.mkdtemp(dir=_DOWNLOADS))
-    old = sorted(_DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+    with _PRUNE_LOCK:
+        old = sorted(_DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
     return folder
 
 
-def class_map_file(result: Segmentation) -> str:
-    """classes.png: a palette PNG whose pixel values are the class ids."""
-    path = _fresh_folder() / "classes.png"
-    path.write_bytes(class_map_png(result.class_map, result.colours))
-    return str(path)
+def result_files(result: Segmentation, opacity: float) -> dict[str, str]:
+    """classes.png (pixel values are class ids), overlay.png and legend.json of one response, in a fresh folder."""
+    return {name: str(path) for name, path in result.write(_fresh_folder(), opacity).items()}
 
 
 def overlay_file(overlay: np.ndarray) -> str:
+    """overlay.png of a re-blend, in a fresh folder."""
     path = _fresh_folder() / "overlay.png"
     path.write_bytes(png_bytes(overlay))
     return str(path)
 
 
-def legend_file(result: Segmentation) -> str:
-    path = _fresh_folder() / "legend.json"
-    path.write_text(json.dumps(result.legend_json(), indent=2))
-    return str(path)
-
-
-def trace_file(session: Session, result: Segmentation) -> str:
-    """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing."""
-    return str(write_trace(_fresh_folder() / "profiling.json", session.trace_spans(result.spans), result.info))
+def trace_file(session: Session, result: Segmentation, beside: str) -> str:
+    """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing, next to `beside`."""
+    path = Path(beside).with_name("profiling.json")
+    return str(write_trace(path, session.trace_spans(result.spans), result.info))
 
 
 def annotations(result: Segmentation, limit: int = 20, max_side: int = 800) -> tuple[np.ndarray, list]:
@@ -259,13 +257,17 @@ def annotations(result: Segmentation, limit: int = 20, max_side: int = 800) -> t
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     class_map = restore_size(result.class_map, size)
     image = result.image if scale == 1.0 else np.asarray(Image.fromarray(result.image).resize(size[::-1]))
-    sections = [((class_map == e.id).astype(np.float32), f"{e.name} ({e.share * 100:.1f} %)")
-                for e in result.legend[:limit]]
+    sections = [((class_map == e.id).astype(np.float32), _annotation_label(e)) for e in result.legend[:limit]]
     return image, sections
 
 
 def annotation_colours(result: Segmentation, limit: int = 20) -> dict[str, str]:
-    return {f"{e.name} ({e.share * 100:.1f} %)": e.color for e in result.legend[:limit]}
+    """The colour of each of `annotations`' labels (the component matches them by text)."""
+    return {_annotation_label(e): e.color for e in result.legend[:limit]}
+
+
+def _annotation_label(entry: LegendEntry) -> str:
+    return f"{entry.name} ({entry.share * 100:.1f} %)"
 
 
 def example_files(folder: Path | None = None) -> list[str]:

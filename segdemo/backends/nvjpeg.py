@@ -11,6 +11,7 @@ import ctypes
 import glob
 import os
 import sys
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ def _loaded_by_torchvision() -> list[str]:
         return []
 
 
+@lru_cache(maxsize=1)
 def load() -> ctypes.CDLL:
-    """The nvJPEG library, or OSError naming where it was looked for."""
+    """The nvJPEG library (searched once), or OSError naming where it was looked for."""
     for name in _candidates() + _loaded_by_torchvision():
         try:
             lib = ctypes.CDLL(name)

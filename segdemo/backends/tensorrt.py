@@ -125,6 +125,7 @@ class TensorRTBackend:
                                f"close other GPU programs or use --backend onnxruntime")
         self.engine, self.context = engine, context
         self.stream = torch.cuda.Stream()
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]  # reused: requests hold self._lock
         self.image_shape = tuple(engine.get_tensor_shape(INPUT_IMAGE))
         # The plan's optimisation profile (recorded in its sidecar, part of its key) bounds the output size.
         max_values = self.artifact.sidecar["profile"]["out_size"]["max"]
@@ -153,7 +154,7 @@ class TensorRTBackend:
     def _guard_accuracy(self, spans: SpanRecorder, min_agreement: float) -> None:
         """On the first load of a plan, compare it with ONNX Runtime fp32; an fp16 plan below the bar → fp32."""
         from .. import engine_cache
-        from ..export_fp16 import PROBE_OUT_SIZE, probe_image, run_onnx
+        from ..export_fp16 import PROBE_OUT_SIZE, probe_image, probe_reference
 
         meta = self.artifact.sidecar
         accuracy = meta.get("accuracy", {})
@@ -161,7 +162,7 @@ class TensorRTBackend:
         if agreement is None:
             with spans.span("accuracy check", LOAD, backend=self.name, precision=self.precision) as attrs:
                 pixels = probe_image(self.image_shape[1:3])
-                reference = run_onnx(self._onnx_file, pixels, PROBE_OUT_SIZE)[0]
+                reference = probe_reference(self._onnx_file)[0]  # the same probe, input size and output size
                 ours = self.run(ModelInput(pixels, PROBE_OUT_SIZE, PROBE_OUT_SIZE), SpanRecorder())
                 agreement = float((reference == ours).mean())
                 attrs.update(agreement=agreement)
@@ -210,7 +211,7 @@ class TensorRTBackend:
                                    f"engine with `segdemo build --force`")
             count = height * width
             profiler = self._attach_profiler() if detailed else None
-            events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            events = self.events
             enqueued_ns = time.perf_counter_ns()
             with torch.cuda.stream(self.stream):
                 events[0].record(self.stream)
@@ -244,10 +245,8 @@ class TensorRTBackend:
         total_ns = int(sum(device_ms) * 1e6)
         start = max(enqueued_ns, done_ns - total_ns)
         names = ("upload", "execute", "download")
-        execute_start = start
+        execute_start = start + int(device_ms[0] * 1e6)
         for name, ms in zip(names, device_ms, strict=True):
-            if name == "execute":
-                execute_start = start
             spans.add_device(f"gpu {name}", INFERENCE, start, int(ms * 1e6), backend=self.name)
             start += int(ms * 1e6)
         if profiler is not None:

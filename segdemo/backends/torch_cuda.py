@@ -17,13 +17,14 @@ import logging
 import os
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..artifacts import build_dir
-from ..decode import EncodedJpeg, decode, plain_jpeg
+from ..decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
 from ..export import normalisation
 from ..labels import palette
 from ..preprocess import ModelInput
@@ -207,17 +208,17 @@ class TorchCudaBackend:
             return None
 
         def decoder(jpeg: EncodedJpeg) -> tuple[torch.Tensor, str]:
-            """RGB pixels on the device, and which decoder made them."""
-            for rank, planar in enumerate(self.nvjpeg, start=1):
+            """RGB pixels on the device, and which decoder made them (the last one's errors propagate)."""
+            height, width = jpeg.header.height, jpeg.header.width
+            for planar in self.nvjpeg[:-1]:
                 try:
-                    planes = planar.planes(jpeg.data, jpeg.header.height, jpeg.header.width)
+                    planes = planar.planes(jpeg.data, height, width)
                 except RuntimeError as exc:  # e.g. a progressive file on the JPEG engines
-                    if rank == len(self.nvjpeg):
-                        raise
                     log.debug("%s refused the upload (%s); trying the next decoder", planar.name, exc)
                     continue
                 return colour(planes, jpeg.header.sampling, tables), planar.name
-            raise RuntimeError("no nvJPEG decoder")  # unreachable: self.nvjpeg is not empty
+            last = self.nvjpeg[-1]
+            return colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, tables), last.name
 
         return decoder
 
@@ -254,12 +255,11 @@ class TorchCudaBackend:
         """Worst mean absolute difference to Pillow's pixels over the sample JPEGs."""
         torch = self.torch
         worst = 0.0
-        for sample in _sample_jpegs():
-            header = plain_jpeg(sample)
+        for data, header, pillow in _sample_jpegs():
             with torch.inference_mode(), torch.cuda.stream(self.stream):
-                got = colour(planar.planes(sample, header.height, header.width), header.sampling, tables)
+                got = colour(planar.planes(data, header.height, header.width), header.sampling, tables)
                 got = got.cpu().numpy()
-            worst = max(worst, float(np.abs(got.astype(np.int16) - decode(sample)).mean()))
+            worst = max(worst, float(np.abs(got.astype(np.int16) - pillow).mean()))
         return worst
 
     def _network(self) -> torch.Tensor:
@@ -456,8 +456,10 @@ class TorchCudaBackend:
             self.torch.cuda.empty_cache()
 
 
-def _sample_jpegs() -> list[bytes]:
-    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized."""
+@lru_cache(maxsize=1)
+def _sample_jpegs() -> tuple[tuple[bytes, JpegHeader, np.ndarray], ...]:
+    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized, with their
+    headers and Pillow's pixels (made once: every decoder is checked against them)."""
     import io
 
     from PIL import Image
@@ -469,8 +471,9 @@ def _sample_jpegs() -> list[bytes]:
     for subsampling in (2, 1, 0):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
-        samples.append(buffer.getvalue())
-    return samples
+        data = buffer.getvalue()
+        samples.append((data, plain_jpeg(data), decode(data)))
+    return tuple(samples)
 
 
 def create(onnx_file: Path, spans: SpanRecorder, source: ModelSource | None = None, **options) -> TorchCudaBackend:
