@@ -9,10 +9,24 @@ import gradio as gr
 from segdemo import webapp as w
 from segdemo.cli import setup_logging
 from segdemo.errors import SegdemoError
-from segdemo.gradio_parts import ImageUpload
+from segdemo.gradio_parts import ImageUpload, hover_view
 from segdemo.model_source import PRESETS
 from segdemo.timeline import summary_figure, timeline_figure
 
+HOST_WORKERS = 4  # requests decoding/encoding at once (the engine itself takes one at a time)
+# The follow-up step (legend, hover view, colour mask, plots) starts once the overlay is painted, so its work never
+# competes with the overlay's download and paint; it gives up waiting after 2 s.
+AFTER_OVERLAY_PAINT = """(state) => new Promise(resolve => {
+  const go = () => requestAnimationFrame(() => resolve(state));
+  const timer = setTimeout(go, 2000);
+  requestAnimationFrame(() => {
+    const img = document.querySelector('#overlay img');
+    if (!img || (img.complete && img.naturalWidth)) { clearTimeout(timer); return go(); }
+    const done = () => { clearTimeout(timer); go(); };
+    img.addEventListener('load', done, {once: true});
+    img.addEventListener('error', done, {once: true});
+  });
+})"""
 CSS = ".segdemo-legend td, .segdemo-legend th {padding: 2px 8px} .segdemo-legend {font-size: 0.92em}"
 
 
@@ -27,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=env.port)
     p.add_argument("--share", action="store_true", default=env.share, help="create a public share link")
+    p.add_argument("--display-side", type=int, default=env.display_side,
+                   help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
     return w.AppConfig(**vars(p.parse_args(argv)))
 
 
@@ -38,24 +54,28 @@ def build(demo: w.Demo) -> gr.Blocks:
             result = demo.segment(image, detailed)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        files = w.result_files(result, opacity)
-        return files["overlay"], files["classes"], result.legend_json(), w.timings(result, demo.session), \
-            (result, files)
+        response = w.respond(result, opacity)
+        return str(response.overlay), str(response.classes), result.legend_json(), \
+            w.timings(result, demo.session), response
 
-    def details(state):
-        result, files = state
-        session = demo.session
+    def details(response):
+        session, result = demo.session, response.result
         summary = session.history.summary()
-        annotated = gr.AnnotatedImage(w.annotations(result), color_map=w.annotation_colours(result))
-        return (result.mask, annotated, w.legend_html(result), files["overlay"], files["legend"],
-                w.status_line(result), timeline_figure(session.load_spans.spans, result.spans.spans),
-                summary_figure(summary), w.summary_rows(summary), w.trace_file(session, result, files["legend"]))
+        return (str(w.view_file(response)), w.hover_html(response), w.legend_html(result),
+                str(w.legend_file(response)), w.status_line(result),
+                timeline_figure(session.load_spans.spans, result.spans.spans), summary_figure(summary),
+                w.summary_rows(summary), w.trace_file(session, result, response.folder))
 
-    def reblend(state, opacity):
-        if state is None:
+    def reblend(response, opacity):
+        if response is None:
             return gr.skip(), gr.skip()
-        overlay = w.overlay_file(state[0].overlay(opacity))
-        return overlay, overlay
+        overlay = w.reblend(response, opacity)
+        return str(overlay), w.hover_html(response, overlay)
+
+    def full_overlay(response, opacity):
+        if response is None:
+            raise gr.Error("segment an image first: the full-size overlay is made from the last result")
+        return str(w.full_overlay_file(response, opacity))
 
     def startup():
         return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
@@ -84,16 +104,20 @@ def build(demo: w.Demo) -> gr.Blocks:
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                     gr.Examples(w.example_files(demo.build), inputs=[image], label="Example photographs")
                 with gr.Column(scale=1):
-                    overlay = gr.Image(label="Overlay", type="filepath", format="png", elem_id="overlay")
+                    overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
                     status = gr.Markdown(elem_id="status")
                     legend = gr.HTML(label="Classes present", elem_id="legend")
             with gr.Row():
-                mask = gr.Image(label="Colour mask", type="numpy", format="png")
-                annotated = gr.AnnotatedImage(label="Hover or click a class to highlight it")
+                mask = gr.Image(label="Colour mask", type="filepath", elem_id="mask")
+                with gr.Column():
+                    gr.Markdown("**Point at a class to highlight it** (or at its name below)")
+                    hover = hover_view(elem_id="hover")
             with gr.Row():
-                classes_file = gr.File(label="Class map (palette PNG: pixel value = class id)")
-                overlay_dl = gr.File(label="Overlay (PNG)")
+                classes_file = gr.File(label="Class map, original size (palette PNG: pixel value = class id)")
                 legend_dl = gr.File(label="Legend (JSON)")
+                with gr.Column():
+                    overlay_dl = gr.File(label="Overlay, original size (PNG)")
+                    make_overlay = gr.Button("Make the full-size overlay PNG", size="sm")
             with gr.Accordion("API values of the last request", open=False):
                 legend_json = gr.JSON(label="legend")
                 timings_json = gr.JSON(label="timings (ms)")
@@ -113,14 +137,19 @@ def build(demo: w.Demo) -> gr.Blocks:
             build_result = gr.Markdown()
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
+        # Requests share the session's one engine slot (Session._engine); decoding and encoding run beside it, so
+        # several requests are in flight while one at a time is in the engine.
         segment_event = run.click(segment, [image, opacity, detailed],
                                   [overlay, classes_file, legend_json, timings_json, state],
                                   api_name="segment", api_description=w.SEGMENT_API_DOC,
-                                  concurrency_limit=1, concurrency_id="inference")
-        segment_event.then(details, [state], [mask, annotated, legend, overlay_dl, legend_dl, status, timeline,
-                                              summary_plot, summary_table, trace_dl], api_visibility="private")
-        opacity.change(reblend, [state, opacity], [overlay, overlay_dl], api_visibility="private",
-                       concurrency_limit=4, trigger_mode="always_last", show_progress="hidden")
+                                  concurrency_limit=HOST_WORKERS, concurrency_id="requests")
+        segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, timeline, summary_plot,
+                                                 summary_table, trace_dl], js=AFTER_OVERLAY_PAINT,
+                              api_visibility="private", concurrency_limit=HOST_WORKERS, show_progress="hidden")
+        opacity.change(reblend, [state, opacity], [overlay, hover], api_visibility="private",
+                       concurrency_limit=HOST_WORKERS, trigger_mode="always_last", show_progress="hidden")
+        make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
+                           api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=HOST_WORKERS)
         engine_tab.select(engine, None, [engine_md, ladder], api_visibility="private")
         build_button.click(build_engine, [build_precision], [build_result, engine_md, ladder],
                            api_visibility="private", concurrency_limit=1, concurrency_id="build")
@@ -134,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     blocks = build(demo)
     blocks.queue(max_size=16)
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share, max_file_size="25mb",
-                  css=CSS, footer_links=["api", "gradio"])
+                  css=CSS, footer_links=["api", "gradio"], allowed_paths=[str(w.DOWNLOADS)])
 
 
 if __name__ == "__main__":

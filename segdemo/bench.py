@@ -72,14 +72,39 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="also write the results into this Markdown file, replacing its --section only")
     p.add_argument("--section", default=None, help="section name inside --markdown (default: the device)")
     p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
-    p.add_argument("--from-json", type=Path, default=None, help="render an earlier results.json instead of running")
-    p.add_argument("--smoke", action="store_true", help="tiny CI run (random:tiny, one 64x48 image, 3 iterations)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="render an earlier results.json (with --app: results-app.json) instead of running")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny CI run (random:tiny, one 64x48 image, 3 iterations; with --app: one 512x512 image, "
+                        "2 iterations, the browser only where Chromium is)")
+    app = p.add_argument_group("--app: what a user of the web app waits for (API round trip, browser paint), "
+                               "against a do-nothing Gradio app; also uses --model, --iters, --warmup, --out, "
+                               "--markdown, --section (default app-cpu/app-cuda), --build-dir, --smoke")
+    app.add_argument("--app", action="store_true",
+                     help="time `python app.py` as its users wait for it instead of the backends "
+                          "(writes results-app.json, bench-app.md)")
+    app.add_argument("--backend", default="auto", help="--app: the app's --backend (default auto)")
+    app.add_argument("--app-images", default="512,1024x768,1920x1080,phone12mp,png-screenshot",
+                     help="--app: images for the API timing, from 512, 1024x768, 1920x1080, phone12mp "
+                          "(4032x3024 JPEG, EXIF rotated), png-screenshot (default all five)")
+    app.add_argument("--browser", action=argparse.BooleanOptionalAction, default=True,
+                     help="--app: also time click → painted in Chromium through Playwright (default on; "
+                          "skipped with a reason when Chromium or Playwright is missing)")
+    app.add_argument("--browser-images", default="1024x768", help="--app: images for the browser timing "
+                                                                 "(same names as --app-images; default 1024x768)")
+    app.add_argument("--browser-iters", type=int, default=None,
+                     help="--app: timed clicks per image and page state (default: --iters)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--job", type=Path, default=None, help=argparse.SUPPRESS)
 
 
-@command("bench", "time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly)", _args)
+@command("bench", "time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly); "
+                  "--app: the web app as its users wait for it", _args)
 def _bench(args: argparse.Namespace) -> int:
+    if args.app:
+        from .bench_app import run_app_bench  # imported here only: library code never loads the app benchmark
+
+        return run_app_bench(args)
     if args.worker:
         _worker(args.worker, json.loads(args.job.read_text()))
         return 0
@@ -326,7 +351,7 @@ class _Reference:
 
 
 class _Segdemo:
-    """A segdemo Session: request = segment + overlay; model-only = the backend's run on a prepared input."""
+    """A segdemo Session: request = segment + display overlay; model-only = the backend's run on a prepared input."""
 
     def __init__(self, model: str, backend: str, precision: str, build: str | None) -> None:
         from .pipeline import Session
@@ -337,7 +362,7 @@ class _Segdemo:
 
     def request(self, data: bytes) -> np.ndarray:
         result = self.session.segment(data)
-        result.overlay()
+        result.display_overlay()  # what the app shows (the image itself up to the display side)
         if self.recording:
             self.last_spans.append(result.spans.durations_ms())
         return result.class_map

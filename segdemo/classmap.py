@@ -30,6 +30,17 @@ def restore_size(class_map: np.ndarray, original: tuple[int, int]) -> np.ndarray
     return np.asarray(Image.fromarray(class_map).resize((width, height), Image.Resampling.NEAREST))
 
 
+@lru_cache(maxsize=64)
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Which of `src` entries each of `dst` outputs takes in restore_size (Pillow's own mapping, read off a ramp).
+
+    Pillow's nearest-neighbour resize treats the axes independently, so a device can replay restore_size with two
+    gathers of these indices and get the same pixels.
+    """
+    ramp = Image.fromarray(np.arange(src, dtype=np.int32)[None, :])  # mode "I"
+    return np.asarray(ramp.resize((dst, 1), Image.Resampling.NEAREST), dtype=np.int64)[0]
+
+
 def legend(class_map: np.ndarray, labels: list[str], colours: np.ndarray) -> list[LegendEntry]:
     """Classes present, largest share first (ties by id)."""
     return legend_from_counts(np.bincount(class_map.ravel(), minlength=len(labels)), labels, colours)

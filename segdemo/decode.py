@@ -19,6 +19,7 @@ MAX_PIXELS = 64_000_000  # 64 MP: well above phone photos, far below a decompres
 MAX_FILE_BYTES = 50 * 1024 * 1024
 ORIENTATION = 0x0112  # the EXIF tag
 SAMPLINGS = {(1, 1), (2, 1), (2, 2)}  # luma (horizontal, vertical) factors of 4:4:4, 4:2:2, 4:2:0
+TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height (every portrait phone photo: 6)
 
 
 def decode(source: Any) -> np.ndarray:
@@ -59,9 +60,15 @@ def encoded_bytes(source: Any) -> bytes | None:
 class JpegHeader(NamedTuple):
     """What a GPU decoder needs to know about a plain JPEG."""
 
-    height: int
+    height: int  # as stored
     width: int
     sampling: tuple[int, int]  # luma samples per chroma sample, (vertical, horizontal): (2, 2) is 4:2:0
+    orientation: int = 1  # EXIF orientation (1–8) the decoded pixels still need, as ImageOps.exif_transpose
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """(height, width) once the EXIF orientation is applied: 5–8 turn the picture by a quarter."""
+        return (self.width, self.height) if self.orientation in TRANSPOSING else (self.height, self.width)
 
 
 class EncodedJpeg(NamedTuple):
@@ -72,11 +79,12 @@ class EncodedJpeg(NamedTuple):
 
 
 def plain_jpeg(data: bytes) -> JpegHeader | None:
-    """The header of a complete YCbCr JPEG (4:4:4, 4:2:2 or 4:2:0) that needs no EXIF rotation, else None.
+    """The header of a complete YCbCr JPEG (4:4:4, 4:2:2 or 4:2:0), with its EXIF orientation, else None.
 
     A GPU decoder that replays libjpeg's chroma upsampling and colour conversion gives Pillow's pixels for such
     files (up to inverse-DCT rounding); everything else (other formats, CMYK, greyscale, Adobe RGB, rotated,
     truncated or with bytes after the end marker, tiny or too large) is left to `decode`, which also words errors.
+    A device applies the orientation itself, as `decode` does with ImageOps.exif_transpose.
     """
     if not data.startswith(b"\xff\xd8\xff") or not data.endswith(b"\xff\xd9"):
         return None
@@ -89,11 +97,13 @@ def plain_jpeg(data: bytes) -> JpegHeader | None:
                 plain = (img.format == "JPEG" and img.mode == "RGB" and len(factors) == 3
                          and factors[1] == factors[2] == (1, 1) and factors[0] in SAMPLINGS
                          and 16 <= min(width, height) and width * height <= MAX_PIXELS
-                         and img.info.get("adobe_transform", 1) == 1
-                         and img.getexif().get(ORIENTATION, 1) == 1)
+                         and img.info.get("adobe_transform", 1) == 1)
+                orientation = img.getexif().get(ORIENTATION, 1)
     except Exception:  # noqa: BLE001 — whatever Pillow dislikes, decode() will explain
         return None
-    return JpegHeader(height, width, factors[0][::-1]) if plain else None
+    if not plain or orientation not in range(1, 9):
+        return None
+    return JpegHeader(height, width, factors[0][::-1], orientation)
 
 
 def _from_bytes(data: bytes, what: str) -> np.ndarray:

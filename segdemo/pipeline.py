@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,47 +20,80 @@ from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
 from .export import ensure_onnx
 from .labels import palette
 from .model_source import ModelSource, resolve
-from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare
+from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
 from .spans import INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
-from .visuals import DEFAULT_OPACITY, clamp_opacity, class_map_png, colour_mask, overlay, png_bytes
+from .visuals import (
+    DEFAULT_OPACITY,
+    DISPLAY_SIDE,
+    clamp_opacity,
+    class_map_png,
+    colour_mask,
+    display_size,
+    overlay,
+    png_bytes,
+)
 
 log = logging.getLogger("segdemo")
+
+ENGINE_WAIT_SPAN_NS = 100_000  # queueing for the engine shorter than this is not worth a span
 
 
 @dataclass
 class Segmentation:
-    """The result of one request: the class map at the original size and everything derived from it."""
+    """One request's result: the class map at the original size, the pictures the browser shows at display size,
+    and full-size pictures made only when asked for (downloads, the CLI)."""
 
-    image: np.ndarray  # decoded RGB, original size
-    class_map: np.ndarray  # uint8 class ids, original size
+    class_map: np.ndarray  # uint8 class ids, original (upright) size
     legend: list[LegendEntry]
     colours: np.ndarray
     spans: SpanRecorder
+    display_image: np.ndarray  # RGB at display size (the decoded image itself when that is no larger)
+    display_map: np.ndarray  # class ids at display size
     info: dict[str, Any] = field(default_factory=dict)
+    source: Any = field(default=None, repr=False)  # what the image came from: decoded again only for full size
+    _image: np.ndarray | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
-    _overlays: dict[float, np.ndarray] = field(default_factory=dict, repr=False)  # made along with the class map
+    _display_overlays: dict[float, np.ndarray] = field(default_factory=dict, repr=False)  # made with the map
+
+    @property
+    def image(self) -> np.ndarray:
+        """The decoded RGB image at its original size (decoded again on the host if only the device had it)."""
+        if self._image is None:
+            if self.display_image.shape[:2] == self.class_map.shape:
+                self._image = self.display_image
+            else:
+                with self.spans.span("decode full size", INFERENCE):
+                    self._image = decode(self.source)
+        return self._image
 
     @property
     def mask(self) -> np.ndarray:
-        """Colour picture of the class map (computed once)."""
+        """Colour picture of the class map at the original size (computed once, on demand)."""
         if self._mask is None:
             with self.spans.span("colourise", INFERENCE):
                 self._mask = colour_mask(self.class_map, self.colours)
         return self._mask
 
     def overlay(self, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
-        opacity = clamp_opacity(opacity)
-        if opacity in self._overlays:
-            return self._overlays[opacity]
+        """The overlay at the original size (for downloads; the browser shows `display_overlay`)."""
         mask = self.mask
-        with self.spans.span("overlay", INFERENCE, opacity=opacity):
+        with self.spans.span("overlay", INFERENCE, opacity=clamp_opacity(opacity)):
             return overlay(self.image, mask, opacity)
+
+    def display_overlay(self, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+        """The overlay at display size; the default opacity's was made along with the class map."""
+        opacity = clamp_opacity(opacity)
+        if opacity not in self._display_overlays:
+            with self.spans.span("display overlay", INFERENCE, opacity=opacity):
+                self._display_overlays[opacity] = overlay(self.display_image,
+                                                          colour_mask(self.display_map, self.colours), opacity)
+        return self._display_overlays[opacity]
 
     def legend_json(self) -> dict[str, Any]:
         return {**self.info, "classes": [e.to_dict() for e in self.legend]}
 
     def write(self, out_dir: Path, opacity: float = DEFAULT_OPACITY) -> dict[str, Path]:
-        """Write classes.png (palette PNG of ids), overlay.png and legend.json into out_dir."""
+        """Write classes.png (palette PNG of ids), overlay.png and legend.json, all at the original size."""
         out_dir.mkdir(parents=True, exist_ok=True)
         files = {
             "classes": out_dir / "classes.png",
@@ -67,8 +102,12 @@ class Segmentation:
         }
         files["classes"].write_bytes(class_map_png(self.class_map, self.colours))
         files["overlay"].write_bytes(png_bytes(self.overlay(opacity)))
-        files["legend"].write_text(json.dumps(self.legend_json(), indent=2) + "\n")
+        self.write_legend(files["legend"])
         return files
+
+    def write_legend(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.legend_json(), indent=2) + "\n")
+        return path
 
 
 class Session:
@@ -83,11 +122,18 @@ class Session:
         max_side: int = MAX_OUTPUT_SIDE,
         source: ModelSource | None = None,
         progress: Callable[[float, str], None] | None = None,
+        display_side: int = DISPLAY_SIDE,
     ) -> None:
-        """`progress(fraction, message)` hears about long steps (engine builds); the app shows it."""
+        """`progress(fraction, message)` hears about long steps (engine builds); the app shows it.
+
+        `max_side` bounds the class map the network's output is upsampled to; `display_side` the pictures shown."""
         self.load_spans = SpanRecorder()
         self.history = RequestHistory()
         self.max_side = max_side
+        self.display_side = display_side
+        # One request in the engine at a time (one execution context, or all CPU cores); decoding, resizing and
+        # everything made after the class map run outside it, alongside the next request's engine work.
+        self._slot = threading.Lock()
         start = time.perf_counter()
         with self.load_spans.span("session load", LOAD, model=model) as attrs:
             with self.load_spans.span("resolve model", LOAD, model=model):
@@ -135,7 +181,7 @@ class Session:
         blank = np.zeros((height, width, 3), np.uint8)
         self.backend.run(prepare(blank, (height, width)), SpanRecorder())
         if hasattr(self.backend, "render"):
-            self.backend.render(blank, SpanRecorder())
+            self.backend.render(blank, SpanRecorder(), DEFAULT_OPACITY, (height, width), (height, width))
 
     def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False) -> Segmentation:
         """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given.
@@ -147,33 +193,63 @@ class Session:
         start = time.perf_counter()
         with spans.span("request", INFERENCE) as attrs:
             source = self._decoded_or_jpeg(image, spans, on_device=hasattr(self.backend, "render") and not detailed)
-            if isinstance(source, EncodedJpeg) or (self._renders(source.shape[:2]) and not detailed):
-                rendered = self.backend.render(source, spans, DEFAULT_OPACITY)
-                rgb, class_map = rendered.image, rendered.class_map
-                with spans.span("legend", INFERENCE):
-                    entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
-                extras = {"_mask": rendered.mask, "_overlays": {rendered.opacity: rendered.overlay}}
+            size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
+            shown = display_size(size, self.display_side)
+            if isinstance(source, EncodedJpeg) or (self._renders(size) and not detailed):
+                result = self._on_device(source, image, size, shown, spans)
             else:
-                rgb, extras = source, {}
-                with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
-                    model_input = prepare(rgb, self.source.input_size, self.max_side)
-                class_map = self.backend.run(model_input, spans, detailed=detailed)
-                with spans.span("restore size", INFERENCE):
-                    class_map = restore_size(class_map, model_input.original_size)
-                with spans.span("legend", INFERENCE):
-                    entries = legend(class_map, self.labels, self.colours)
-            attrs.update(backend=self.backend.name, size=list(rgb.shape[:2]))
+                result = self._on_host(source, shown, spans, detailed)
+            attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
         infer_ms = (time.perf_counter() - start) * 1e3
-        info = {**self.describe(), "image_size": list(rgb.shape[:2]), "infer_ms": round(infer_ms, 2)}
+        result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
+                       "infer_ms": round(infer_ms, 2)}
         log.info("infer time: %.1f ms (%d×%d, %d classes present, peak RSS %.0f MB)",
-                 infer_ms, rgb.shape[1], rgb.shape[0], len(entries), peak_rss_mb())
+                 infer_ms, size[1], size[0], len(result.legend), peak_rss_mb())
         self.history.append(spans)
-        return Segmentation(rgb, class_map, entries, self.colours, spans, info, **extras)
+        return result
+
+    def _on_device(self, source: np.ndarray | EncodedJpeg, image: Any, size: tuple[int, int],
+                   shown: tuple[int, int], spans: SpanRecorder) -> Segmentation:
+        """The whole request on the backend's device: one small download of what is shown, plus the class map."""
+        with self._engine(spans):
+            rendered = self.backend.render(source, spans, DEFAULT_OPACITY, output_size(size, self.max_side), shown)
+        with spans.span("legend", INFERENCE):
+            entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
+        decoded = source if isinstance(source, np.ndarray) else None
+        return Segmentation(rendered.class_map, entries, self.colours, spans, rendered.display_image,
+                            rendered.display_map, source=image, _image=decoded,
+                            _display_overlays={rendered.opacity: rendered.display_overlay})
+
+    def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
+                 detailed: bool) -> Segmentation:
+        """Resize here, run the backend, then restore the size and make the display pictures here."""
+        with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
+            model_input = prepare(rgb, self.source.input_size, self.max_side)
+        with self._engine(spans):
+            computed = self.backend.run(model_input, spans, detailed=detailed)
+        with spans.span("restore size", INFERENCE):
+            class_map = restore_size(computed, model_input.original_size)
+        with spans.span("legend", INFERENCE):
+            entries = legend(class_map, self.labels, self.colours)
+        with spans.span("display pictures", INFERENCE, size=list(shown)):
+            display_image = resize_for_model(rgb, shown)  # Pillow's bilinear, as a GPU backend replays it
+            display_map = restore_size(computed, shown)
+        return Segmentation(class_map, entries, self.colours, spans, display_image, display_map, source=rgb,
+                            _image=rgb)
+
+    @contextmanager
+    def _engine(self, spans: SpanRecorder) -> Iterator[None]:
+        """Hold the engine slot; time spent queueing for it becomes an "engine wait" span."""
+        queued = time.perf_counter_ns()
+        with self._slot:
+            waited = time.perf_counter_ns() - queued
+            if waited > ENGINE_WAIT_SPAN_NS:
+                spans.add(Span("engine wait", INFERENCE, queued, waited, threading.current_thread().name))
+            yield
 
     def _renders(self, size: tuple[int, int]) -> bool:
-        """Whether the backend can do a request of this image size on its device (class map at full size)."""
-        return hasattr(self.backend, "render") and output_size(size, self.max_side) == size \
-            and self.backend.renders(size)
+        """Whether the backend can do a request of this (upright) image size on its device."""
+        return hasattr(self.backend, "render") and self.backend.renders(output_size(size, self.max_side))
 
     def _decoded_or_jpeg(self, image: Any, spans: SpanRecorder, on_device: bool) -> np.ndarray | EncodedJpeg:
         """RGB pixels, or — for a device that decodes JPEGs itself — a plain JPEG it can take whole."""
@@ -183,7 +259,7 @@ class Session:
             data = encoded_bytes(image)
             if data is not None:
                 header = plain_jpeg(data)
-                if header is not None and self._renders((header.height, header.width)):
+                if header is not None and self._renders(header.upright):
                     return EncodedJpeg(data, header)
         with spans.span("decode", INFERENCE):
             return decode(image)

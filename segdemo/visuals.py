@@ -1,4 +1,5 @@
-"""Pictures of a class map: colour mask, overlay, and the palette PNG whose pixels are class ids."""
+"""Pictures of a class map: colour mask, overlay, the palette PNG whose pixels are class ids, and the smaller
+copies made for display (what the browser shows is made at display resolution and encoded fast)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .preprocess import output_size
+
 DEFAULT_OPACITY = 0.5
+DISPLAY_SIDE = 1600  # long side of what the browser shows; full-resolution files are downloads
+JPEG_QUALITY = 90  # display overlays: photographic, so JPEG (4:4:4 keeps the class edges' colours sharp)
+PNG_LEVEL = 1  # zlib level of palette PNGs: class maps compress well even at 1, and 5× faster than the default 6
 
 
 def colour_table(colours: np.ndarray) -> np.ndarray:
@@ -20,8 +26,8 @@ def colour_table(colours: np.ndarray) -> np.ndarray:
 
 
 def colour_mask(class_map: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 picture of the class map."""
-    return np.take(colour_table(colours), class_map, axis=0)  # same as lut[class_map], 4× faster
+    """H×W×3 uint8 picture of the class map (Pillow's palette conversion: colour_table's lookup, 2× numpy's speed)."""
+    return np.asarray(_palette_image(class_map, colours).convert("RGB"))
 
 
 def clamp_opacity(opacity: float) -> float:
@@ -29,31 +35,37 @@ def clamp_opacity(opacity: float) -> float:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
-    """Blend the colour mask over the photo; opacity 0 shows the photo, 1 the mask."""
-    opacity = clamp_opacity(opacity)
-    if image.dtype == np.uint8 and mask.dtype == np.uint8:
-        # uint8 pairs have 65 536 blends: look them up (same arithmetic, ~6× faster than per pixel floats).
-        pairs = image.astype(np.uint16) << 8
-        pairs |= mask
-        return np.take(blend_table(opacity), pairs)
-    blended = image.astype(np.float32) * (1.0 - opacity) + mask.astype(np.float32) * opacity
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    """Blend the colour mask over the photo; opacity 0 shows the photo, 1 the mask.
+
+    Pillow's blend (photo + opacity·(mask − photo), truncated), 1.6× the speed of a numpy table lookup;
+    `blend_table` holds the same arithmetic for devices.
+    """
+    return np.asarray(Image.blend(Image.fromarray(image), Image.fromarray(mask), clamp_opacity(opacity)))
 
 
 @lru_cache(maxsize=16)
 def blend_table(opacity: float) -> np.ndarray:
-    """overlay's float32 arithmetic for every (photo, mask) byte pair, indexed by photo·256 + mask."""
-    value = np.arange(256, dtype=np.float32)
-    blended = value[:, None] * (1.0 - opacity) + value[None, :] * opacity
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8).ravel()
+    """overlay's arithmetic for every (photo, mask) byte pair, indexed by photo·256 + mask (Pillow computes it)."""
+    value = np.arange(256, dtype=np.uint8)
+    photo = Image.fromarray(np.ascontiguousarray(np.repeat(value[:, None], 256, axis=1)))
+    mask = Image.fromarray(np.ascontiguousarray(np.repeat(value[None, :], 256, axis=0)))
+    return np.asarray(Image.blend(photo, mask, clamp_opacity(opacity))).ravel().copy()  # writable: torch takes it
+
+
+def _palette_image(class_map: np.ndarray, colours: np.ndarray) -> Image.Image:
+    """A "P" image over the class map's bytes whose palette is colour_table(colours)."""
+    class_map = np.ascontiguousarray(class_map, dtype=np.uint8)
+    height, width = class_map.shape
+    img = Image.frombuffer("P", (width, height), class_map, "raw", "P", 0, 1)
+    img.putpalette(colour_table(colours).tobytes())
+    return img
 
 
 def class_map_png(class_map: np.ndarray, colours: np.ndarray) -> bytes:
     """A palette PNG: viewers show colours, but each pixel value IS the class id."""
-    img = Image.fromarray(class_map.astype(np.uint8), mode="P")
-    img.putpalette(colour_table(colours).ravel().tolist())
+    img = _palette_image(class_map, colours)
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG", optimize=False)
+    img.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 
@@ -69,3 +81,15 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """A display JPEG of an RGB picture (4:4:4: no chroma smear across class boundaries)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
+def display_size(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """(height, width) shown in the browser: `size`, or scaled so its long side is `side` (never enlarged)."""
+    return output_size(size, side)  # the same rule as the class map's compute size, another limit

@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 import platform
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
+from urllib.parse import quote
 
 from . import backends
 from .artifacts import build_dir
-from .classmap import LegendEntry
 from .errors import ModelNotFoundError, SegdemoError
 from .gpu import detect, package_versions
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session, peak_rss_mb
+from .spans import INFERENCE
 from .trace import write_trace
-from .visuals import png_bytes
+from .visuals import DISPLAY_SIDE, clamp_opacity, class_map_png, jpeg_bytes, png_bytes
 
 log = logging.getLogger("segdemo.app")
 
 SEGMENT_API_DOC = (
     "Segment one image. Inputs: image (file), opacity (0..1, overlay blend), detailed (bool, per-layer profiling). "
-    "Returns: overlay PNG (original size); classes.png, a palette PNG whose pixel values are ADE20K class ids; "
-    "legend JSON {model, backend, precision, random_weights, image_size, infer_ms, classes: [{id, name, color, "
-    "pixels, share}] sorted by share}; timings JSON {init_ms, infer_ms, spans_ms: {span: ms}, backend, precision}."
+    "Returns: overlay JPEG at display size (long side at most the app's --display-side, default 1600 px; the "
+    "full-size overlay PNG comes from /full_overlay); classes.png at the original size (EXIF orientation applied), "
+    "a palette PNG whose pixel values are ADE20K class ids; legend JSON {model, backend, precision, random_weights, "
+    "image_size, display_size, infer_ms, classes: [{id, name, color, pixels, share}] sorted by share}; timings JSON "
+    "{init_ms, infer_ms, spans_ms: {span: ms}, backend, precision}."
+)
+FULL_OVERLAY_API_DOC = (
+    "The overlay of this client's last /segment result at its original size, as a PNG, at the given opacity (0..1)."
 )
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
@@ -48,6 +54,7 @@ class AppConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
+    display_side: int = DISPLAY_SIDE
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AppConfig:
@@ -60,6 +67,7 @@ class AppConfig:
             host=env.get("SEGDEMO_HOST", env.get("GRADIO_SERVER_NAME", cls.host)),
             port=int(env.get("SEGDEMO_PORT", env.get("GRADIO_SERVER_PORT", cls.port))),
             share=env.get("SEGDEMO_SHARE", "").lower() in ("1", "true", "yes"),
+            display_side=int(env.get("SEGDEMO_DISPLAY_SIDE", cls.display_side)),
         )
 
 
@@ -88,7 +96,8 @@ class Demo:
         try:
             self.stage = f"loading {cfg.model} (export and engine build happen once, then come from build/)"
             try:
-                self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build, progress=self._progress)
+                self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build, progress=self._progress,
+                                       display_side=cfg.display_side)
             except ModelNotFoundError as exc:
                 fallback = preset_for(cfg.model) if cfg.model == DEFAULT_MODEL else None
                 if fallback is None:
@@ -102,7 +111,8 @@ class Demo:
                     f"`python app.py --model /path/to/local/model`."
                 )
                 self.stage = f"loading {fallback} (random weights)"
-                self.session = Session(fallback, cfg.backend, cfg.precision, self.build, progress=self._progress)
+                self.session = Session(fallback, cfg.backend, cfg.precision, self.build, progress=self._progress,
+                                       display_side=cfg.display_side)
             if self.session.random_weights and not self.banner:
                 self.banner = (f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the "
                                f"pipeline, not of the model. Start with a trained model to get real results.")
@@ -167,6 +177,9 @@ def status_line(result: Segmentation) -> str:
     height, width = info["image_size"]
     line = (f"**{info['backend']}** ({info['device']}, {info['precision']}) · {width}×{height} px · "
             f"{info['infer_ms']:.0f} ms · {len(result.legend)} classes")
+    shown_height, shown_width = info["display_size"]
+    if (shown_height, shown_width) != (height, width):
+        line += f" · shown at {shown_width}×{shown_height} (downloads are full size)"
     if info.get("random_weights"):
         line += " · ⚠️ random weights: masks are meaningless"
     return line
@@ -206,7 +219,7 @@ def summary_rows(summary: list[dict[str, Any]]) -> list[list[Any]]:
     return [[row[c] for c in SUMMARY_COLUMNS] for row in summary]
 
 
-_DOWNLOADS = Path(tempfile.mkdtemp(prefix="segdemo-app-"))
+DOWNLOADS = Path(tempfile.mkdtemp(prefix="segdemo-app-"))  # served to the browser: launch(allowed_paths=…)
 KEEP_FOLDERS = 256  # Gradio copies each returned file into its own cache, so only recent folders are kept here
 
 
@@ -217,57 +230,107 @@ def _fresh_folder() -> Path:
     """A new folder for one response's files; the oldest beyond KEEP_FOLDERS are removed."""
     import shutil
 
-    folder = Path(tempfile.mkdtemp(dir=_DOWNLOADS))
+    folder = Path(tempfile.mkdtemp(dir=DOWNLOADS))
     with _PRUNE_LOCK:
-        old = sorted(_DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
+        old = sorted(DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
         for path in old:
             shutil.rmtree(path, ignore_errors=True)
     return folder
 
 
-def result_files(result: Segmentation, opacity: float) -> dict[str, str]:
-    """classes.png (pixel values are class ids), overlay.png and legend.json of one response, in a fresh folder."""
-    return {name: str(path) for name, path in result.write(_fresh_folder(), opacity).items()}
+_ENCODERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
 
 
-def overlay_file(overlay: np.ndarray) -> str:
-    """overlay.png of a re-blend, in a fresh folder."""
-    path = _fresh_folder() / "overlay.png"
-    path.write_bytes(png_bytes(overlay))
-    return str(path)
+@dataclass
+class Response:
+    """One request's files: what the API returns at once, and what the page's follow-up step adds."""
+
+    result: Segmentation
+    folder: Path
+    overlay: Path  # display-size JPEG
+    classes: Path  # original-size palette PNG (pixel value = class id)
+    view: Path | None = None  # display-size palette PNG: the colour mask, and the hover view's class ids
 
 
-def trace_file(session: Session, result: Segmentation, beside: str) -> str:
-    """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing, next to `beside`."""
-    path = Path(beside).with_name("profiling.json")
-    return str(write_trace(path, session.trace_spans(result.spans), result.info))
+def respond(result: Segmentation, opacity: float) -> Response:
+    """Encode what the API answers with: the display overlay (JPEG) and the full-size class map (palette PNG).
 
-
-def annotations(result: Segmentation, limit: int = 20, max_side: int = 800) -> tuple[np.ndarray, list]:
-    """(image, [(mask, label)]) for gr.AnnotatedImage, at most `max_side` px: hovering a class highlights it.
-
-    Downscaled because the component ships one PNG per class: full-size masks of a 12 MP photo would be ~1 GB.
+    Runs outside the engine slot: the next request's inference goes on meanwhile (see the spans).
     """
-    from PIL import Image
+    folder = _fresh_folder()
+    spans = result.spans
+    overlay, classes = folder / "overlay.jpg", folder / "classes.png"
 
-    from .classmap import restore_size
+    def encode_classes() -> None:
+        with spans.span("encode classes.png", INFERENCE, size=list(result.class_map.shape)):
+            classes.write_bytes(class_map_png(result.class_map, result.colours))
 
-    height, width = result.class_map.shape
-    scale = min(1.0, max_side / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    class_map = restore_size(result.class_map, size)
-    image = result.image if scale == 1.0 else np.asarray(Image.fromarray(result.image).resize(size[::-1]))
-    sections = [((class_map == e.id).astype(np.float32), _annotation_label(e)) for e in result.legend[:limit]]
-    return image, sections
-
-
-def annotation_colours(result: Segmentation, limit: int = 20) -> dict[str, str]:
-    """The colour of each of `annotations`' labels (the component matches them by text)."""
-    return {_annotation_label(e): e.color for e in result.legend[:limit]}
+    # The two encoders release the GIL: the class map's PNG is written beside the overlay's JPEG, not after it.
+    pending = _ENCODERS.submit(encode_classes)
+    with spans.span("encode overlay", INFERENCE, size=list(result.display_map.shape)):
+        overlay.write_bytes(jpeg_bytes(result.display_overlay(opacity)))
+    pending.result()
+    return Response(result, folder, overlay, classes)
 
 
-def _annotation_label(entry: LegendEntry) -> str:
-    return f"{entry.name} ({entry.share * 100:.1f} %)"
+def view_file(response: Response) -> Path:
+    """The display-size class map as a palette PNG (shown as the colour mask; the hover view reads its ids)."""
+    if response.view is None:
+        result = response.result
+        with result.spans.span("encode view.png", INFERENCE, size=list(result.display_map.shape)):
+            response.view = response.folder / "view.png"
+            response.view.write_bytes(class_map_png(result.display_map, result.colours))
+    return response.view
+
+
+def reblend(response: Response, opacity: float) -> Path:
+    """The display overlay at another opacity (no inference), as a new JPEG file."""
+    path = _fresh_folder() / "overlay.jpg"
+    path.write_bytes(jpeg_bytes(response.result.display_overlay(opacity)))
+    return path
+
+
+def full_overlay_file(response: Response, opacity: float) -> Path:
+    """overlay.png at the original size (made on demand: a 12 MP photo's takes seconds to encode)."""
+    path = response.folder / f"overlay-{clamp_opacity(opacity):.2f}.png"
+    if not path.is_file():
+        path.write_bytes(png_bytes(response.result.overlay(opacity)))
+    return path
+
+
+def legend_file(response: Response) -> Path:
+    return response.result.write_legend(response.folder / "legend.json")
+
+
+def trace_file(session: Session, result: Segmentation, folder: Path) -> str:
+    """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing."""
+    return str(write_trace(folder / "profiling.json", session.trace_spans(result.spans), result.info))
+
+
+def file_url(path: Path) -> str:
+    """The URL the page loads one of our files from (relative: it works behind a root path or a proxy too)."""
+    return "gradio_api/file=" + quote(str(path))
+
+
+def hover_html(response: Response, overlay: Path | None = None, limit: int = 40) -> str:
+    """The hover view: the display overlay and the class map its script reads ids from, with class chips.
+
+    One PNG of ids for every class: the browser highlights the class under the pointer itself, so no picture is
+    encoded per class.
+    """
+    result = response.result
+    entries = result.legend[:limit]
+    table = [[e.id, *(int(e.color[k:k + 2], 16) for k in (1, 3, 5)), e.name, round(e.share * 100, 1)]
+             for e in entries]
+    chips = "".join(
+        f"<span class='chip' data-id='{e.id}'><i style='background:{e.color}'></i>{html.escape(e.name)} "
+        f"{e.share * 100:.1f} %</span>" for e in entries)
+    height, width = result.display_map.shape
+    return (f"<div class='segdemo-hover' data-classes='{html.escape(file_url(view_file(response)))}' "
+            f"data-legend='{html.escape(json.dumps(table))}'>"
+            f"<div class='stage'><img class='photo' alt='overlay' width='{width}' height='{height}' "
+            f"src='{html.escape(file_url(overlay or response.overlay))}'><canvas class='shade'></canvas>"
+            f"<div class='tip'></div></div><div class='chips'>{chips}</div></div>")
 
 
 def example_files(folder: Path | None = None) -> list[str]:

@@ -10,6 +10,8 @@ from PIL import Image
 
 from segdemo.visuals import read_class_map
 
+from .conftest import photo
+
 
 def test_segment_api_returns_documented_values(client, photo_file):
     from gradio_client import handle_file
@@ -17,7 +19,7 @@ def test_segment_api_returns_documented_values(client, photo_file):
     overlay, classes_png, legend, timings = client.predict(
         handle_file(str(photo_file)), 0.5, False, api_name="/segment"
     )
-    assert Image.open(overlay).size == (600, 400)
+    assert Image.open(overlay).size == (600, 400) and Image.open(overlay).format == "JPEG"
     classes = read_class_map(classes_png)
     assert classes.shape == (400, 600) and classes.max() < 150
     assert abs(sum(c["share"] for c in legend["classes"]) - 1.0) < 1e-9
@@ -26,12 +28,34 @@ def test_segment_api_returns_documented_values(client, photo_file):
         assert entry["pixels"] == int((classes == entry["id"]).sum())
     assert legend["random_weights"] is True and legend["image_size"] == [400, 600]
     assert timings["backend"] == "onnxruntime" and timings["infer_ms"] > 0
-    assert {"decode", "resize", "execute", "legend"} <= set(timings["spans_ms"])
+    assert {"decode", "resize", "execute", "legend", "encode overlay", "encode classes.png"} <= set(timings["spans_ms"])
+
+
+def test_large_photo_is_shown_at_display_size_and_downloads_stay_full_size(client, tmp_path):
+    """A portrait phone photo (EXIF orientation 6): shown at ≤ 1600 px, class map exact and upright at full size."""
+    from gradio_client import handle_file
+
+    from segdemo.decode import decode
+
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait: every phone photo held upright
+    Image.fromarray(photo("chelsea", (1500, 2400))).save(path, quality=90, exif=exif.tobytes())
+    overlay, classes_png, legend, _ = client.predict(handle_file(str(path)), 0.5, False, api_name="/segment")
+    assert Image.open(overlay).size == (1000, 1600)  # (width, height): upright, long side 1600
+    classes = read_class_map(classes_png)
+    assert classes.shape == (2400, 1500) == decode(path).shape[:2]
+    assert legend["image_size"] == [2400, 1500] and legend["display_size"] == [1600, 1000]
+    for entry in legend["classes"]:
+        assert entry["pixels"] == int((classes == entry["id"]).sum())
+    # The full-size overlay is made on demand, from this client's last result.
+    full = client.predict(0.5, api_name="/full_overlay")
+    assert Image.open(full).size == (1500, 2400) and Image.open(full).format == "PNG"
 
 
 def test_api_is_documented(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert list(api["named_endpoints"]) == ["/segment"]
+    assert list(api["named_endpoints"]) == ["/segment", "/full_overlay"]
     assert [p["label"] for p in api["named_endpoints"]["/segment"]["returns"]][0] == "Overlay"
 
 
@@ -50,12 +74,20 @@ def test_bad_upload_gives_clear_error_and_app_keeps_serving(client, tmp_path, ph
     assert Image.open(overlay).size == (600, 400)
 
 
+def test_full_overlay_before_any_result_is_a_clear_error(app_url):
+    from gradio_client import Client
+
+    with pytest.raises(Exception, match="segment an image first"):
+        Client(app_url, verbose=False).predict(0.5, api_name="/full_overlay")
+
+
 def test_detailed_request_has_layer_spans(client, photo_file):
     from gradio_client import handle_file
 
     *_, timings = client.predict(handle_file(str(photo_file)), 0.3, True, api_name="/segment")
     layer_names = set(timings["spans_ms"]) - {"request", "decode", "resize", "execute", "restore size", "legend",
-                                             "colourise", "overlay", "create profiling session"}
+                                             "display pictures", "encode overlay", "encode classes.png",
+                                             "create profiling session"}
     assert any("LayerNormalization" in name for name in layer_names)
 
 

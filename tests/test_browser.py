@@ -48,6 +48,30 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=False)
 
+    # The hover view: pointing at the picture highlights the class under the pointer and names it; so do the chips.
+    view = page.locator("#hover .segdemo-hover[data-ready='1']")
+    view.wait_for(timeout=30_000)
+    stage = view.locator(".stage")
+    stage.scroll_into_view_if_needed()
+    box = stage.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("Number(document.querySelector('#hover .segdemo-hover').dataset.highlighted) >= 0",
+                           timeout=10_000)
+    tip = view.locator(".tip")
+    assert tip.is_visible() and "%" in tip.inner_text()
+    shaded = page.evaluate("""() => {  // pixels outside the class are dimmed, the class itself is not
+        const c = document.querySelector('#hover canvas.shade');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let dim = 0, clear = 0;
+        for (let j = 3; j < d.length; j += 4) { if (d[j] > 0) dim++; else clear++; }
+        return [dim, clear];
+    }""")
+    assert shaded[1] > 0 and sum(shaded) == box_pixels(page)
+    chip = view.locator(".chip").last
+    chip.hover()
+    page.wait_for_function("id => document.querySelector('#hover .segdemo-hover').dataset.highlighted === id",
+                           arg=chip.get_attribute("data-id"), timeout=10_000)
+
     # The opacity slider re-blends the overlay without another inference.
     before = page.locator("#overlay img").get_attribute("src")
     number = page.get_by_label("number input for Overlay opacity")
@@ -65,6 +89,12 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     page.screenshot(path=str(os.environ.get("SEGDEMO_PROFILING_SHOT", tmp_path / "profiling.png")), full_page=True)
     lanes = page.locator("#timeline").inner_text()
     assert "load" in lanes and "inference" in lanes
+
+
+def box_pixels(page) -> int:
+    """Pixels of the hover view's class map (its canvas has the display size)."""
+    return page.evaluate("(() => { const c = document.querySelector('#hover canvas.shade');"
+                         " return c.width * c.height; })()")
 
 
 def test_engine_tab_shows_ladder(page):

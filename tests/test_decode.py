@@ -125,16 +125,27 @@ def _jpeg(image: np.ndarray, **options) -> bytes:
 
 def test_plain_jpegs_are_recognised_for_gpu_decoding():
     image = photo("coffee", (120, 160))
-    assert plain_jpeg(_jpeg(image)) == (120, 160, (2, 2))
-    assert plain_jpeg(_jpeg(image, progressive=True)) == (120, 160, (2, 2))
+    assert plain_jpeg(_jpeg(image)) == (120, 160, (2, 2), 1)
+    assert plain_jpeg(_jpeg(image, progressive=True)) == (120, 160, (2, 2), 1)
     assert plain_jpeg(_jpeg(image, subsampling=1)).sampling == (1, 2)
     assert plain_jpeg(_jpeg(image, subsampling=0)).sampling == (1, 1)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_phone_photos_keep_their_exif_orientation_for_the_device(orientation):
+    image = photo("coffee", (120, 160))
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    data = _jpeg(image, exif=exif.tobytes())
+    header = plain_jpeg(data)
+    assert header.orientation == orientation and (header.height, header.width) == (120, 160)
+    assert header.upright == decode(data).shape[:2]  # the size the host decoder gives after exif_transpose
 
 
 def test_everything_else_is_left_to_the_host_decoder():
     image = photo("coffee", (120, 160))
     exif = Image.Exif()
-    exif[ORIENTATION] = 6
+    exif[ORIENTATION] = 9  # not an orientation
     png = io.BytesIO()
     Image.fromarray(image).save(png, format="PNG")
     data = _jpeg(image)
@@ -142,7 +153,7 @@ def test_everything_else_is_left_to_the_host_decoder():
         "png": png.getvalue(),
         "grey": _jpeg(image[:, :, 0]),
         "cmyk": _cmyk_jpeg(image),
-        "rotated": _jpeg(image, exif=exif.tobytes()),
+        "bad orientation": _jpeg(image, exif=exif.tobytes()),
         "truncated": data[: len(data) // 2],
         "trailing bytes": data + b"MP4 video of a motion photo",
         "garbage": b"\xff\xd8\xff" + b"x" * 100 + b"\xff\xd9",

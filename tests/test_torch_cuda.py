@@ -85,20 +85,53 @@ def test_one_graph_serves_every_size_of_its_bucket(cuda_sessions):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("size", [(512, 512), (768, 1024), (48, 64), (2000, 1500)], ids=str)
+@pytest.mark.parametrize("size", [(512, 512), (768, 1024), (48, 64), (2000, 1500), (1500, 2400), (3024, 4032)],
+                         ids=str)
 def test_device_render_equals_the_host_pipeline(cuda_sessions, size):
-    """The whole request on the GPU gives the host pipeline's class map, legend, mask and overlay bit for bit."""
+    """The whole request on the GPU gives the host pipeline's class map, legend and display pictures bit for bit,
+    also where the class map is computed smaller (12 MP) and the display is smaller than the image."""
     session = cuda_sessions["fp32"]
     image = photo("chelsea", size)
     on_device = session.segment(image)
     on_host = session.segment(image, detailed=True)  # detailed keeps the host pipeline (resize, run, legend)
     assert {"gpu render", "gpu download"} <= {s.name for s in on_device.spans.spans}
     assert {"resize", "gpu upload"} <= {s.name for s in on_host.spans.spans}
+    assert on_device.class_map.shape == size
     assert np.array_equal(on_device.class_map, on_host.class_map)
     assert on_device.legend == on_host.legend
-    assert np.array_equal(on_device.mask, colour_mask(on_host.class_map, on_host.colours))
-    assert np.array_equal(on_device.overlay(), overlay(image, on_device.mask, 0.5))
-    assert np.array_equal(on_device.overlay(0.3), overlay(image, on_device.mask, 0.3))
+    assert on_device.info["display_size"] == on_host.info["display_size"] == list(on_host.display_map.shape)
+    assert np.array_equal(on_device.display_map, on_host.display_map)
+    assert np.array_equal(on_device.display_image, on_host.display_image)
+    assert np.array_equal(on_device.display_overlay(), on_host.display_overlay())
+    assert np.array_equal(on_device.display_overlay(0.3), on_host.display_overlay(0.3))
+    if max(size) <= 2400:  # full-size pictures are made on the host on demand, from the same pixels
+        assert np.array_equal(on_device.overlay(0.3), overlay(image, colour_mask(on_host.class_map,
+                                                                                 on_host.colours), 0.3))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_phone_photo_stays_on_the_gpu_and_comes_out_upright(cuda_sessions, tmp_path):
+    """A 12 MP JPEG with EXIF orientation 6: decoded and turned on the GPU, class map upright at full size."""
+    from PIL import Image
+
+    session = cuda_sessions["fp16"]
+    if session.backend.jpeg_decoder is None:
+        pytest.skip("nvJPEG is not usable here: no libnvjpeg, or its decode failed the check (see the session log)")
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo("astronaut", (3024, 4032))).save(path, quality=90, exif=exif.tobytes())
+    on_gpu = session.segment(path)
+    decoders = [s.attrs.get("decoder", "") for s in on_gpu.spans.spans if s.name == "decode"]
+    assert decoders and decoders[0].startswith("nvJPEG"), decoders
+    pixels = decode(path)  # Pillow, with exif_transpose
+    assert on_gpu.class_map.shape == pixels.shape[:2] == (4032, 3024)
+    assert on_gpu.info["display_size"] == [1600, 1200] and on_gpu.display_image.shape == (1600, 1200, 3)
+    on_host = session.segment(pixels)
+    assert np.abs(on_gpu.display_image.astype(np.int16) - on_host.display_image).mean() < 0.5
+    assert float((on_gpu.class_map == on_host.class_map).mean()) > 0.99
+    assert on_gpu.image.shape == pixels.shape  # the full-size picture, decoded on the host when asked for
 
 
 @pytest.mark.gpu
@@ -124,7 +157,7 @@ def test_jpegs_are_decoded_on_the_gpu(cuda_sessions, tmp_path, progressive):
     assert difference.mean() < 0.5, f"mean {difference.mean():.3f}, max {difference.max()}"  # inverse-DCT rounding
     on_host = session.segment(pixels)
     assert float((on_gpu.class_map == on_host.class_map).mean()) > 0.99
-    assert np.array_equal(on_gpu.overlay(), overlay(on_gpu.image, on_gpu.mask, 0.5))
+    assert np.array_equal(on_gpu.display_overlay(), overlay(on_gpu.image, on_gpu.mask, 0.5))
 
 
 @pytest.mark.gpu

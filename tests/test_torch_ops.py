@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,39 @@ def test_jpeg_planes_to_rgb_is_pillows_decode(subsampling, sampling, size):
         planes[channel, :rows, :cols] = torch.from_numpy(np.ascontiguousarray(plane[:rows, :cols]))
     rgb = jpeg_planes_to_rgb(planes, header.sampling, torch.from_numpy(ycc_tables())).numpy()
     assert np.array_equal(rgb, decode(data))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_equals_exif_transpose(orientation):
+    from PIL import Image, ImageOps
+
+    from segdemo.backends.torch_ops import orient
+
+    pixels = photo("coffee", (37, 53))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        expected = np.asarray(ImageOps.exif_transpose(img))
+    assert np.array_equal(orient(torch.from_numpy(pixels), orientation).numpy(), expected)
+
+
+@pytest.mark.parametrize("src, dst", [((97, 131), (300, 410)), ((1536, 2048), (3024, 4032)), ((50, 60), (20, 25))])
+def test_gather_nearest_equals_restore_size(src, dst):
+    from segdemo.backends.torch_ops import gather_nearest
+    from segdemo.classmap import nearest_indices, restore_size
+
+    class_map = np.random.default_rng(sum(src)).integers(0, 150, src, dtype=np.uint8)
+    rows, columns = (torch.from_numpy(nearest_indices(s, d)) for s, d in zip(src, dst, strict=True))
+    assert np.array_equal(gather_nearest(torch.from_numpy(class_map), rows, columns).numpy(),
+                          restore_size(class_map, dst))
+
+
+def test_counts_of_maps_past_float32_precision_are_exact(monkeypatch):
+    from segdemo.backends import torch_ops
+
+    monkeypatch.setattr(torch_ops, "COUNT_CHUNK", 1000)  # the 2^24 split, at a size a test can afford
+    class_map = torch.from_numpy(np.random.default_rng(3).integers(0, 150, (300, 400), dtype=np.uint8))
+    assert np.array_equal(torch_ops.class_counts(class_map).numpy(),
+                          np.bincount(class_map.numpy().ravel(), minlength=256))

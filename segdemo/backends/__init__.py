@@ -1,8 +1,9 @@
 """Backends run the fused graph: create once, `run(model_input) → class map`, `close()`.
 
 Each backend lives in its own module and imports its heavy runtime only when created,
-so `segdemo` imports on any machine. A backend on a device may also offer `render(source, spans, opacity)`: the
-whole request (decode or upload, resize, network, class map, colours, overlay, counts) on the device → `Rendered`.
+so `segdemo` imports on any machine. A backend on a device may also offer
+`render(source, spans, opacity, out_size, display)`: the whole request (decode or upload, EXIF orientation, resize,
+network, class map, counts, display-size picture and overlay) on the device → `Rendered`.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Rendered:
-    """A request done on a device, every picture bit-identical to what the host functions make of its class map."""
+    """A request done on a device, every array bit-identical to what the host pipeline makes (pipeline._on_host),
+    given the same decoded pixels."""
 
-    image: np.ndarray  # decoded RGB (on the device when the backend decoded the file itself)
-    class_map: np.ndarray  # uint8 ids, image size
-    counts: np.ndarray  # pixels per class id, int64 [256]
-    mask: np.ndarray  # visuals.colour_mask(class_map)
-    overlay: np.ndarray  # visuals.overlay(image, mask, opacity)
+    class_map: np.ndarray  # uint8 ids at the original (upright) size: restore_size of the out_size map
+    counts: np.ndarray  # pixels per class id of class_map, int64 [256]
+    display_image: np.ndarray  # RGB at display size (Pillow's bilinear resize of the decoded image)
+    display_map: np.ndarray  # restore_size(out_size map, display size)
+    display_overlay: np.ndarray  # visuals.overlay(display_image, colour_mask(display_map), opacity)
     opacity: float
 
 

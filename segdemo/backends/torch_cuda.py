@@ -7,8 +7,9 @@ inputs, so one replay serves every size in its bucket and the padding is cropped
 fp16 keeps LayerNorm, Softmax and the post-processing in fp32 (the TensorRT fp16 build's policy).
 
 `render` does a whole request on the GPU — nvJPEG's planar decode finished with libjpeg's own chroma upsampling
-and colour conversion (Pillow's pixels), or one upload; Pillow-exact resize; both graphs; colour mask, overlay and
-class counts — and downloads the pictures once, so the host only parses headers.
+and colour conversion (Pillow's pixels) and the EXIF orientation applied, or one upload; Pillow-exact resize; both
+graphs; the class map at the image's size and its counts; the display-size picture, class map and overlay — and
+downloads those once, so the host only parses headers (a 12 MP phone photo never crosses to the host as pixels).
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..artifacts import build_dir
+from ..classmap import nearest_indices
 from ..decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
 from ..export import normalisation
 from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
-from ..visuals import DEFAULT_OPACITY, blend_table, clamp_opacity, colour_table
+from ..visuals import blend_table, clamp_opacity, colour_table
 from . import Rendered
-from .torch_ops import blend, class_counts, colourise, jpeg_planes_to_rgb, resize_like_pil, ycc_tables
+from .torch_ops import (
+    blend,
+    class_counts,
+    colourise,
+    gather_nearest,
+    jpeg_planes_to_rgb,
+    orient,
+    resize_like_pil,
+    ycc_tables,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -352,63 +363,77 @@ class TorchCudaBackend:
             self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
         return result
 
-    def renders(self, size: tuple[int, int]) -> bool:
-        """Whether `render` takes an image of this (height, width): its class map must fit a graphed bucket."""
-        return max(size) <= MAX_GRAPHED_SIDE
+    def renders(self, out_size: tuple[int, int]) -> bool:
+        """Whether `render` can make a class map of this (height, width): it must fit a graphed bucket."""
+        return max(out_size) <= MAX_GRAPHED_SIDE
 
-    def render(self, source: EncodedJpeg | np.ndarray, spans: SpanRecorder,
-               opacity: float = DEFAULT_OPACITY) -> Rendered:
-        """The whole request on the GPU; `source` is a plain JPEG (see decode.plain_jpeg) or RGB pixels.
+    def render(self, source: EncodedJpeg | np.ndarray, spans: SpanRecorder, opacity: float,
+               out_size: tuple[int, int], display: tuple[int, int]) -> Rendered:
+        """The whole request on the GPU; `source` is a plain JPEG (see decode.plain_jpeg) or upright RGB pixels.
 
-        Every picture equals what the host functions make of the class map (Pillow-exact resize, the same colour
-        and blend tables); a JPEG decoded here may differ from Pillow's only by inverse-DCT rounding.
+        The network's output is upsampled to `out_size`, scaled to the image's size for the class map and to
+        `display` for what is shown, exactly as the host pipeline does; a JPEG decoded here may differ from
+        Pillow's pixels only by inverse-DCT rounding. Only the class map and the display pictures come back.
         """
         torch = self.torch
         opacity = clamp_opacity(opacity)
+        if not self.renders(out_size):
+            raise ValueError(f"render makes class maps up to {MAX_GRAPHED_SIDE} px a side, not {out_size}")
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True) as attrs:
             events = self.events
             with torch.inference_mode(), torch.cuda.stream(self.stream):
                 host_start = time.perf_counter_ns()
                 events[0].record(self.stream)
                 image, host_image = self._device_image(source, spans)
-                decoded_here = host_image is None
-                height, width = image.shape[:2]
-                if not self.renders((height, width)):
-                    raise ValueError(f"render takes images up to {MAX_GRAPHED_SIDE} px a side, not {width}×{height}")
-                entry = self._post_graph((height, width))  # captured on the bucket's first request
+                size = tuple(image.shape[:2])
+                entry = self._post_graph(out_size)  # captured on the bucket's first request
                 self.pixels[0].copy_(resize_like_pil(image, self.input_size))
-                self._upload_grid(entry, (height, width))
+                self._upload_grid(entry, out_size)
                 events[1].record(self.stream)
                 self.network_graph.replay()
                 events[2].record(self.stream)
                 entry["graph"].replay()
-                classes = entry["classes"][:height, :width].contiguous()  # a copy: the next replay reuses the pool
+                computed = entry["classes"][:out_size[0], :out_size[1]]
+                classes = self._nearest(computed, size)  # a copy either way: the next replay reuses the pool
                 events[3].record(self.stream)
-                mask = colourise(classes, self.lut)
-                blended = blend(image, mask, self._blend_table(opacity))
                 counts = class_counts(classes)
+                shown_map = self._nearest(computed, display)
+                shown = image if display == size else resize_like_pil(image, display)
+                blended = blend(shown, colourise(shown_map, self.lut), self._blend_table(opacity))
                 events[4].record(self.stream)
-                parts = self._download([classes, mask, blended] + ([image] if decoded_here else []))
+                need_image = host_image is None or display != size
+                parts = self._download([classes, shown_map, blended] + ([shown] if need_image else []))
                 self.host_counts.copy_(counts, non_blocking=True)
                 events[5].record(self.stream)
                 events[5].synchronize()
                 arrays = [part.numpy() for part in parts]
                 counts = self.host_counts.numpy().copy()
-            attrs.update(decoder=self.decoder_name if decoded_here else "host", bucket=list(bucket((height, width))))
+            attrs.update(decoder=self.decoder_name if host_image is None else "host", bucket=list(bucket(out_size)),
+                         out_size=list(out_size), display=list(display))
             self._device_spans(spans, host_start, ("prepare", "network", "postprocess", "render", "download"))
-        return Rendered(arrays[3] if decoded_here else host_image, arrays[0], counts, arrays[1], arrays[2], opacity)
+        return Rendered(arrays[0], counts, arrays[3] if need_image else host_image, arrays[1], arrays[2], opacity)
+
+    def _nearest(self, class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """classmap.restore_size on the device (always a new tensor)."""
+        if tuple(class_map.shape) == size:
+            return class_map.clone(memory_format=self.torch.contiguous_format)
+        rows = _device_nearest(class_map.shape[0], size[0], self.cuda)
+        columns = _device_nearest(class_map.shape[1], size[1], self.cuda)
+        return gather_nearest(class_map, rows, columns)
 
     def _device_image(self, source: EncodedJpeg | np.ndarray,
                       spans: SpanRecorder) -> tuple[torch.Tensor, np.ndarray | None]:
-        """uint8 H×W×3 on the GPU, and the host's copy (None when it was decoded here: download it)."""
+        """Upright uint8 H×W×3 on the GPU, and the host's copy (None when it was decoded here)."""
         if isinstance(source, EncodedJpeg):
             if self.jpeg_decoder is not None:
                 with spans.span("decode", INFERENCE, bytes=len(source.data)) as attrs:
                     try:
                         image, attrs["decoder"] = self.jpeg_decoder(source)
-                        return image, None
                     except RuntimeError as exc:  # Pillow accepted the header; let it judge the file
                         log.info("nvJPEG refused the upload (%s); decoding it on the host", exc)
+                    else:
+                        attrs["orientation"] = source.header.orientation
+                        return orient(image, source.header.orientation), None
             with spans.span("decode", INFERENCE):
                 source = decode(source.data)
         with spans.span("upload", INFERENCE, size=list(source.shape[:2])):
@@ -454,6 +479,14 @@ class TorchCudaBackend:
                          "jpeg_decoder"):
                 setattr(self, attr, None)
             self.torch.cuda.empty_cache()
+
+
+@lru_cache(maxsize=64)
+def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
+    """classmap.nearest_indices on `device`, uploaded once per size pair."""
+    import torch
+
+    return torch.from_numpy(nearest_indices(src, dst)).to(device)
 
 
 @lru_cache(maxsize=1)

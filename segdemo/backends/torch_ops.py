@@ -99,14 +99,46 @@ def class_counts(class_map: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Pixels per class id (int64 [bins]), the legend's bincount.
 
     histc with a fixed range needs no device→host sync (bincount reads the maximum first) and counts in shared
-    memory (scatter_add's atomics pile up on the few classes a photo has); counts ≤ 2^24 are exact in float32.
+    memory (scatter_add's atomics pile up on the few classes a photo has); counts below 2^24 are exact in float32,
+    so larger maps (up to 64 MP) are counted in chunks.
     """
     import torch
 
-    if class_map.numel() >= 1 << 24:
-        raise ValueError(f"{class_map.numel()} pixels: too many to count exactly in float32")
-    counts = torch.histc(class_map.reshape(-1).to(torch.float32), bins=bins, min=0, max=bins)
-    return counts.to(torch.int64)
+    flat = class_map.reshape(-1)
+    total = None
+    for start in range(0, max(flat.numel(), 1), COUNT_CHUNK):
+        counts = torch.histc(flat[start:start + COUNT_CHUNK].to(torch.float32), bins=bins, min=0, max=bins)
+        counts = counts.to(torch.int64)
+        total = counts if total is None else total + counts
+    return total
+
+
+COUNT_CHUNK = (1 << 24) - 1  # float32 counts stay exact below 2^24
+
+
+def gather_nearest(class_map: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """classmap.restore_size on the device: rows and columns are classmap.nearest_indices of each axis."""
+    return class_map.index_select(0, rows).index_select(1, columns)
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1–8) to H×W×C pixels exactly as ImageOps.exif_transpose does."""
+    import torch
+
+    if orientation == 1:
+        return image
+    steps = {  # the Image.Transpose step ImageOps.exif_transpose takes for each orientation
+        2: lambda x: x.flip(1),  # FLIP_LEFT_RIGHT
+        3: lambda x: x.flip(0).flip(1),  # ROTATE_180
+        4: lambda x: x.flip(0),  # FLIP_TOP_BOTTOM
+        5: lambda x: x.transpose(0, 1),  # TRANSPOSE
+        6: lambda x: torch.rot90(x, -1, (0, 1)),  # ROTATE_270 (counter-clockwise), i.e. a quarter clockwise
+        7: lambda x: x.flip(0).flip(1).transpose(0, 1),  # TRANSVERSE
+        8: lambda x: torch.rot90(x, 1, (0, 1)),  # ROTATE_90 (counter-clockwise)
+    }
+    if orientation not in steps:
+        raise ValueError(f"EXIF orientation {orientation} is not 1–8")
+    return steps[orientation](image).contiguous()
 
 
 

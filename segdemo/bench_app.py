@@ -1,0 +1,340 @@
+"""`segdemo bench --app`: what a user of the web app waits for, against a do-nothing Gradio app (the floor).
+
+One run starts both on 127.0.0.1 as subprocesses — the floor (gr.Image filepath in → the same file out, one button
+with api_name="segment", the same queue) and `python app.py` as a user starts it — and times both with the same
+gradio_client code on the same images (API round trip), then, where Chromium is, by the page's own clock in a real
+browser (click → overlay painted, click → everything painted). Warm-ups are excluded; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import bench_app_report as report
+from .bench import _cpu_name, _photo
+from .bench_app_browser import browser_unavailable, time_browser
+from .errors import SegdemoError
+
+log = logging.getLogger("segdemo")
+
+ROOT = Path(__file__).resolve().parents[1]
+# name → (scikit-image photo, size as stored); phone12mp carries EXIF Orientation 6, png-screenshot is drawn
+IMAGES = {"512": ("astronaut", (512, 512)), "1024x768": ("coffee", (1024, 768)),
+          "1920x1080": ("chelsea", (1920, 1080)), "phone12mp": ("rocket", (4032, 3024)),
+          "png-screenshot": ("astronaut", (1920, 1080))}
+SMOKE_APP = dict(model="random:tiny", app_images="512", browser_images="512", iters=2, warmup=1, browser_iters=None)
+APP_EXTRA = (0.5, False)  # the app's opacity and "detailed" inputs after the image
+READY_S = 900  # an uncached export of a large model plus an engine build can take minutes
+
+
+def run_app_bench(args: argparse.Namespace) -> int:
+    """Measure (or re-render --from-json), write results-app.json and bench-app.md, print the tables."""
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        if args.smoke:
+            for key, value in SMOKE_APP.items():
+                setattr(args, key, value)
+        results = report.derive(measure(args))
+    files = report.write_outputs(results, args.out, args.markdown, args.section)
+    if not args.from_json:
+        files.update({f"{name} log": args.out / f"{name}.log" for name in ("floor", "app")})
+    for name, path in files.items():
+        print(f"{name:9s} {path}")
+    print(report.tables_text(results))
+    return 0
+
+
+def image_names(text: str, option: str) -> list[str]:
+    """'512,phone12mp' → ['512', 'phone12mp'], each checked against IMAGES."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in IMAGES]
+    if unknown or not names:
+        raise SegdemoError(f"{option}: unknown image {', '.join(unknown) or '(none)'}; choose from {', '.join(IMAGES)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------- images
+
+
+def make_images(folder: Path, names: list[str], count: int = 1) -> dict[str, dict[str, Any]]:
+    """`count` files per image: the first as made, the others with a 16-px corner patch of their own colour.
+
+    Gradio's file cache is content-addressed, so identical uploads would share one URL (and a browser-cached
+    overlay); every request of a run gets a file of its own. Sizes and bytes are the first file's.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in names:
+        image, exif = _base_image(name)
+        png = name == "png-screenshot"
+        paths = []
+        for k in range(count):
+            variant = image.copy() if k else image
+            if k:
+                variant.paste(((k * 53) % 256, (k * 97) % 256, (k * 29 + 80) % 256), (8, 8, 24, 24))
+            path = folder / f"{name}-{k:02d}.{'png' if png else 'jpg'}"
+            if png:
+                variant.save(path, format="PNG")
+            else:
+                variant.save(path, quality=90, **exif)
+            paths.append(str(path))
+        shown = image.size[::-1] if exif else image.size  # Orientation 6 turns it a quarter: portrait
+        out[name] = {"paths": paths, "size": list(image.size), "shown": list(shown),
+                     "bytes": Path(paths[0]).stat().st_size, "format": "PNG" if png else "JPEG"}
+    return out
+
+
+def _base_image(name: str) -> tuple[Any, dict[str, Any]]:
+    from PIL import Image
+
+    if name == "png-screenshot":
+        return _screenshot(IMAGES[name][1]), {}
+    photo, size = IMAGES[name]
+    image = Image.fromarray(_photo(photo)).resize(size, Image.Resampling.BICUBIC)
+    if name != "phone12mp":
+        return image, {}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # phones store the sensor's landscape pixels and say "rotate 90° clockwise to display"
+    return image, {"exif": exif}
+
+
+def _screenshot(size: tuple[int, int]) -> Any:
+    """A synthetic UI screenshot: flat panels, text, a photo in a panel (what people paste from the clipboard)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def font(px: int) -> Any:
+        try:
+            return ImageFont.load_default(size=px)
+        except (TypeError, ImportError, OSError):  # Pillow without FreeType: the small bitmap font
+            return ImageFont.load_default()
+
+    width, height = size
+    image = Image.new("RGB", size, (243, 244, 246))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, width, 56), fill=(31, 41, 55))
+    draw.text((24, 14), "segdemo — project dashboard", fill=(255, 255, 255), font=font(24))
+    draw.rectangle((0, 56, 280, height), fill=(229, 231, 235))
+    for i in range(14):
+        draw.text((28, 90 + 46 * i), f"Menu item {i + 1}", fill=(55, 65, 81), font=font(18))
+    for j in range(3):
+        x = 320 + j * 530
+        draw.rounded_rectangle((x, 90, x + 500, 290), radius=12, fill=(255, 255, 255), outline=(209, 213, 219))
+        draw.text((x + 24, 110), f"Panel {j + 1}", fill=(17, 24, 39), font=font(22))
+        draw.text((x + 24, 160), f"{1234 * (j + 1):,} requests · {97 - j}.{j}% ok", fill=(75, 85, 99),
+                  font=font(18))
+    draw.rounded_rectangle((320, 320, 1380, 1050), radius=12, fill=(255, 255, 255), outline=(209, 213, 219))
+    image.paste(Image.fromarray(_photo("coffee")).resize((1000, 667), Image.Resampling.BICUBIC), (350, 350))
+    for i in range(16):
+        draw.text((1420, 330 + 40 * i), f"Note {i + 1}: a line of interface text", fill=(55, 65, 81), font=font(17))
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------- servers
+
+
+def serve_floor(port: int) -> None:
+    """The floor: the app's endpoint shape doing nothing (run in its own process by `measure`)."""
+    import gradio as gr
+
+    with gr.Blocks(title="segdemo bench floor") as blocks:
+        gr.Markdown("floor: a do-nothing app", elem_id="banner")
+        image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
+        run = gr.Button("Segment", variant="primary")
+        overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
+        run.click(lambda path: path, [image], [overlay], api_name="segment", concurrency_limit=1)
+    blocks.queue(max_size=16)
+    blocks.launch(server_name="127.0.0.1", server_port=port, max_file_size="25mb")
+
+
+class Server:
+    """A Gradio server in a subprocess on 127.0.0.1, its output in a log file; leaving the `with` ends it."""
+
+    def __init__(self, name: str, argv: Callable[[int], list[str]], work: Path, keep: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.name, self.url, self.keep = name, f"http://127.0.0.1:{self.port}/", keep
+        self.log_file = work / f"{name}.log"
+        self.argv = argv(self.port)
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+               "SEGDEMO_HOST": "127.0.0.1", "GRADIO_SERVER_NAME": "127.0.0.1", "SEGDEMO_SHARE": "0",
+               "GRADIO_TEMP_DIR": str(work / "gradio-cache"),  # the servers' copies go away with the run
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        with self.log_file.open("w") as fh:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):  # the run's folder is removed; the log stays next to the results
+            self.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.log_file, self.keep / self.log_file.name)
+
+    def show_log(self, lines: int = 40) -> None:
+        tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        log.error("%s log (last %d lines):\n%s", self.name, lines, tail)
+
+    def fail(self, why: str) -> SegdemoError:
+        """An error for `why`, after showing the tail of the server's log."""
+        self.show_log()
+        return SegdemoError(f"{self.name} ({shlex.join(self.argv)}): {why} — its log is above")
+
+    def ready(self, first: str, extra: tuple, download: Path) -> Any:
+        """Wait for the page, then retry a first predict until it succeeds; return the client."""
+        from gradio_client import Client, handle_file
+        from gradio_client.exceptions import AppError
+
+        deadline = time.monotonic() + READY_S
+        while True:
+            if self.proc.poll() is not None:
+                raise self.fail(f"exited with code {self.proc.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                raise self.fail(f"not ready after {READY_S} s")
+            try:
+                urllib.request.urlopen(self.url, timeout=5).close()
+                # Same settings for both servers: what the README shows, files downloaded into the run's folder.
+                client = Client(self.url, verbose=False, download_files=str(download), analytics_enabled=False)
+                client.submit(handle_file(first), *extra, api_name="/segment").result(timeout=READY_S)
+                self.ready_s = time.perf_counter() - self.started
+                return client
+            except AppError as exc:  # the app answered with an error (requests wait for start-up, so it is real)
+                raise self.fail(f"the first request failed: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 — not up, still loading, or failing: retried until the deadline
+                log.debug("%s not ready yet: %s", self.name, exc)
+                time.sleep(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------- timing
+
+
+def time_api(client: Any, paths: list[str], extra: tuple, warmup: int, iters: int) -> tuple[list[float], list]:
+    """Round trips (ms) of `iters` predicts after `warmup` untimed ones, and the timed requests' results."""
+    from gradio_client import handle_file
+
+    times, results = [], []
+    for i in range(warmup + iters):
+        upload = handle_file(paths[i % len(paths)])
+        start = time.perf_counter()
+        result = client.predict(upload, *extra, api_name="/segment")
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+            results.append(result)
+    return times, results
+
+
+# ----------------------------------------------------------------------------------------------------- the run
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the floor and the app, time the API on every image and, where possible, the browser."""
+    names = image_names(args.app_images, "--app-images")
+    chromium = os.environ.get("SEGDEMO_CHROMIUM", "/usr/bin/chromium")
+    skipped = browser_unavailable(chromium) if args.browser else "--no-browser"
+    browser_names = image_names(args.browser_images, "--browser-images") if not skipped else []
+    if skipped:
+        print(f"bench --app: browser timing skipped: {skipped}")
+    browser_iters = args.browser_iters or args.iters
+    build = ["--build-dir", str(args.build_dir.resolve())] if args.build_dir else []
+    app_argv = ["app.py", "--model", args.model, "--backend", args.backend, *build]
+    with tempfile.TemporaryDirectory(prefix="segdemo-bench-app-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        images = make_images(work / "images", list(dict.fromkeys(names + browser_names)),
+                             args.warmup + max(args.iters, browser_iters if browser_names else 0))
+        floor = stack.enter_context(Server("floor", lambda port: [
+            sys.executable, "-c", f"from segdemo.bench_app import serve_floor; serve_floor({port})"], work, args.out))
+        app = stack.enter_context(Server("app", lambda port: [sys.executable, *app_argv, "--port", str(port)], work,
+                                         args.out))
+        first = images[names[0]]["paths"][0]
+        floor_client = floor.ready(first, (), work / "client")
+        app_client = app.ready(first, APP_EXTRA, work / "client")
+        log.info("bench --app: floor ready after %.1f s, app after %.1f s", floor.ready_s, app.ready_s)
+        api, served = {}, {}
+        for name in names:
+            paths = images[name]["paths"]
+            log.info("bench --app: API, %s …", name)
+            try:
+                floor_ms, _ = time_api(floor_client, paths, (), args.warmup, args.iters)
+                app_ms, outs = time_api(app_client, paths, APP_EXTRA, args.warmup, args.iters)
+            except Exception as exc:  # noqa: BLE001 — one image failing still reports the others
+                log.exception("bench --app: %s failed", name)
+                app.show_log(20)
+                api[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            timings = [o[3] for o in outs]
+            served = served or {k: outs[0][2].get(k) for k in ("backend", "precision", "device")}
+            session = [t["infer_ms"] for t in timings]
+            api[name] = {"floor_ms": report.stats(floor_ms), "app_ms": report.stats(app_ms),
+                         "session_ms": report.stats(session),
+                         "spans_ms": report.span_medians([t.get("spans_ms", {}) for t in timings]),
+                         "raw": {"floor_ms": floor_ms, "app_ms": app_ms, "session_ms": session}}
+        browser: dict[str, Any] = {"skipped": skipped}
+        if not skipped:
+            log.info("bench --app: browser, %s …", ", ".join(browser_names))
+            try:
+                browser["images"] = time_browser(chromium, floor.url, app.url, images, browser_names,
+                                                 args.warmup, browser_iters)
+            except Exception as exc:  # noqa: BLE001 — the browser part never fails the run: it says why
+                log.exception("bench --app: browser timing failed")
+                browser = {"skipped": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        ready = {"floor": round(floor.ready_s, 1), "app": round(app.ready_s, 1)}
+    return {"meta": _meta(args, served, app_argv, ready, browser_iters),
+            "images": {n: {k: v for k, v in images[n].items() if k != "paths"} for n in images},
+            "api": api, "browser": browser}
+
+
+def _meta(args: argparse.Namespace, served: dict[str, Any], app_argv: list[str], ready: dict[str, float],
+          browser_iters: int) -> dict[str, Any]:
+    from .gpu import package_versions
+
+    device = served.get("device") or ("cpu" if served.get("backend") in (None, "onnxruntime") else "cuda")
+    argv = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": args.model, "backend": args.backend, "served_by": served, "device": device,
+        "iters": args.iters, "warmup": args.warmup, "browser_iters": browser_iters, "ready_s": ready,
+        "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+                    "gpu": _gpu_name()},
+        "versions": {"python": platform.python_version(), **package_versions(
+            ("gradio", "gradio_client", "torch", "onnxruntime", "pillow", "playwright"))},
+        "command": "python -m segdemo bench " + shlex.join(argv),
+        "app_command": "python " + shlex.join([*app_argv, "--port", "PORT"]),
+        "browser_method": "headless Chromium, a fresh page per page state; upload first (untimed, until the preview "
+                          "is loaded), then click → #overlay img with a new src loaded + one rAF; everything = "
+                          "overlay, legend, hover, status and timeline each past its loading state (or changed), "
+                          "images loaded, + one rAF",
+    }
+
+
+def _gpu_name() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
