@@ -64,7 +64,8 @@ def build(demo: w.Demo) -> gr.Blocks:
         return (str(w.view_file(response)), w.hover_html(response), w.legend_html(result),
                 str(w.legend_file(response)), w.status_line(result),
                 timeline_figure(session.load_spans.spans, result.spans.spans), summary_figure(summary),
-                w.summary_rows(summary), w.trace_file(session, result, response.folder))
+                w.summary_rows(summary), w.trace_file(session, result, response.folder), result.legend_json(),
+                w.timings(result, session))
 
     def reblend(response, opacity):
         if response is None:
@@ -75,7 +76,10 @@ def build(demo: w.Demo) -> gr.Blocks:
     def full_overlay(response, opacity):
         if response is None:
             raise gr.Error("segment an image first: the full-size overlay is made from the last result")
-        return str(w.full_overlay_file(response, opacity))
+        try:
+            return str(w.full_overlay_file(response, opacity))
+        except SegdemoError as exc:  # e.g. the upload it is decoded from again has been cleaned up
+            raise gr.Error(str(exc)) from None
 
     def startup():
         return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
@@ -118,9 +122,13 @@ def build(demo: w.Demo) -> gr.Blocks:
                 with gr.Column():
                     overlay_dl = gr.File(label="Overlay, original size (PNG)")
                     make_overlay = gr.Button("Make the full-size overlay PNG", size="sm")
+            # The API's JSON values travel in components the page never draws (a 150-class JSON tree costs the
+            # browser time before it paints the overlay); the accordion gets its copies in the follow-up step.
+            legend_json = gr.JSON(label="legend", visible=False)
+            timings_json = gr.JSON(label="timings (ms)", visible=False)
             with gr.Accordion("API values of the last request", open=False):
-                legend_json = gr.JSON(label="legend")
-                timings_json = gr.JSON(label="timings (ms)")
+                legend_shown = gr.JSON(label="legend")
+                timings_shown = gr.JSON(label="timings (ms)")
         with gr.Tab("Profiling"):
             detailed = gr.Checkbox(label="Detailed: per-layer spans from the backend's profiler (slower requests)")
             timeline = gr.Plot(label="Timeline: session load and the last request", elem_id="timeline")
@@ -142,9 +150,11 @@ def build(demo: w.Demo) -> gr.Blocks:
         segment_event = run.click(segment, [image, opacity, detailed],
                                   [overlay, classes_file, legend_json, timings_json, state],
                                   api_name="segment", api_description=w.SEGMENT_API_DOC,
-                                  concurrency_limit=HOST_WORKERS, concurrency_id="requests")
+                                  concurrency_limit=HOST_WORKERS, concurrency_id="requests",
+                                  show_progress="minimal", show_progress_on=[overlay])
         segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, timeline, summary_plot,
-                                                 summary_table, trace_dl], js=AFTER_OVERLAY_PAINT,
+                                                 summary_table, trace_dl, legend_shown, timings_shown],
+                              js=AFTER_OVERLAY_PAINT,
                               api_visibility="private", concurrency_limit=HOST_WORKERS, show_progress="hidden")
         opacity.change(reblend, [state, opacity], [overlay, hover], api_visibility="private",
                        concurrency_limit=HOST_WORKERS, trigger_mode="always_last", show_progress="hidden")

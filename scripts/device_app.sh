@@ -26,8 +26,8 @@ if [ "${APP:-1}" = 1 ]; then
         2>&1 | grep -v Warning | tee /tmp/app.log | tail -30
 fi
 if [ "${ENGINE:-1}" = 1 ]; then
-    timeout "${ENGINE_TIMEOUT:-200}" python3 -m segdemo bench --device cuda --model random:b4 --sizes 4032x3024 \
-        --iters 10 --warmup 3 --concurrency 1 --images 2 --backends torch-cuda --out "$OUT/bench12" \
-        --markdown "$OUT/benchmarks.md" --section h100-12mp 2>&1 | grep -v Warning | tee /tmp/bench12.log | tail -12
+    timeout "${ENGINE_TIMEOUT:-200}" python3 -m segdemo bench --device cuda --model random:b4 --sizes "${ENGINE_SIZES:-4032x3024}" \
+        --iters "${ENGINE_ITERS:-10}" --warmup 3 --concurrency 1 --images 2 --backends torch-cuda --out "$OUT/bench12" \
+        --markdown "$OUT/benchmarks.md" --section "${ENGINE_SECTION:-h100-12mp}" 2>&1 | grep -v Warning | tee /tmp/bench12.log | tail -12
 fi
 rm -f "$OUT/bench12/bench.html" "$OUT/app/bench-app.md" "$OUT/bench12/bench.md"  # the results JSONs and benchmarks.md hold it all (≤ 8 files come back)

@@ -24,7 +24,8 @@ CLICK_TIMEOUT_MS = 120_000
 
 # One page.evaluate per click: snapshot, t0, click, then poll once per frame. A target is "done" once its Gradio
 # loading state came and went (seen by a MutationObserver: a fast one can start and end between two frames) or its
-# content changed, and every <img> in it is loaded; identical values leave the DOM as it was, hence the loading state.
+# content changed, and every <img> in it is loaded; identical values leave the DOM as it was, hence the loading state
+# (and, for the follow-up step, which shows none, the hover view that always changes).
 CLICK_JS = """async ({targets, timeoutMs}) => {
   const frame = () => new Promise(r => requestAnimationFrame(r)), el = id => document.getElementById(id);
   const pending = e => { const t = e && e.querySelector('[data-testid="status-tracker"]');
@@ -42,8 +43,12 @@ CLICK_JS = """async ({targets, timeoutMs}) => {
     if (srcAt === null && t0 !== null && img() && img().src !== src0) srcAt = performance.now() - t0; };
   const observer = new MutationObserver(watch);
   observer.observe(document.body, {subtree: true, childList: true, attributeFilter: ['class', 'src']});
+  // The follow-up step's outputs arrive together; the hover view names its request's files, so it always changes,
+  // and a target whose value came back the same (an equal status line) is done when the hover view is.
+  const changed = id => { const e = el(id); return !!e && (saw[id] || content(e) !== snap[id]); };
   const done = id => { const e = el(id); if (!e) return snap[id] === null;
-    return !pending(e) && loaded(e) && (saw[id] || content(e) !== snap[id]); };
+    return !pending(e) && loaded(e) && (changed(id) || (id !== 'hover' && id !== 'overlay' &&
+                                                        targets.includes('hover') && changed('hover'))); };
   const overlayDone = () => { const i = img(); if (!i || !i.complete || !i.naturalWidth) return false;
     return i.src !== src0 || (saw.overlay && !pending(el('overlay'))); };
   performance.clearResourceTimings();  // the buffer holds 250 entries; each click adds about 25
