@@ -120,7 +120,7 @@ def browser_table(results: dict[str, Any]) -> str:
         for label, mode in entry["modes"].items():
             if mode.get("src_set_ms", {}).get("n"):
                 lines.append(f"- {name}, {label}: response rendered (new overlay src) {_p(mode['src_set_ms'], 'p50')}"
-                             f", overlay PNG fetched {_p(mode['fetched_ms'], 'p50')}, painted "
+                             f", overlay fetched {_p(mode['fetched_ms'], 'p50')}, painted "
                              f"{_p(mode['overlay_ms'], 'p50')}")
     return "\n".join(lines) + "\n"
 
