@@ -109,7 +109,7 @@ def test_report_tables_json_and_docs_section(tmp_path):
     assert "| 512 | Profiling never opened: timeline not in the DOM | 75.0 / 79.5 | 390.0 / 399.0 | " \
            "510.0 / 519.0 | 305.0 | 10.0 (≤ 50) |" in text
     assert "| 260.0 (API) | 55.0 (> 50) |" in text
-    assert "- 512, Profiling never opened: response rendered (new overlay src) 340.0, overlay PNG fetched 370.0, " \
+    assert "- 512, Profiling never opened: response rendered (new overlay src) 340.0, overlay fetched 370.0, " \
            "painted 390.0" in text
     assert "<!-- segdemo-bench:app-cpu -->" in doc.read_text() and text.strip() in doc.read_text()
     assert report.api_table(results) in report.tables_text(results)
