@@ -6,6 +6,7 @@ import argparse
 
 import gradio as gr
 
+from segdemo import response as r
 from segdemo import webapp as w
 from segdemo.cli import setup_logging
 from segdemo.errors import SegdemoError
@@ -54,30 +55,30 @@ def build(demo: w.Demo) -> gr.Blocks:
             result = demo.segment(image, detailed)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        response = w.respond(result, opacity)
+        response = r.respond(result, opacity)
         return str(response.overlay), str(response.classes), result.legend_json(), \
-            w.timings(result, demo.session), response
+            r.timings(result, demo.session), response
 
     def details(response):
         session, result = demo.session, response.result
         summary = session.history.summary()
-        return (str(w.view_file(response)), w.hover_html(response), w.legend_html(result),
-                str(w.legend_file(response)), w.status_line(result),
+        return (str(r.view_file(response)), r.hover_html(response), r.legend_html(result),
+                str(r.legend_file(response)), r.status_line(result),
                 timeline_figure(session.load_spans.spans, result.spans.spans), summary_figure(summary),
-                w.summary_rows(summary), w.trace_file(session, result, response.folder), result.legend_json(),
-                w.timings(result, session))
+                r.summary_rows(summary), r.trace_file(session, result, response.folder), result.legend_json(),
+                r.timings(result, session))
 
     def reblend(response, opacity):
         if response is None:
             return gr.skip(), gr.skip()
-        overlay = w.reblend(response, opacity)
-        return str(overlay), w.hover_html(response, overlay)
+        overlay = r.reblend(response, opacity)
+        return str(overlay), r.hover_html(response, overlay)
 
     def full_overlay(response, opacity):
         if response is None:
             raise gr.Error("segment an image first: the full-size overlay is made from the last result")
         try:
-            return str(w.full_overlay_file(response, opacity))
+            return str(r.full_overlay_file(response, opacity))
         except SegdemoError as exc:  # e.g. the upload it is decoded from again has been cleaned up
             raise gr.Error(str(exc)) from None
 
@@ -133,7 +134,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             detailed = gr.Checkbox(label="Detailed: per-layer spans from the backend's profiler (slower requests)")
             timeline = gr.Plot(label="Timeline: session load and the last request", elem_id="timeline")
             summary_plot = gr.Plot(label="Per-span p50 / p95 over recent requests")
-            summary_table = gr.Dataframe(headers=list(w.SUMMARY_COLUMNS),
+            summary_table = gr.Dataframe(headers=list(r.SUMMARY_COLUMNS),
                                          label="Per-span summary", interactive=False)
             trace_dl = gr.File(label="Trace (Chrome trace JSON — open in Perfetto UI or chrome://tracing)")
         with gr.Tab("Engine") as engine_tab:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     blocks = build(demo)
     blocks.queue(max_size=16)
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share, max_file_size="25mb",
-                  css=CSS, footer_links=["api", "gradio"], allowed_paths=[str(w.DOWNLOADS)])
+                  css=CSS, footer_links=["api", "gradio"], allowed_paths=[str(r.DOWNLOADS)])
 
 
 if __name__ == "__main__":

@@ -1,20 +1,16 @@
-"""`segdemo doctor`: versions, GPU, the backend ladder with reasons, and a tiny end-to-end self-test per backend."""
+"""What `segdemo doctor` reports: versions, and a tiny end-to-end self-test per backend (segdemo.commands.doctor)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .cli import command
+from .optional import MissingPackageError, require
 
 SELF_TEST_MODEL = "random:tiny"
 MODULES = ("numpy", "torch", "onnx", "onnxruntime", "transformers", "tensorrt", "tensorrt_rtx")
@@ -25,8 +21,8 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in MODULES:
         try:
-            module = importlib.import_module(name)
-        except ImportError:
+            module = require(name)
+        except MissingPackageError:
             out[name] = "not installed"
             continue
         except Exception as exc:  # noqa: BLE001 — a broken install is reported, not raised
@@ -49,8 +45,8 @@ def self_test(name: str, onnx_file: Path, source, reference: np.ndarray) -> tupl
     start = time.perf_counter()
     backend = None
     try:
-        backend = backends.create(name, onnx_file, SpanRecorder(), precision="fp32", source=source,
-                                  build=onnx_file.parent.parent)
+        backend = backends.create(name, onnx_file, SpanRecorder(),
+                                  backends.LoadContext(source, onnx_file.parent.parent), precision="fp32")
         load_s = time.perf_counter() - start
         pixels = probe_image(source.input_size)
         run_start = time.perf_counter()
@@ -106,49 +102,3 @@ def rtx_build_check(onnx_file: Path, build: Path) -> str:
     if verdict == "LOADED":
         return line + "; its runtime loads the plan on this GPU"
     return line + f"; its runtime does NOT load it on this GPU ({verdict}, exit {result.returncode}: {detail})"
-
-
-def _doctor_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--build-dir", type=Path, default=None,
-                   help="artifact folder for the self-test (default: a temporary folder)")
-
-
-@command("doctor", "print versions, GPU and backend ladder, and self-test each usable backend", _doctor_args)
-def _doctor(args: argparse.Namespace) -> int:
-    from . import backends
-    from .export import ensure_onnx
-    from .export_fp16 import PROBE_OUT_SIZE, probe_reference
-    from .gpu import detect
-    from .model_source import resolve
-
-    print("segdemo doctor")
-    print(f"  platform     {platform.platform()}")
-    for name, version in versions().items():
-        print(f"  {name:12s} {version}")
-    gpu = detect()
-    print(f"  gpu          {gpu.describe() if gpu else 'none'}")
-    print("\nbackend ladder (--backend auto takes the first usable one)")
-    rungs = backends.ladder()
-    chosen = next((r.name for r in rungs if r.available), None)
-    for rung in rungs:
-        arrow, state = "→" if rung.name == chosen else " ", "usable" if rung.available else "skipped"
-        print(f"  {arrow} {rung.name:13s} {state:8s} {'' if rung.available else rung.reason}".rstrip())
-    print(f"\nself-test ({SELF_TEST_MODEL}, probe image → class map {PROBE_OUT_SIZE[0]}×{PROBE_OUT_SIZE[1]})")
-    with tempfile.TemporaryDirectory(prefix="segdemo-doctor-") as tmp:
-        build = args.build_dir or Path(tmp)
-        source = resolve(SELF_TEST_MODEL)
-        onnx_file, _ = ensure_onnx(source, build)
-        reference = probe_reference(onnx_file)[0]
-        results = {}
-        for rung in rungs:
-            if rung.available:
-                results[rung.name], line = self_test(rung.name, onnx_file, source, reference)
-            else:
-                line = "not run (skipped above)"
-            print(f"  {rung.name:13s} {line}")
-        if importlib.util.find_spec("tensorrt_rtx") is not None:
-            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build)} [build check]")
-    ok = chosen is not None and results.get(chosen, False)
-    print(f"\n{'OK' if ok else 'PROBLEM'}: --backend auto uses {chosen or 'nothing'}"
-          f"{'' if ok else ' and its self-test failed'}")
-    return 0 if ok else 1

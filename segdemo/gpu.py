@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from .optional import missing
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -42,10 +44,11 @@ def package_versions(dists: tuple[str, ...]) -> dict[str, str]:
 
 def torch_cuda_reason() -> str | None:
     """Why torch cannot drive a CUDA GPU here, or None when it can."""
-    try:
-        import torch
-    except ImportError as exc:
-        return f"torch is not installed ({exc})"
+    reason = missing("torch", purpose="PyTorch; its CUDA build for GPU backends")
+    if reason:
+        return reason
+    import torch
+
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build"
     if not torch.cuda.is_available():

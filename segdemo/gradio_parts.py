@@ -117,6 +117,6 @@ load();
 
 
 def hover_view(**options) -> gr.HTML:
-    """The hover-to-highlight view: its value is webapp.hover_html's markup, its script does the highlighting."""
+    """The hover-to-highlight view: its value is response.hover_html's markup, its script does the highlighting."""
     empty = "<div class='segdemo-hover'><p>Segment an image, then point at a class to highlight it.</p></div>"
     return gr.HTML(empty, css_template=HOVER_CSS, js_on_load=HOVER_JS, **options)

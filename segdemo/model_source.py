@@ -35,6 +35,7 @@ _MIT = {
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
 }
 PRESETS = tuple(f"random:{name}" for name in _MIT)
+MODEL_HELP = f"Hugging Face id, local directory, or one of {', '.join(PRESETS)} (default {DEFAULT_MODEL})"
 
 
 @dataclass

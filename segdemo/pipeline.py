@@ -144,9 +144,9 @@ class Session:
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
-            self.backend = backends.create(name, self.onnx_file, self.load_spans,
-                                           precision=backends.precision_for(name, precision),
-                                           source=self.source, build=build, progress=progress)
+            self._context = backends.LoadContext(self.source, build, progress)
+            self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
+                                           precision=backends.precision_for(name, precision))
             with self.load_spans.span("warm-up", LOAD, backend=name):
                 self._warm_up()
             attrs.update(backend=name, precision=self.backend.precision)
@@ -180,7 +180,7 @@ class Session:
         height, width = self.source.input_size
         blank = np.zeros((height, width, 3), np.uint8)
         self.backend.run(prepare(blank, (height, width)), SpanRecorder())
-        if hasattr(self.backend, "render"):
+        if isinstance(self.backend, backends.DeviceRenderer):
             self.backend.render(blank, SpanRecorder(), DEFAULT_OPACITY, (height, width), (height, width))
 
     def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False) -> Segmentation:
@@ -192,11 +192,12 @@ class Session:
         spans = spans or SpanRecorder()
         start = time.perf_counter()
         with spans.span("request", INFERENCE) as attrs:
-            source = self._decoded_or_jpeg(image, spans, on_device=hasattr(self.backend, "render") and not detailed)
+            renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed else None
+            source = self._decoded_or_jpeg(image, spans, renderer)
             size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
             shown = display_size(size, self.display_side)
-            if isinstance(source, EncodedJpeg) or (self._renders(size) and not detailed):
-                result = self._on_device(source, image, size, shown, spans)
+            if renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size)):
+                result = self._on_device(renderer, source, image, size, shown, spans)
             else:
                 result = self._on_host(source, shown, spans, detailed)
             attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
@@ -208,11 +209,11 @@ class Session:
         self.history.append(spans)
         return result
 
-    def _on_device(self, source: np.ndarray | EncodedJpeg, image: Any, size: tuple[int, int],
-                   shown: tuple[int, int], spans: SpanRecorder) -> Segmentation:
+    def _on_device(self, renderer: backends.DeviceRenderer, source: np.ndarray | EncodedJpeg, image: Any,
+                   size: tuple[int, int], shown: tuple[int, int], spans: SpanRecorder) -> Segmentation:
         """The whole request on the backend's device: one small download of what is shown, plus the class map."""
         with self._engine(spans):
-            rendered = self.backend.render(source, spans, DEFAULT_OPACITY, output_size(size, self.max_side), shown)
+            rendered = renderer.render(source, spans, DEFAULT_OPACITY, output_size(size, self.max_side), shown)
         with spans.span("legend", INFERENCE):
             entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
         decoded = source if isinstance(source, np.ndarray) else None
@@ -249,13 +250,15 @@ class Session:
 
     def _renders(self, size: tuple[int, int]) -> bool:
         """Whether the backend can do a request of this (upright) image size on its device."""
-        return hasattr(self.backend, "render") and self.backend.renders(output_size(size, self.max_side))
+        return isinstance(self.backend, backends.DeviceRenderer) and \
+            self.backend.renders(output_size(size, self.max_side))
 
-    def _decoded_or_jpeg(self, image: Any, spans: SpanRecorder, on_device: bool) -> np.ndarray | EncodedJpeg:
+    def _decoded_or_jpeg(self, image: Any, spans: SpanRecorder,
+                         renderer: backends.DeviceRenderer | None) -> np.ndarray | EncodedJpeg:
         """RGB pixels, or — for a device that decodes JPEGs itself — a plain JPEG it can take whole."""
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
             return image  # already decoded by the caller (inside its own "decode" span)
-        if on_device and getattr(self.backend, "jpeg_decoder", None) is not None:
+        if renderer is not None and renderer.decodes_jpeg:
             data = encoded_bytes(image)
             if data is not None:
                 header = plain_jpeg(data)
@@ -268,17 +271,23 @@ class Session:
         """The session's load spans plus one request's spans, for traces and plots."""
         return self.load_spans.spans + request.spans
 
-    def reload_backend(self, **options: Any) -> None:
-        """Recreate the backend (e.g. after an engine rebuild), then close the old one.
+    def reload_backend(self, precision: str) -> None:
+        """Recreate the backend (e.g. after an engine rebuild) at `precision`, then close the old one.
 
         Backends close under their own lock, so a request still running on the old one finishes first.
         """
         old = self.backend
-        self.backend = backends.create(old.name, self.onnx_file, self.load_spans, source=self.source, **options)
+        self.backend = backends.create(old.name, self.onnx_file, self.load_spans, self._context, precision=precision)
         old.close()
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def peak_rss_mb() -> float:

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from segdemo.bench import merge_section, parse_sizes
+from segdemo.bench.engine import parse_sizes
+from segdemo.bench.report import markdown_section, markdown_table, merge_section
 
 
 def test_smoke_run_writes_json_markdown_and_chart(tmp_path, build_dir):
@@ -47,6 +48,47 @@ def test_sections_are_replaced_not_duplicated(tmp_path):
     text = doc.read_text()
     assert text.count("<!-- segdemo-bench:cpu -->") == 1 and "second cpu" in text and "first cpu" not in text
     assert text.index("second cpu") < text.index("gpu\n")
+
+
+def _results() -> dict:
+    def size(e2e: float, model: float, **extra) -> dict:
+        return {"e2e_ms": {"p50": e2e, "p95": e2e * 1.5, "mean": e2e, "n": 3},
+                "model_ms": {"p50": model, "p95": model, "mean": model, "n": 3},
+                "throughput_ips": 12.5, "concurrency": 2, **extra}
+
+    return {
+        "meta": {"date": "2026-01-01 00:00 UTC", "model": "random:tiny", "device": "cpu", "sizes": ["64x48"],
+                 "iters": 3, "warmup": 1, "concurrency": 2, "images": 1, "onnx_file": "tiny.onnx",
+                 "machine": {"platform": "Linux", "cpu": "Test CPU", "cores": 2, "gpu": None},
+                 "versions": {"python": "3.11", "onnxruntime": "1.20"}, "command": "python -m segdemo bench --smoke"},
+        "runs": [
+            {"backend": "transformers", "precision": "fp32", "label": "transformers", "cold_start_ms": 2500.0,
+             "peak_host_mb": 700.4, "peak_device_mb": None, "sizes": {"64x48": size(40.0, 30.0, stages_ms={})}},
+            {"backend": "onnxruntime", "precision": "fp32", "label": "onnxruntime (fp32)", "cold_start_ms": 800.0,
+             "peak_host_mb": 300.0, "peak_device_mb": None,
+             "sizes": {"64x48": size(8.0, 5.0, agreement=0.99995, stages_ms={"run": 4.0, "decode": 0.5})}},
+            {"backend": "torch-cuda", "precision": "fp16", "label": "torch-cuda (fp16)",
+             "error": ["segdemo: error: no GPU"]},
+        ],
+    }
+
+
+def test_report_renders_a_results_dict(tmp_path):
+    results = _results()
+    table = markdown_table(results)
+    assert table.startswith("| contender | size | e2e p50 ms |")
+    assert "| transformers | 64x48 | 40.0 | 60.0 | 30.0 | 12.50 (2) | 2.50 | 700 | – | reference | 1× | 1× |" in table
+    assert "| onnxruntime (fp32) | 64x48 | 8.00 | 12.0 | 5.00 | 12.50 (2) | 0.80 | 300 | – | 99.9950% | 5.00× | " \
+           "6.00× |" in table
+    assert "| torch-cuda (fp16) | – | failed: segdemo: error: no GPU |" in table
+    section = markdown_section(results)
+    assert section.startswith("### random:tiny on cpu — Test CPU, 2 cores")
+    assert "- command: `python -m segdemo bench --smoke`" in section and table in section
+    assert "- onnxruntime (fp32) 64x48: run 4.00, decode 0.50" in section
+    doc = tmp_path / "docs" / "benchmarks.md"
+    merge_section(doc, "cpu", section)
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and f"<!-- segdemo-bench:cpu -->\n{section.rstrip()}\n" in text
 
 
 def test_sizes_are_width_by_height():

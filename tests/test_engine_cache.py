@@ -230,3 +230,28 @@ def test_explicit_tensorrt_backend_without_gpu_says_why():
     rungs = {r.name: r for r in backends.ladder()}
     assert list(rungs)[:2] == ["tensorrt", "tensorrt-rtx"] and list(rungs)[-1] == "onnxruntime"
     assert not rungs["tensorrt-rtx"].available
+
+
+def test_tensorrt_backends_take_explicit_options(tiny_onnx):
+    """Loading settings come in the LoadContext; anything but the backend's own keywords is refused by name."""
+    from segdemo import backends
+    from segdemo.errors import SegdemoError
+    from segdemo.spans import SpanRecorder
+
+    for name in ("tensorrt", RTX):
+        with pytest.raises(SegdemoError, match="has no option build — it takes precision, targets, min_agreement"):
+            backends.create(name, tiny_onnx, SpanRecorder(), build=tiny_onnx.parent)
+
+
+def test_missing_tensorrt_names_what_to_install():
+    import importlib.util
+
+    from segdemo.backends.tensorrt import unavailable_reason
+    from segdemo.optional import MissingPackageError
+    from segdemo.trt_flavour import flavour
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("full TensorRT is installed here")
+    with pytest.raises(MissingPackageError, match="tensorrt is not installed.*pip install tensorrt-cu13"):
+        flavour("tensorrt").load()
+    assert "pip install tensorrt-cu13" in unavailable_reason("tensorrt")

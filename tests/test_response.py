@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo import webapp
+from segdemo import response
 from segdemo.classmap import restore_size
 from segdemo.preprocess import resize_for_model
 from segdemo.visuals import colour_mask, overlay, read_class_map
@@ -51,17 +51,17 @@ def test_response_files_have_the_right_sizes(small_display, tmp_path):
     exif[0x0112] = 6  # stored 800×600, upright 600×800
     Image.fromarray(photo("coffee", (600, 800))).save(path, quality=90, exif=exif.tobytes())
     result = small_display.segment(path)
-    response = webapp.respond(result, 0.5)
-    with Image.open(response.overlay) as shown:
+    answer = response.respond(result, 0.5)
+    with Image.open(answer.overlay) as shown:
         assert (shown.format, shown.size) == ("JPEG", (240, 320))
-    classes = read_class_map(response.classes)
+    classes = read_class_map(answer.classes)
     assert classes.shape == (800, 600) and np.array_equal(classes, result.class_map)
-    view = read_class_map(webapp.view_file(response))
+    view = read_class_map(response.view_file(answer))
     assert np.array_equal(view, result.display_map)
-    with Image.open(webapp.full_overlay_file(response, 0.5)) as full:
+    with Image.open(response.full_overlay_file(answer, 0.5)) as full:
         assert (full.format, full.size) == ("PNG", (600, 800))
-    markup = webapp.hover_html(response)
-    assert webapp.file_url(webapp.view_file(response)) in markup and "data-legend=" in markup
+    markup = response.hover_html(answer)
+    assert response.file_url(response.view_file(answer)) in markup and "data-legend=" in markup
     assert markup.count("class='chip'") == min(len(result.legend), 40)
 
 
@@ -74,7 +74,7 @@ def test_encoding_runs_while_the_next_request_is_in_the_engine(session_factory):
 
     def request(k: int) -> None:
         start.wait()
-        results[k] = webapp.respond(session.segment(images[k]), 0.5).result
+        results[k] = response.respond(session.segment(images[k]), 0.5).result
 
     threads = [threading.Thread(target=request, args=(k,)) for k in range(2)]
     for thread in threads:

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from segdemo import backends, engine_cache
+from segdemo.backends.tensorrt import TensorRTRunner
+from segdemo.backends.tensorrt_loader import EngineLoader
+from segdemo.engine_build import PROFILE
 from segdemo.export import ensure_onnx
 from segdemo.export_fp16 import run_onnx
 from segdemo.model_source import resolve
@@ -107,3 +110,29 @@ def test_undeserializable_plan_is_rebuilt_on_load(name, tiny, tmp_path):
         assert healed.run(ModelInput(pixels(), size, size), SpanRecorder()).shape == size
     finally:
         healed.close()
+
+
+def test_runner_from_a_prebuilt_plan_alone(name, tiny):
+    """The loader builds and checks the plan; a runner made from the plan file alone gives the same class maps."""
+    loaded, runner = EngineLoader(tiny, name).load("fp32", SpanRecorder(), TensorRTRunner)
+    runner.close()
+    assert loaded.engine is None, "closing the runner releases the engine it owns"
+    spans = SpanRecorder()
+    plain = TensorRTRunner.from_plan(loaded.artifact.plan, name, spans)
+    try:
+        assert {"deserialize engine", "create context"} <= {s.name for s in spans.spans}
+        assert plain.max_out == tuple(PROFILE["out_size"]["max"]) and plain.precision == "fp32"
+        image = pixels(3)
+        for size in ((7, 5), (300, 1000)):
+            expected = run_onnx(tiny, image, size)[0]
+            assert (plain.run(ModelInput(image, size, size), SpanRecorder()) == expected).mean() >= 0.999
+    finally:
+        plain.close()
+    plain.close()  # twice is fine
+
+
+def test_facts_describe_the_engine_cache_entry(name, tiny):
+    with backends.create(name, tiny, SpanRecorder(), precision="fp32") as backend:
+        facts = backend.facts()
+        assert str(backend.artifact.plan) in facts["Engine"] and facts["Engine key"].startswith("`")
+        assert facts["Device memory"].endswith(" MB") and "agreement" in facts["Accuracy guard"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional
 
-from segdemo.backends import torch_cuda
-from segdemo.backends.torch_cuda import bucket, source_coordinates, upsample_argmax
+from segdemo.backends import torch_cuda, torch_ops
+from segdemo.backends.torch_ops import bucket, source_coordinates, upsample_argmax
 from segdemo.decode import decode
 from segdemo.errors import BadImageError
 from segdemo.visuals import colour_mask, overlay
@@ -25,8 +25,8 @@ def test_padded_upsample_equals_torch_interpolate(size):
     logits = torch.randn(1, 150, 128, 128, generator=generator)
     height, width = size
     padded_h, padded_w = bucket(size)
-    assert padded_h % torch_cuda.BUCKET == 0 and padded_w % torch_cuda.BUCKET == 0
-    assert height <= padded_h < height + torch_cuda.BUCKET and width <= padded_w < width + torch_cuda.BUCKET
+    assert padded_h % torch_ops.BUCKET == 0 and padded_w % torch_ops.BUCKET == 0
+    assert height <= padded_h < height + torch_ops.BUCKET and width <= padded_w < width + torch_ops.BUCKET
     grid_x = torch.from_numpy(source_coordinates(128, width, padded_w))
     grid_y = torch.from_numpy(source_coordinates(128, height, padded_h))
     classes = upsample_argmax(logits, grid_x, grid_y)  # 2000×1500 runs in four steps of POST_ROWS rows
@@ -147,7 +147,7 @@ def test_jpegs_are_decoded_on_the_gpu(cuda_sessions, tmp_path, progressive):
     Image.fromarray(photo("coffee", (600, 800))).save(path, quality=90, progressive=progressive)
     on_gpu = session.segment(path)
     decoders = [s.attrs.get("decoder", "") for s in on_gpu.spans.spans if s.name == "decode"]
-    kinds = [planar.name for planar in session.backend.nvjpeg]
+    kinds = [planar.name for planar in session.backend.jpeg_decoder.decoders]
     # The JPEG engines take baseline files; progressive ones fall through to the hybrid decoder.
     expected = kinds[-1] if progressive else kinds[0]
     assert decoders == [expected], (decoders, kinds)

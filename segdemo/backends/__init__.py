@@ -1,51 +1,27 @@
-"""Backends run the fused graph: create once, `run(model_input) → class map`, `close()`.
+"""Backends run the fused graph; this module is their registry: the ladder of preference, availability with the
+reason a backend cannot run here, and creation with validated options.
 
-Each backend lives in its own module and imports its heavy runtime only when created,
-so `segdemo` imports on any machine. A backend on a device may also offer
-`render(source, spans, opacity, out_size, display)`: the whole request (decode or upload, EXIF orientation, resize,
-network, class map, counts, display-size picture and overlay) on the device → `Rendered`.
+The contract every backend follows is in `contract` (`Backend`, the optional `DeviceRenderer`). Each backend lives in
+its own module, which imports its heavy runtime only when the backend is created, so `segdemo` imports anywhere. A
+module provides `unavailable_reason() -> str | None` and `create(onnx_file, spans, context, **options)`; its options
+are the keyword parameters of that `create` — anything else is refused, naming what it takes.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
+from typing import Any
 
 from ..errors import SegdemoError
-from ..preprocess import ModelInput
 from ..spans import SpanRecorder
+from .contract import Backend, DeviceRenderer, LoadContext, Rendered
 
-
-class Backend(Protocol):
-    """What the pipeline needs from a runtime."""
-
-    name: str
-    precision: str
-    device: str
-
-    def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
-        """Return the uint8 class map of shape `model_input.out_size`; `detailed` adds per-layer spans."""
-
-    def close(self) -> None:
-        """Release the runtime's resources."""
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A request done on a device, every array bit-identical to what the host pipeline makes (pipeline._on_host),
-    given the same decoded pixels."""
-
-    class_map: np.ndarray  # uint8 ids at the original (upright) size: restore_size of the out_size map
-    counts: np.ndarray  # pixels per class id of class_map, int64 [256]
-    display_image: np.ndarray  # RGB at display size (Pillow's bilinear resize of the decoded image)
-    display_map: np.ndarray  # restore_size(out_size map, display size)
-    display_overlay: np.ndarray  # visuals.overlay(display_image, colour_mask(display_map), opacity)
-    opacity: float
+__all__ = ["Backend", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "ladder", "probe",
+           "precision_for"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +84,13 @@ def precision_for(name: str, requested: str = "auto") -> str:
     return PREFERRED_PRECISION.get(name, "fp16") if requested == "auto" else requested
 
 
-def create(name: str, onnx_file: Path, spans: SpanRecorder, **options) -> Backend:
-    """Create backend `name` for the fused graph at `onnx_file`; backends ignore options they do not use."""
-    return _module(name).create(onnx_file, spans, **options)
+def create(name: str, onnx_file: Path, spans: SpanRecorder, context: LoadContext | None = None,
+           **options: Any) -> Backend:
+    """Create backend `name` for the fused graph at `onnx_file`; an option it does not take is an error."""
+    factory = _module(name).create
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("onnx_file", "spans", "context")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise SegdemoError(f"backend '{name}' has no option {', '.join(unknown)} — it takes "
+                           f"{', '.join(accepted) or 'none'}")
+    return factory(onnx_file, spans, context or LoadContext(), **options)

@@ -11,28 +11,25 @@ from pathlib import Path
 import numpy as np
 
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..optional import missing
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
+from .contract import Backend, LoadContext
 
 log = logging.getLogger("segdemo")
 
 
 def unavailable_reason() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc})"
-    return None
+    return missing("onnxruntime", purpose="the CPU backend")
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """One InferenceSession per graph, reused for every request."""
 
     name = "onnxruntime"
     device = "cpu"
 
-    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
-                 **_: object):
+    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None):
         self.onnx_file = onnx_file
         if precision != "fp32":
             log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
@@ -82,6 +79,10 @@ class OnnxRuntimeBackend:
     def close(self) -> None:
         self.session = None
 
+    def facts(self) -> dict[str, object]:
+        return {"Engine cache": "not used — ONNX Runtime runs the fused graph directly",
+                "Threads": f"{self.threads} (intra-op)"}
+
 
 def layer_spans(events: list[dict], execute: Span) -> list[Span]:
     """ORT profiler node events → layer spans, aligned so the model run starts with our execute span."""
@@ -106,5 +107,7 @@ def layer_spans(events: list[dict], execute: Span) -> list[Span]:
     return out
 
 
-def create(onnx_file: Path, spans: SpanRecorder, **options) -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(onnx_file, spans, **options)
+def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
+           threads: int | None = None) -> OnnxRuntimeBackend:
+    """`threads`: ONNX Runtime's intra-op threads (default: every core)."""
+    return OnnxRuntimeBackend(onnx_file, spans, precision, threads)

@@ -1,122 +1,92 @@
-"""TensorRT session (backends `tensorrt` and `tensorrt-rtx`, one code path): cached plan, one context, torch buffers."""
+"""TensorRT backend (`tensorrt`; `tensorrt-rtx` subclasses it): a loader finds and checks the plan, a runner runs it.
+
+`TensorRTRunner` binds one deserialised engine (one execution context, its stream, device buffers, CUDA events) and
+runs requests on it; it can be made from a prebuilt plan file alone. Loading lives in `tensorrt_loader`.
+"""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..artifacts import lock_for
 from ..errors import SegdemoError
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LAYER, LOAD, SpanRecorder
+from .contract import Backend
+from .tensorrt_loader import EngineLoader, LoadedEngine, load_plan
 
-log = logging.getLogger("segdemo")
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from ..export_fp16 import ProgressFn
+    from . import LoadContext
 
 BACKEND = "tensorrt"
 
 
 def unavailable_reason(backend: str = BACKEND) -> str | None:
     """Why this TensorRT flavour cannot run here (module, GPU, compute capability, torch CUDA), or None."""
-    from ..engine_build import flavour, rtx_supports, rtx_targets
     from ..gpu import detect, no_gpu_reason, torch_cuda_reason
+    from ..optional import missing
+    from ..trt_flavour import flavour, rtx_supports, rtx_targets
 
     fl = flavour(backend)
     try:
-        trt = fl.load()
-    except SegdemoError as exc:
-        return str(exc)
+        reason = missing(fl.module, fl.package, f"the {backend} backend")
     except Exception as exc:  # noqa: BLE001 — a broken install (missing shared library) is a reason, not a crash
         return f"{fl.module} failed to import ({type(exc).__name__}: {exc})"
+    if reason:
+        return reason
     gpu = detect()
     if gpu is None:
         return no_gpu_reason()
-    if backend == "tensorrt-rtx" and not rtx_supports(trt, gpu.capability):
+    if backend == "tensorrt-rtx" and not rtx_supports(trt := fl.load(), gpu.capability):
         supported = ", ".join(f"{n[2:-1]}.{n[-1]}" for n in rtx_targets(trt))
         return f"compute capability {gpu.cc} not supported ({gpu.name}; TensorRT-RTX runs on {supported})"
     return torch_cuda_reason()  # device buffers are torch CUDA tensors
 
 
-class _LayerTimes:
-    """Collects IProfiler reports; built lazily because its base class lives in the TensorRT module."""
+def _layer_profiler(trt: ModuleType) -> Any:
+    """An IProfiler collecting (layer, ms); made here because its base class lives in the TensorRT module."""
 
-    @staticmethod
-    def create(trt):
-        class Profiler(trt.IProfiler):
-            def __init__(self) -> None:
-                trt.IProfiler.__init__(self)
-                self.layers: list[tuple[str, float]] = []
+    class Profiler(trt.IProfiler):
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+            self.layers: list[tuple[str, float]] = []
 
-            def report_layer_time(self, layer_name: str, ms: float) -> None:
-                self.layers.append((layer_name, ms))
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            self.layers.append((layer_name, ms))
 
-        return Profiler()
+    return Profiler()
 
 
-class TensorRTBackend:
-    """Deserialized once per process; every request reuses one execution context, its buffers and its stream."""
+class TensorRTRunner:
+    """Runs one deserialised engine: one execution context, its stream and buffers, bound once and reused."""
 
-    device = "cuda"
-
-    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", backend: str = BACKEND,
-                 build: Path | None = None, targets: list[str] | None = None, progress=None,
-                 min_agreement: float | None = None, **_: Any) -> None:
-        from ..engine_build import flavour, trt_logger
-        from ..export_fp16 import MIN_AGREEMENT
-
-        reason = unavailable_reason(backend)
-        if reason:
-            raise SegdemoError(f"backend '{backend}' cannot run here: {reason} — use --backend auto")
+    def __init__(self, loaded: LoadedEngine) -> None:
         import torch
 
-        self.name, self.precision = backend, precision
-        self._torch, self._trt = torch, flavour(backend).load()
-        self._options = {"build": build, "targets": targets, "progress": progress}
-        self._onnx_file = onnx_file
+        self.loaded = loaded  # the runner owns its engine: close() releases it
+        self.name, self.precision = loaded.name, loaded.precision
+        self._torch, self._trt = torch, loaded.trt
         self._lock = threading.Lock()  # one context: requests from several threads take turns
-        self._logger = trt_logger(self._trt)
-        self._runtime = self._trt.Runtime(self._logger)
         self._profiler = None
-        self.notes: list[str] = []
-        self._open(precision, spans)
-        self._guard_accuracy(spans, MIN_AGREEMENT if min_agreement is None else min_agreement)
+        self._bind(loaded.engine)
 
-    # -- loading ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_plan(cls, plan: Path, backend: str = BACKEND, spans: SpanRecorder | None = None) -> TensorRTRunner:
+        """A runner for a prebuilt plan file alone (no cache, no build, no accuracy guard); `backend` is its flavour."""
+        spans = spans or SpanRecorder()
+        loaded = load_plan(plan, backend, spans)
+        with spans.span("create context", LOAD, backend=backend):
+            return cls(loaded)
 
-    def _open(self, precision: str, spans: SpanRecorder) -> None:
-        """Find or build the plan, deserialize it (rebuilding once if it will not load), and bind the buffers."""
-        from .. import engine_cache
-        from ..engine_build import ensure_engine
-
-        for attempt in range(2):
-            with spans.span("engine cache", LOAD, backend=self.name, precision=precision) as attrs:
-                self.artifact = ensure_engine(self._onnx_file, precision, self.name, force=attempt > 0,
-                                              **self._options)
-                attrs.update(cache_hit=self.artifact.cache_hit, plan=self.artifact.plan.name,
-                             bytes=self.artifact.plan.stat().st_size)
-            with spans.span("deserialize engine", LOAD, backend=self.name, plan=self.artifact.plan.name):
-                engine = self._runtime.deserialize_cuda_engine(self.artifact.plan.read_bytes())
-            if engine is not None:
-                break
-            with lock_for(self.artifact.plan):
-                engine_cache.invalidate(self.artifact.plan, "TensorRT could not deserialize it (truncated, "
-                                                            "corrupt, or built by another version)")
-        else:
-            raise SegdemoError(f"{self.name} cannot load the engine it just built ({self.artifact.plan.name}) — "
-                               f"check the TensorRT log above, or use --backend onnxruntime")
-        self.precision = precision
-        with spans.span("create context", LOAD, backend=self.name):
-            self._bind(engine)
-        log.info("%s engine %s: %.1f MB plan, %.1f MB device memory (%s)", self.name, self.artifact.plan.name,
-                 self.artifact.plan.stat().st_size / 1e6, self.device_memory_bytes / 1e6,
-                 "cache hit" if self.artifact.cache_hit else f"built in {self.artifact.seconds:.1f} s")
-
-    def _bind(self, engine) -> None:
+    def _bind(self, engine: Any) -> None:
         """One execution context, its own CUDA stream, and device buffers (torch tensors) bound once."""
         torch, trt = self._torch, self._trt
         context = engine.create_execution_context()
@@ -127,9 +97,7 @@ class TensorRTBackend:
         self.stream = torch.cuda.Stream()
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]  # reused: requests hold self._lock
         self.image_shape = tuple(engine.get_tensor_shape(INPUT_IMAGE))
-        # The plan's optimisation profile (recorded in its sidecar, part of its key) bounds the output size.
-        max_values = self.artifact.sidecar["profile"]["out_size"]["max"]
-        self.max_out = (int(max_values[0]), int(max_values[1]))
+        self.max_out = self.loaded.max_out  # the plan's optimisation profile bounds the output size
         # Pinned host staging buffers make the copies truly asynchronous on our stream.
         self.host_image = torch.empty(self.image_shape, dtype=torch.uint8, pin_memory=True)
         self.device_image = torch.empty(self.image_shape, dtype=torch.uint8, device="cuda")
@@ -148,49 +116,6 @@ class TensorRTBackend:
         context.set_tensor_address(INPUT_SIZE, self.host_size.ctypes.data)
         context.set_tensor_address(OUTPUT_CLASSES, self.device_classes.data_ptr())
         self.device_memory_bytes = int(engine.device_memory_size_v2)
-
-    # -- accuracy guard --------------------------------------------------------------------------------------------
-
-    def _guard_accuracy(self, spans: SpanRecorder, min_agreement: float) -> None:
-        """On the first load of a plan, compare it with ONNX Runtime fp32; an fp16 plan below the bar → fp32."""
-        from .. import engine_cache
-        from ..export_fp16 import PROBE_OUT_SIZE, probe_image, probe_reference
-
-        meta = self.artifact.sidecar
-        accuracy = meta.get("accuracy", {})
-        agreement = accuracy.get("engine_agreement")
-        if agreement is None:
-            with spans.span("accuracy check", LOAD, backend=self.name, precision=self.precision) as attrs:
-                pixels = probe_image(self.image_shape[1:3])
-                reference = probe_reference(self._onnx_file)[0]  # the same probe, input size and output size
-                ours = self.run(ModelInput(pixels, PROBE_OUT_SIZE, PROBE_OUT_SIZE), SpanRecorder())
-                agreement = float((reference == ours).mean())
-                attrs.update(agreement=agreement)
-            accuracy = {**accuracy, "engine_agreement": round(agreement, 6), "min_agreement": min_agreement,
-                        "status": "measured on the probe image against ONNX Runtime fp32",
-                        "gpu": self._gpu_name()}
-            meta = {**meta, "accuracy": accuracy}
-            self.artifact.sidecar = meta
-            with lock_for(self.artifact.plan):
-                engine_cache.write_sidecar(self.artifact.plan, meta)
-        log.info("%s %s engine agrees with ONNX Runtime fp32 on %.3f %% of probe pixels",
-                 self.name, self.precision, agreement * 100)
-        if self.precision == "fp16" and agreement < min_agreement:
-            message = (f"{self.name} fp16 engine agrees with fp32 on only {agreement * 100:.2f} % of pixels "
-                       f"(< {min_agreement * 100:.0f} %): falling back to fp32")
-            log.error("!" * 20 + " " + message + " " + "!" * 20)
-            self.notes.append(message)
-            self.close()
-            self._open("fp32", spans)
-            self._guard_accuracy(spans, min_agreement)
-
-    def _gpu_name(self) -> str:
-        from ..gpu import detect
-
-        gpu = detect()
-        return gpu.describe() if gpu else "unknown"
-
-    # -- inference -------------------------------------------------------------------------------------------------
 
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """Upload, execute, download on our stream, timed with CUDA events; per-layer times when `detailed`."""
@@ -230,17 +155,17 @@ class TensorRTBackend:
             self._device_spans(spans, device_ms, enqueued_ns, done_ns, profiler)
             return self.host_classes[:count].numpy().reshape(height, width).copy()
 
-    def _attach_profiler(self):
+    def _attach_profiler(self) -> Any:
         """IProfiler on the context; with enqueue_emits_profile off, enqueue stays asynchronous."""
         if self._profiler is None:
-            self._profiler = _LayerTimes.create(self._trt)
+            self._profiler = _layer_profiler(self._trt)
         self._profiler.layers = []
         self.context.enqueue_emits_profile = False
         self.context.profiler = self._profiler
         return self._profiler
 
     def _device_spans(self, spans: SpanRecorder, device_ms: list[float], enqueued_ns: int, done_ns: int,
-                      profiler) -> None:
+                      profiler: Any) -> None:
         """CUDA-event times as spans on the host clock: the stream's work ends when synchronize returned."""
         total_ns = int(sum(device_ms) * 1e6)
         start = max(enqueued_ns, done_ns - total_ns)
@@ -258,12 +183,57 @@ class TensorRTBackend:
             self.context.profiler = None  # back to unprofiled launches
 
     def close(self) -> None:
-        """Drop context, engine and buffers (in that order: the context uses the engine), between requests."""
-        with self._lock:
+        """Drop context, engine and buffers (in that order: the context uses the engine); safe to call twice."""
+        with self._lock:  # a request still running finishes first
             for attr in ("context", "engine", "device_image", "device_classes", "host_image", "host_classes"):
                 if hasattr(self, attr):
                     setattr(self, attr, None)
+            self.loaded.engine = None
 
 
-def create(onnx_file: Path, spans: SpanRecorder, **options) -> TensorRTBackend:
-    return TensorRTBackend(onnx_file, spans, backend=BACKEND, **options)
+class TensorRTBackend(Backend):
+    """Deserialized once per process; every request reuses one execution context, its buffers and its stream."""
+
+    name = BACKEND
+    device = "cuda"
+
+    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", build: Path | None = None,
+                 targets: list[str] | None = None, progress: ProgressFn | None = None,
+                 min_agreement: float | None = None) -> None:
+        reason = unavailable_reason(self.name)
+        if reason:
+            raise SegdemoError(f"backend '{self.name}' cannot run here: {reason} — use --backend auto")
+        loader = EngineLoader(onnx_file, self.name, build, targets, progress, min_agreement)
+        self.loaded, self.runner = loader.load(precision, spans, TensorRTRunner)
+        # What the app, the bench and the tests read: the precision actually run (after any accuracy fallback).
+        self.precision, self.notes, self.artifact = self.loaded.precision, self.loaded.notes, self.loaded.artifact
+        self.device_memory_bytes = self.runner.device_memory_bytes
+
+    def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
+        """The class map of `model_input` from the engine; `detailed` adds per-layer spans."""
+        return self.runner.run(model_input, spans, detailed)
+
+    def close(self) -> None:
+        """Release the context, the engine and the buffers (safe to call twice)."""
+        self.runner.close()
+
+    def facts(self) -> dict[str, Any]:
+        """The engine cache entry behind the session: plan, key, build time, device memory, accuracy guard."""
+        meta = self.artifact.sidecar
+        accuracy = meta.get("accuracy", {})
+        agreement = accuracy.get("engine_agreement")
+        return {
+            "Engine": f"`{self.artifact.plan}` ({self.artifact.plan.stat().st_size / 1e6:.1f} MB, "
+                      f"{'cache hit' if self.artifact.cache_hit else 'built now'})",
+            "Engine key": f"`{meta.get('key', '?')[:16]}…` ({meta.get('tensorrt', '?')}, target {meta.get('target')})",
+            "Build time": f"{meta.get('build_seconds', '?')} s, {meta.get('built_at', '?')}",
+            "Device memory": f"{self.device_memory_bytes / 1e6:.1f} MB",
+            "Accuracy guard": accuracy.get("status", "?") + (
+                f" — engine agreement {agreement * 100:.2f} %" if isinstance(agreement, float) else ""),
+        }
+
+
+def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
+           targets: list[str] | None = None, min_agreement: float | None = None) -> TensorRTBackend:
+    """`targets`: TensorRT-RTX compute capabilities to build for; `min_agreement`: the fp16 accuracy bar."""
+    return TensorRTBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement)

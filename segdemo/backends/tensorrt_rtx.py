@@ -1,18 +1,31 @@
-"""TensorRT-RTX: the same session as backends/tensorrt.py, with the tensorrt_rtx module and its GPU support."""
+"""TensorRT-RTX: the same loader and runner as backends/tensorrt.py, with the tensorrt_rtx module and its GPUs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..spans import SpanRecorder
 from . import tensorrt
+
+if TYPE_CHECKING:
+    from . import LoadContext
 
 BACKEND = "tensorrt-rtx"
 
 
 def unavailable_reason() -> str | None:
+    """Why TensorRT-RTX cannot run here (module, GPU, compute capability, torch CUDA), or None."""
     return tensorrt.unavailable_reason(BACKEND)
 
 
-def create(onnx_file: Path, spans: SpanRecorder, **options) -> tensorrt.TensorRTBackend:
-    return tensorrt.TensorRTBackend(onnx_file, spans, backend=BACKEND, **options)
+class TensorRTRTXBackend(tensorrt.TensorRTBackend):
+    """The TensorRT backend built and run with TensorRT-RTX (plans built ahead of time, even without a GPU)."""
+
+    name = BACKEND
+
+
+def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
+           targets: list[str] | None = None, min_agreement: float | None = None) -> TensorRTRTXBackend:
+    """`targets`: compute capabilities to build for (e.g. ["sm86"]); `min_agreement`: the fp16 accuracy bar."""
+    return TensorRTRTXBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement)

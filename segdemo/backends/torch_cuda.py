@@ -10,6 +10,9 @@ fp16 keeps LayerNorm, Softmax and the post-processing in fp32 (the TensorRT fp16
 and colour conversion (Pillow's pixels) and the EXIF orientation applied, or one upload; Pillow-exact resize; both
 graphs; the class map at the image's size and its counts; the display-size picture, class map and overlay — and
 downloads those once, so the host only parses headers (a 12 MP phone photo never crosses to the host as pixels).
+
+Longer than our other modules on purpose: one class owns the CUDA graphs, the static buffers they replay over and
+the pinned buffers they share under one lock; the arithmetic is in torch_ops and the JPEG decoder in gpu_jpeg.
 """
 
 from __future__ import annotations
@@ -26,22 +29,24 @@ import numpy as np
 
 from ..artifacts import build_dir
 from ..classmap import nearest_indices
-from ..decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
+from ..decode import EncodedJpeg, decode
 from ..export import normalisation
 from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
-from . import Rendered
+from .contract import Backend, DeviceRenderer, LoadContext, Rendered
+from .gpu_jpeg import checked_decoder
 from .torch_ops import (
     blend,
+    bucket,
     class_counts,
     colourise,
     gather_nearest,
-    jpeg_planes_to_rgb,
     orient,
     resize_like_pil,
-    ycc_tables,
+    source_coordinates,
+    upsample_argmax,
 )
 
 if TYPE_CHECKING:
@@ -51,11 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUCKET = 128  # output sizes are rounded up to a multiple of this; each bucket is one captured graph
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
-POST_ROWS = 512  # post-processing rows per step (one step up to 512 rows: the common sizes pay nothing)
-GPU_DECODE_ENV = "SEGDEMO_GPU_DECODE"  # "0": decode every upload with Pillow on the host
 
 
 def unavailable_reason() -> str | None:
@@ -64,51 +66,14 @@ def unavailable_reason() -> str | None:
     return torch_cuda_reason()
 
 
-def bucket(size: tuple[int, int]) -> tuple[int, int]:
-    """The padded output size whose graph serves `size`."""
-    return tuple(-(-side // BUCKET) * BUCKET for side in size)
-
-
-def source_coordinates(in_size: int, out_size: int, padded: int) -> np.ndarray:
-    """Where each output pixel samples the input, exactly as torch's bilinear upsample (align_corners=False).
-
-    Returned as grid_sample's normalised coordinates (align_corners=False, border padding clamps like upsample);
-    entries past `out_size` repeat the last one and are cropped later.
-    """
-    scale = np.float32(in_size) / np.float32(out_size)
-    dst = np.minimum(np.arange(padded, dtype=np.float32), np.float32(out_size - 1))
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
-    return ((np.float32(2.0) * src + np.float32(1.0)) / np.float32(in_size) - np.float32(1.0)).astype(np.float32)
-
-
-def upsample_argmax(logits: torch.Tensor, grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tensor:
-    """fp32 logits [1,C,h,w] → uint8 class ids [H,W] at the sampling coordinates (one fused gather, then argmax).
-
-    Runs POST_ROWS rows at a time: the upsampled [C,rows,W] fp32 block is the peak memory (2.5 GB whole at 2048²).
-    """
-    import torch
-    from torch.nn import functional
-
-    height, width = grid_y.shape[0], grid_x.shape[0]
-    parts = []
-    for top in range(0, height, POST_ROWS):
-        rows = grid_y[top:top + POST_ROWS]
-        grid = torch.stack((grid_x[None, :].expand(rows.shape[0], width), rows[:, None].expand(rows.shape[0], width)),
-                           dim=-1)
-        upsampled = functional.grid_sample(logits, grid[None], mode="bilinear", padding_mode="border",
-                                           align_corners=False)
-        parts.append(upsampled[0].argmax(dim=0).to(torch.uint8))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-class TorchCudaBackend:
+class TorchCudaBackend(Backend, DeviceRenderer):
     """CUDA-graph replays over static device buffers, fed and drained through pinned host memory."""
 
     name = "torch-cuda"
     device = "cuda"
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
-                 compile: bool | None = None, build: Path | None = None, **_: Any) -> None:
+                 compile: bool | None = None, build: Path | None = None) -> None:
         import torch
 
         from ..network import folded_logits
@@ -183,95 +148,17 @@ class TorchCudaBackend:
         self.lut = torch.from_numpy(colour_table(palette(len(source.labels)))).to(self.cuda)
         self.blend_tables: dict[float, torch.Tensor] = {}
         with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
-            self.decode_difference: float | None = None
-            self.nvjpeg: list = []
-            self.jpeg_decoder = self._jpeg_decoder()
-            attrs.update(decoder=self.decoder_name, mean_difference_to_pillow=self.decode_difference)
+            self.jpeg_decoder = checked_decoder(self.cuda, self.stream, self.compiled)
+            attrs.update(decoder=self.decoder_name, mean_difference_to_pillow=self.jpeg_decoder.difference
+                         if self.jpeg_decoder is not None else None)
 
     @property
     def decoder_name(self) -> str:
-        if not self.nvjpeg:
-            return "Pillow (host)"
-        kinds = ", ".join(planar.name.removeprefix("nvJPEG ") for planar in self.nvjpeg)
-        return f"nvJPEG ({kinds}) planes + libjpeg colour"
+        return self.jpeg_decoder.name if self.jpeg_decoder is not None else "Pillow (host)"
 
-    def _jpeg_decoder(self):
-        """nvJPEG's planes + libjpeg's chroma upsampling and colour conversion, if that gives Pillow's pixels for
-        real JPEGs here; else None (JPEGs are then decoded on the host).
-
-        The GPU's JPEG engines come first where there are any; the hybrid decoder takes what they refuse
-        (progressive files)."""
-        if os.environ.get(GPU_DECODE_ENV, "1") == "0":
-            return None
-        from .nvjpeg import HardwareDecoder, PlanarDecoder
-
-        torch = self.torch
-        tables = torch.from_numpy(ycc_tables()).to(self.cuda)
-        # ~50 small integer ops, launched one by one, would cost the host more than the decode; compiled they are
-        # a few fused kernels (one compilation per chroma subsampling, sizes dynamic).
-        colour = torch.compile(jpeg_planes_to_rgb, dynamic=True) if self.compiled else jpeg_planes_to_rgb
-        for kind in (HardwareDecoder, PlanarDecoder):
-            planar, colour = self._checked(kind, colour, tables)
-            if planar is not None:
-                self.nvjpeg.append(planar)
-        if not self.nvjpeg:
-            log.info("JPEGs are decoded by Pillow on the host")
-            return None
-
-        def decoder(jpeg: EncodedJpeg) -> tuple[torch.Tensor, str]:
-            """RGB pixels on the device, and which decoder made them (the last one's errors propagate)."""
-            height, width = jpeg.header.height, jpeg.header.width
-            for planar in self.nvjpeg[:-1]:
-                try:
-                    planes = planar.planes(jpeg.data, height, width)
-                except RuntimeError as exc:  # e.g. a progressive file on the JPEG engines
-                    log.debug("%s refused the upload (%s); trying the next decoder", planar.name, exc)
-                    continue
-                return colour(planes, jpeg.header.sampling, tables), planar.name
-            last = self.nvjpeg[-1]
-            return colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, tables), last.name
-
-        return decoder
-
-    def _checked(self, kind, colour, tables: torch.Tensor):
-        """(a `kind` decoder that gives Pillow's pixels here, or None; the colour function that worked)."""
-        try:
-            planar = kind(self.cuda)
-        except (OSError, RuntimeError, AttributeError) as exc:
-            log.info("%s is not available here: %s", kind.name, exc)
-            return None, colour
-        try:
-            try:
-                mean = self._difference_to_pillow(planar, colour, tables)
-            except Exception as exc:  # noqa: BLE001 — then without the compiler
-                if colour is jpeg_planes_to_rgb:
-                    raise
-                log.warning("compiled JPEG colour conversion failed (%s: %s); running it uncompiled",
-                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-                colour = jpeg_planes_to_rgb
-                mean = self._difference_to_pillow(planar, colour, tables)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("%s does not work here (%s: %s)", kind.name, type(exc).__name__, exc)
-            planar.close()
-            return None, colour
-        # Only the inverse DCT may round differently from libjpeg's: a small fraction of a level on average.
-        if mean > 0.5:
-            log.warning("%s decodes test JPEGs %.2f levels away from Pillow on average; not used", kind.name, mean)
-            planar.close()
-            return None, colour
-        self.decode_difference = max(self.decode_difference or 0.0, mean)
-        return planar, colour
-
-    def _difference_to_pillow(self, planar, colour, tables: torch.Tensor) -> float:
-        """Worst mean absolute difference to Pillow's pixels over the sample JPEGs."""
-        torch = self.torch
-        worst = 0.0
-        for data, header, pillow in _sample_jpegs():
-            with torch.inference_mode(), torch.cuda.stream(self.stream):
-                got = colour(planar.planes(data, header.height, header.width), header.sampling, tables)
-                got = got.cpu().numpy()
-            worst = max(worst, float(np.abs(got.astype(np.int16) - pillow).mean()))
-        return worst
+    @property
+    def decodes_jpeg(self) -> bool:
+        return self.jpeg_decoder is not None
 
     def _network(self) -> torch.Tensor:
         """Static uint8 NHWC pixels → fp32 logits; autocast keeps LayerNorm and Softmax in fp32."""
@@ -428,7 +315,7 @@ class TorchCudaBackend:
             if self.jpeg_decoder is not None:
                 with spans.span("decode", INFERENCE, bytes=len(source.data)) as attrs:
                     try:
-                        image, attrs["decoder"] = self.jpeg_decoder(source)
+                        image, attrs["decoder"] = self.jpeg_decoder.decode(source)
                     except RuntimeError as exc:  # Pillow accepted the header; let it judge the file
                         log.info("nvJPEG refused the upload (%s); decoding it on the host", exc)
                     else:
@@ -466,14 +353,19 @@ class TorchCudaBackend:
             duration_ns = int(events[begin].elapsed_time(events[begin + 1]) * 1e6)
             spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
+    def facts(self) -> dict[str, Any]:
+        return {"Engine cache": "not used — the network runs from CUDA graphs captured at start-up",
+                "Network": f"{'torch.compile' if self.compiled else 'eager'} graph, {self.precision}, channels-last",
+                "JPEG decoder": self.decoder_name,
+                "Device memory": f"{self.torch.cuda.max_memory_reserved(self.cuda) / 1e6:.0f} MB reserved (peak)"}
+
     def close(self) -> None:
         """Drop graphs, network and buffers so the caching allocator can hand the memory back."""
         with self.lock:
             self.post.clear()
             self.blend_tables.clear()
-            for planar in self.nvjpeg:
-                planar.close()
-            self.nvjpeg = []
+            if self.jpeg_decoder is not None:
+                self.jpeg_decoder.close()
             for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels", "scale", "shift",
                          "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
                          "jpeg_decoder"):
@@ -489,27 +381,10 @@ def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(nearest_indices(src, dst)).to(device)
 
 
-@lru_cache(maxsize=1)
-def _sample_jpegs() -> tuple[tuple[bytes, JpegHeader, np.ndarray], ...]:
-    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized, with their
-    headers and Pillow's pixels (made once: every decoder is checked against them)."""
-    import io
-
-    from PIL import Image
-
-    y, x = np.mgrid[0:49, 0:67].astype(np.float32)
-    blob = 120 * np.exp(-((x - 40) ** 2 + (y - 20) ** 2) / 200)
-    image = np.stack([x * 3 + blob, y * 4 + 40 + 30 * np.sin(x), 180 - blob], axis=2).clip(0, 255).astype(np.uint8)
-    samples = []
-    for subsampling in (2, 1, 0):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
-        data = buffer.getvalue()
-        samples.append((data, plain_jpeg(data), decode(data)))
-    return tuple(samples)
-
-
-def create(onnx_file: Path, spans: SpanRecorder, source: ModelSource | None = None, **options) -> TorchCudaBackend:
-    if source is None:
-        raise ValueError("torch-cuda builds from the model source: pass source=")
-    return TorchCudaBackend(source, spans, **options)
+def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
+           compile: bool | None = None) -> TorchCudaBackend:
+    """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: torch.compile the
+    network (default: $SEGDEMO_TORCH_COMPILE, on)."""
+    if context.source is None:
+        raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
+    return TorchCudaBackend(context.source, spans, precision, device, compile, context.build)

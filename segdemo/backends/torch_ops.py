@@ -1,7 +1,8 @@
 """The host pictures' arithmetic as torch ops, bit-exact, so a GPU backend can do a whole request on its device.
 
 Each function here has a host twin it must match exactly (tests compare them on CPU tensors): Pillow's bilinear
-resize (preprocess.resize_for_model), visuals.colour_mask, visuals.overlay and the legend's bincount.
+resize (preprocess.resize_for_model), visuals.colour_mask, visuals.overlay and the legend's bincount; and the logits'
+upsampling + argmax at bucketed sizes (the ONNX graph's Resize + ArgMax, torch's bilinear upsample).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     import torch
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit resampling (Resample.c)
+BUCKET = 128  # output sizes are rounded up to a multiple of this; each bucket is one captured graph
+POST_ROWS = 512  # post-processing rows per step (one step up to 512 rows: the common sizes pay nothing)
 
 
 @lru_cache(maxsize=64)
@@ -221,3 +224,43 @@ def jpeg_planes_to_rgb(planes: torch.Tensor, sampling: tuple[int, int], tables: 
     cb, cr = (fancy_upsample(planes[c, : chroma[0], : chroma[1]], vertical, horizontal, (height, width))
               for c in (1, 2))
     return ycc_to_rgb(planes[0], cb, cr, tables)
+
+
+# ------------------------------------------------------------------------------ logits → class ids, bucketed
+
+
+def bucket(size: tuple[int, int]) -> tuple[int, int]:
+    """The padded output size whose graph serves `size`."""
+    return tuple(-(-side // BUCKET) * BUCKET for side in size)
+
+
+def source_coordinates(in_size: int, out_size: int, padded: int) -> np.ndarray:
+    """Where each output pixel samples the input, exactly as torch's bilinear upsample (align_corners=False).
+
+    Returned as grid_sample's normalised coordinates (align_corners=False, border padding clamps like upsample);
+    entries past `out_size` repeat the last one and are cropped later.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    dst = np.minimum(np.arange(padded, dtype=np.float32), np.float32(out_size - 1))
+    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+    return ((np.float32(2.0) * src + np.float32(1.0)) / np.float32(in_size) - np.float32(1.0)).astype(np.float32)
+
+
+def upsample_argmax(logits: torch.Tensor, grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [1,C,h,w] → uint8 class ids [H,W] at the sampling coordinates (one fused gather, then argmax).
+
+    Runs POST_ROWS rows at a time: the upsampled [C,rows,W] fp32 block is the peak memory (2.5 GB whole at 2048²).
+    """
+    import torch
+    from torch.nn import functional
+
+    height, width = grid_y.shape[0], grid_x.shape[0]
+    parts = []
+    for top in range(0, height, POST_ROWS):
+        rows = grid_y[top:top + POST_ROWS]
+        grid = torch.stack((grid_x[None, :].expand(rows.shape[0], width), rows[:, None].expand(rows.shape[0], width)),
+                           dim=-1)
+        upsampled = functional.grid_sample(logits, grid[None], mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+        parts.append(upsampled[0].argmax(dim=0).to(torch.uint8))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -1,9 +1,5 @@
-"""`segdemo bench --app` in Chromium: click → overlay painted and click → everything painted, by the page's clock.
-
-Playwright drives Debian's Chromium (headless, the flags of tests/test_browser.py). Each click is timed inside the
-page with performance.now(); the upload before it is not. The floor app is timed the same way (its output has the
-element id "overlay" too).
-"""
+"""`segdemo bench --app` in Chromium (Playwright, headless): click → overlay painted and click → everything painted,
+by the page's performance.now(); the upload before each click is not timed, the floor is timed the same way."""
 
 from __future__ import annotations
 
@@ -11,8 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import bench_app_report as report
-from .errors import SegdemoError
+from ..errors import SegdemoError
+from ..optional import missing
+from . import app_report as report
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -78,11 +75,7 @@ def browser_unavailable(chromium: str) -> str | None:
     """Why the browser timing cannot run here, or None."""
     if not (shutil.which(chromium) or Path(chromium).is_file()):
         return f"no Chromium at {chromium} (apt-get install chromium, or set SEGDEMO_CHROMIUM)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright is not installed (pip install playwright; it drives the system Chromium)"
-    return None
+    return missing("playwright.sync_api", "playwright", "it drives the system Chromium")
 
 
 def time_browser(chromium: str, floor_url: str, app_url: str, images: dict[str, dict], names: list[str],

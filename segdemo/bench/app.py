@@ -1,10 +1,5 @@
-"""`segdemo bench --app`: what a user of the web app waits for, against a do-nothing Gradio app (the floor).
-
-One run starts both on 127.0.0.1 as subprocesses — the floor (gr.Image filepath in → the same file out, one button
-with api_name="segment", the same queue) and `python app.py` as a user starts it — and times both with the same
-gradio_client code on the same images (API round trip), then, where Chromium is, by the page's own clock in a real
-browser (click → overlay painted, click → everything painted). Warm-ups are excluded; nothing is asserted.
-"""
+"""`segdemo bench --app`: the floor (a do-nothing Gradio app: same endpoint shape, same queue) and `python app.py`
+on 127.0.0.1, timed by the same gradio_client code and, where Chromium is, by the page's clock; nothing is asserted."""
 
 from __future__ import annotations
 
@@ -27,18 +22,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import bench_app_report as report
-from .bench import _cpu_name, _photo
-from .bench_app_browser import browser_unavailable, time_browser
-from .errors import SegdemoError
+from ..errors import SegdemoError
+from . import app_report as report
+from .app_browser import browser_unavailable, time_browser
+from .facts import cpu_name, gpu_name
+from .images import image_names, make_images
 
 log = logging.getLogger("segdemo")
 
-ROOT = Path(__file__).resolve().parents[1]
-# name → (scikit-image photo, size as stored); phone12mp carries EXIF Orientation 6, png-screenshot is drawn
-IMAGES = {"512": ("astronaut", (512, 512)), "1024x768": ("coffee", (1024, 768)),
-          "1920x1080": ("chelsea", (1920, 1080)), "phone12mp": ("rocket", (4032, 3024)),
-          "png-screenshot": ("astronaut", (1920, 1080))}
+ROOT = Path(__file__).resolve().parents[2]  # the repository: app.py is started from here
 SMOKE_APP = dict(model="random:tiny", app_images="512", browser_images="512", iters=2, warmup=1, browser_iters=None)
 APP_EXTRA = (0.5, False)  # the app's opacity and "detailed" inputs after the image
 READY_S = 900  # an uncached export of a large model plus an engine build can take minutes
@@ -60,91 +52,6 @@ def run_app_bench(args: argparse.Namespace) -> int:
         print(f"{name:9s} {path}")
     print(report.tables_text(results))
     return 0
-
-
-def image_names(text: str, option: str) -> list[str]:
-    """'512,phone12mp' → ['512', 'phone12mp'], each checked against IMAGES."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in IMAGES]
-    if unknown or not names:
-        raise SegdemoError(f"{option}: unknown image {', '.join(unknown) or '(none)'}; choose from {', '.join(IMAGES)}")
-    return names
-
-
-# ----------------------------------------------------------------------------------------------------- images
-
-
-def make_images(folder: Path, names: list[str], count: int = 1) -> dict[str, dict[str, Any]]:
-    """`count` files per image: the first as made, the others with a 16-px corner patch of their own colour.
-
-    Gradio's file cache is content-addressed, so identical uploads would share one URL (and a browser-cached
-    overlay); every request of a run gets a file of its own. Sizes and bytes are the first file's.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for name in names:
-        image, exif = _base_image(name)
-        png = name == "png-screenshot"
-        paths = []
-        for k in range(count):
-            variant = image.copy() if k else image
-            if k:
-                variant.paste(((k * 53) % 256, (k * 97) % 256, (k * 29 + 80) % 256), (8, 8, 24, 24))
-            path = folder / f"{name}-{k:02d}.{'png' if png else 'jpg'}"
-            if png:
-                variant.save(path, format="PNG")
-            else:
-                variant.save(path, quality=90, **exif)
-            paths.append(str(path))
-        shown = image.size[::-1] if exif else image.size  # Orientation 6 turns it a quarter: portrait
-        out[name] = {"paths": paths, "size": list(image.size), "shown": list(shown),
-                     "bytes": Path(paths[0]).stat().st_size, "format": "PNG" if png else "JPEG"}
-    return out
-
-
-def _base_image(name: str) -> tuple[Any, dict[str, Any]]:
-    from PIL import Image
-
-    if name == "png-screenshot":
-        return _screenshot(IMAGES[name][1]), {}
-    photo, size = IMAGES[name]
-    image = Image.fromarray(_photo(photo)).resize(size, Image.Resampling.BICUBIC)
-    if name != "phone12mp":
-        return image, {}
-    exif = Image.Exif()
-    exif[0x0112] = 6  # phones store the sensor's landscape pixels and say "rotate 90° clockwise to display"
-    return image, {"exif": exif}
-
-
-def _screenshot(size: tuple[int, int]) -> Any:
-    """A synthetic UI screenshot: flat panels, text, a photo in a panel (what people paste from the clipboard)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    def font(px: int) -> Any:
-        try:
-            return ImageFont.load_default(size=px)
-        except (TypeError, ImportError, OSError):  # Pillow without FreeType: the small bitmap font
-            return ImageFont.load_default()
-
-    width, height = size
-    image = Image.new("RGB", size, (243, 244, 246))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, width, 56), fill=(31, 41, 55))
-    draw.text((24, 14), "segdemo — project dashboard", fill=(255, 255, 255), font=font(24))
-    draw.rectangle((0, 56, 280, height), fill=(229, 231, 235))
-    for i in range(14):
-        draw.text((28, 90 + 46 * i), f"Menu item {i + 1}", fill=(55, 65, 81), font=font(18))
-    for j in range(3):
-        x = 320 + j * 530
-        draw.rounded_rectangle((x, 90, x + 500, 290), radius=12, fill=(255, 255, 255), outline=(209, 213, 219))
-        draw.text((x + 24, 110), f"Panel {j + 1}", fill=(17, 24, 39), font=font(22))
-        draw.text((x + 24, 160), f"{1234 * (j + 1):,} requests · {97 - j}.{j}% ok", fill=(75, 85, 99),
-                  font=font(18))
-    draw.rounded_rectangle((320, 320, 1380, 1050), radius=12, fill=(255, 255, 255), outline=(209, 213, 219))
-    image.paste(Image.fromarray(_photo("coffee")).resize((1000, 667), Image.Resampling.BICUBIC), (350, 350))
-    for i in range(16):
-        draw.text((1420, 330 + 40 * i), f"Note {i + 1}: a line of interface text", fill=(55, 65, 81), font=font(17))
-    return image
 
 
 # ----------------------------------------------------------------------------------------------------- servers
@@ -268,7 +175,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         images = make_images(work / "images", list(dict.fromkeys(names + browser_names)),
                              args.warmup + max(args.iters, browser_iters if browser_names else 0))
         floor = stack.enter_context(Server("floor", lambda port: [
-            sys.executable, "-c", f"from segdemo.bench_app import serve_floor; serve_floor({port})"], work, args.out))
+            sys.executable, "-c", f"from segdemo.bench.app import serve_floor; serve_floor({port})"], work, args.out))
         app = stack.enter_context(Server("app", lambda port: [sys.executable, *app_argv, "--port", str(port)], work,
                                          args.out))
         first = images[names[0]]["paths"][0]
@@ -311,7 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def _meta(args: argparse.Namespace, served: dict[str, Any], app_argv: list[str], ready: dict[str, float],
           browser_iters: int) -> dict[str, Any]:
-    from .gpu import package_versions
+    from ..gpu import package_versions
 
     device = served.get("device") or ("cpu" if served.get("backend") in (None, "onnxruntime") else "cuda")
     argv = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
@@ -319,8 +226,8 @@ def _meta(args: argparse.Namespace, served: dict[str, Any], app_argv: list[str],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "model": args.model, "backend": args.backend, "served_by": served, "device": device,
         "iters": args.iters, "warmup": args.warmup, "browser_iters": browser_iters, "ready_s": ready,
-        "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
-                    "gpu": _gpu_name()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count(),
+                    "gpu": gpu_name()},
         "versions": {"python": platform.python_version(), **package_versions(
             ("gradio", "gradio_client", "torch", "onnxruntime", "pillow", "playwright"))},
         "command": "python -m segdemo bench " + shlex.join(argv),
@@ -330,11 +237,3 @@ def _meta(args: argparse.Namespace, served: dict[str, Any], app_argv: list[str],
                           "overlay, legend, hover, status and timeline each past its loading state (or changed), "
                           "images loaded, + one rAF",
     }
-
-
-def _gpu_name() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None

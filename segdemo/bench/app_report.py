@@ -7,14 +7,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .bench import _ms, _percentiles, merge_section
+from .report import fmt_ms, merge_section, percentiles
 
 TARGET_OVERHEAD_MS = 50.0  # what the page may add on top of the floor and the session's own time
 
 
 def stats(samples: list[float]) -> dict[str, float]:
     """p50, p95, mean and n of `samples` (ms); just n = 0 when there are none."""
-    return _percentiles(samples) if samples else {"n": 0}
+    return percentiles(samples) if samples else {"n": 0}
 
 
 def ratio_and_beyond(floor_p50: float, app_p50: float, session_p50: float) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def _bytes(n: int) -> str:
 
 
 def _p(s: dict[str, float], key: str) -> str:
-    return _ms(s.get(key))
+    return fmt_ms(s.get(key))
 
 
 def api_table(results: dict[str, Any]) -> str:
@@ -85,13 +85,13 @@ def api_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_size(info)} | {_bytes(info['bytes'])} | {_p(entry['floor_ms'], 'p50')} | "
             f"{_p(entry['floor_ms'], 'p95')} | {_p(entry['app_ms'], 'p50')} | {_p(entry['app_ms'], 'p95')} | "
-            f"{_p(entry['session_ms'], 'p50')} | {entry['ratio_to_floor']:.1f}× | {_ms(entry['beyond_ms'])} |")
+            f"{_p(entry['session_ms'], 'p50')} | {entry['ratio_to_floor']:.1f}× | {fmt_ms(entry['beyond_ms'])} |")
     return "\n".join(lines) + "\n"
 
 
 def span_lines(results: dict[str, Any], top: int = 8) -> list[str]:
     """One line per image: the largest server-side spans (median ms)."""
-    return [f"- {name}: " + ", ".join(f"{span} {_ms(ms)}" for span, ms in list(entry["spans_ms"].items())[:top])
+    return [f"- {name}: " + ", ".join(f"{span} {fmt_ms(v)}" for span, v in list(entry["spans_ms"].items())[:top])
             for name, entry in results["api"].items() if entry.get("spans_ms")]
 
 
@@ -108,12 +108,12 @@ def browser_table(results: dict[str, Any]) -> str:
         for label, mode in entry["modes"].items():
             overhead = mode.get("presentation_overhead_ms")
             verdict = "–" if overhead is None else \
-                f"{_ms(overhead)} ({'≤' if overhead <= TARGET_OVERHEAD_MS else '>'} {TARGET_OVERHEAD_MS:.0f})"
+                f"{fmt_ms(overhead)} ({'≤' if overhead <= TARGET_OVERHEAD_MS else '>'} {TARGET_OVERHEAD_MS:.0f})"
             lines.append(
                 f"| {name} | {label}: {mode['timeline']} | {_p(floor, 'p50')} / {_p(floor, 'p95')} | "
                 f"{_p(mode['overlay_ms'], 'p50')} / {_p(mode['overlay_ms'], 'p95')} | "
                 f"{_p(mode['all_ms'], 'p50')} / {_p(mode['all_ms'], 'p95')} | "
-                f"{_ms(mode.get('session_p50_used'))}{' (API)' if mode.get('session_source') == 'API' else ''} | "
+                f"{fmt_ms(mode.get('session_p50_used'))}{' (API)' if mode.get('session_source') == 'API' else ''} | "
                 f"{verdict} |")
     lines.append("")
     for name, entry in browser.get("images", {}).items():  # where the click → overlay time goes, p50 ms

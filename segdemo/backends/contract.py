@@ -1,0 +1,91 @@
+"""The backend contract: what every backend does, and the optional capability of doing a whole request on a device.
+
+A backend is created once per session (loading: find or build its artifact, deserialise it, check it) and then
+`run` many times; `close` (or leaving a `with` block) releases it. `facts()` says what the app's Engine tab and the
+bench show about it. Backends that can also decode, resize, colour and count on their device implement
+`DeviceRenderer` besides; the pipeline asks `isinstance(backend, DeviceRenderer)`, never `hasattr`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from ..decode import EncodedJpeg
+    from ..model_source import ModelSource
+    from ..preprocess import ModelInput
+    from ..spans import SpanRecorder
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What any backend's loading may use (each takes what it needs): the model, the artifact folder, progress."""
+
+    source: ModelSource | None = None
+    build: Path | None = None
+    progress: Callable[[float, str], None] | None = None
+
+
+class Backend(ABC):
+    """Runs the fused graph: uint8 RGB resized to the network's input → uint8 class map of the requested size."""
+
+    name: ClassVar[str]
+    device: ClassVar[str]  # "cpu" or "cuda"
+    precision: str  # what it actually runs: "fp32" or "fp16"
+
+    @abstractmethod
+    def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
+        """Return the uint8 class map of shape `model_input.out_size`; `detailed` adds per-layer spans."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the runtime's resources (safe to call twice)."""
+
+    def facts(self) -> dict[str, Any]:
+        """Name → value of what is worth showing about this backend (engine file, cache entry, memory, …)."""
+        return {}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A request done on a device, every array bit-identical to what the host pipeline makes (pipeline._on_host),
+    given the same decoded pixels."""
+
+    class_map: np.ndarray  # uint8 ids at the original (upright) size: restore_size of the out_size map
+    counts: np.ndarray  # pixels per class id of class_map, int64 [256]
+    display_image: np.ndarray  # RGB at display size (Pillow's bilinear resize of the decoded image)
+    display_map: np.ndarray  # restore_size(out_size map, display size)
+    display_overlay: np.ndarray  # visuals.overlay(display_image, colour_mask(display_map), opacity)
+    opacity: float
+
+
+class DeviceRenderer(ABC):
+    """The optional capability: the whole request (decode or upload, EXIF orientation, resize, network, class map,
+    counts, display-size picture and overlay) on the backend's device."""
+
+    @abstractmethod
+    def renders(self, out_size: tuple[int, int]) -> bool:
+        """Whether `render` can make a class map of this (height, width)."""
+
+    @property
+    @abstractmethod
+    def decodes_jpeg(self) -> bool:
+        """Whether `render` takes plain JPEG files (decode.EncodedJpeg) and decodes them on the device."""
+
+    @abstractmethod
+    def render(self, source: EncodedJpeg | np.ndarray, spans: SpanRecorder, opacity: float,
+               out_size: tuple[int, int], display: tuple[int, int]) -> Rendered:
+        """The request on the device; `source` is a plain JPEG or upright RGB pixels."""

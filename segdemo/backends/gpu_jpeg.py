@@ -1,0 +1,142 @@
+"""The GPU JPEG decoder of torch-cuda: nvJPEG's planes finished with libjpeg's chroma upsampling and colour conversion
+(torch_ops), used only where a start-up check shows it gives Pillow's pixels on this machine.
+
+The GPU's JPEG engines (nvjpeg.HardwareDecoder) come first where there are any; the hybrid decoder (Huffman on the
+host) takes what they refuse, such as progressive files. `SEGDEMO_GPU_DECODE=0` leaves every JPEG to Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
+from .torch_ops import jpeg_planes_to_rgb, ycc_tables
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+GPU_DECODE_ENV = "SEGDEMO_GPU_DECODE"  # "0": decode every upload with Pillow on the host
+MAX_MEAN_DIFFERENCE = 0.5  # only the inverse DCT may round differently from libjpeg's: a fraction of a level
+
+
+class GpuJpegDecoder:
+    """A chain of checked nvJPEG decoders; `decode` returns upright-to-be RGB on the device and who decoded it."""
+
+    def __init__(self, decoders: list, colour, tables: torch.Tensor, difference: float) -> None:
+        self.decoders, self._colour, self._tables, self.difference = decoders, colour, tables, difference
+
+    @property
+    def name(self) -> str:
+        kinds = ", ".join(planar.name.removeprefix("nvJPEG ") for planar in self.decoders)
+        return f"nvJPEG ({kinds}) planes + libjpeg colour"
+
+    def decode(self, jpeg: EncodedJpeg) -> tuple[torch.Tensor, str]:
+        """H×W×3 uint8 RGB on the device, as stored (EXIF orientation not applied); the last decoder's errors
+        propagate."""
+        height, width = jpeg.header.height, jpeg.header.width
+        for planar in self.decoders[:-1]:
+            try:
+                planes = planar.planes(jpeg.data, height, width)
+            except RuntimeError as exc:  # e.g. a progressive file on the JPEG engines
+                log.debug("%s refused the upload (%s); trying the next decoder", planar.name, exc)
+                continue
+            return self._colour(planes, jpeg.header.sampling, self._tables), planar.name
+        last = self.decoders[-1]
+        return self._colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, self._tables), last.name
+
+    def close(self) -> None:
+        for planar in self.decoders:
+            planar.close()
+        self.decoders = []
+
+
+def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: bool) -> GpuJpegDecoder | None:
+    """The decoders that give Pillow's pixels for real JPEGs here, chained; None if there are none (or it is off)."""
+    if os.environ.get(GPU_DECODE_ENV, "1") == "0":
+        return None
+    import torch
+
+    from .nvjpeg import HardwareDecoder, PlanarDecoder
+
+    tables = torch.from_numpy(ycc_tables()).to(device)
+    # ~50 small integer ops, launched one by one, would cost the host more than the decode; compiled they are
+    # a few fused kernels (one compilation per chroma subsampling, sizes dynamic).
+    colour = torch.compile(jpeg_planes_to_rgb, dynamic=True) if compiled else jpeg_planes_to_rgb
+    decoders, worst = [], 0.0
+    for kind in (HardwareDecoder, PlanarDecoder):
+        planar, colour, mean = _checked(kind, device, stream, colour, tables)
+        if planar is not None:
+            decoders.append(planar)
+            worst = max(worst, mean)
+    if not decoders:
+        log.info("JPEGs are decoded by Pillow on the host")
+        return None
+    return GpuJpegDecoder(decoders, colour, tables, worst)
+
+
+def _checked(kind, device, stream, colour, tables):
+    """(a `kind` decoder that gives Pillow's pixels here or None, the colour function that worked, its difference)."""
+    try:
+        planar = kind(device)
+    except (OSError, RuntimeError, AttributeError) as exc:
+        log.info("%s is not available here: %s", kind.name, exc)
+        return None, colour, 0.0
+    try:
+        try:
+            mean = _difference_to_pillow(planar, colour, tables, stream)
+        except Exception as exc:  # noqa: BLE001 — then without the compiler
+            if colour is jpeg_planes_to_rgb:
+                raise
+            log.warning("compiled JPEG colour conversion failed (%s: %s); running it uncompiled",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            colour = jpeg_planes_to_rgb
+            mean = _difference_to_pillow(planar, colour, tables, stream)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s does not work here (%s: %s)", kind.name, type(exc).__name__, exc)
+        planar.close()
+        return None, colour, 0.0
+    if mean > MAX_MEAN_DIFFERENCE:
+        log.warning("%s decodes test JPEGs %.2f levels away from Pillow on average; not used", kind.name, mean)
+        planar.close()
+        return None, colour, 0.0
+    return planar, colour, mean
+
+
+def _difference_to_pillow(planar, colour, tables: torch.Tensor, stream: torch.cuda.Stream) -> float:
+    """Worst mean absolute difference to Pillow's pixels over the sample JPEGs."""
+    import torch
+
+    worst = 0.0
+    for data, header, pillow in _sample_jpegs():
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            got = colour(planar.planes(data, header.height, header.width), header.sampling, tables)
+            got = got.cpu().numpy()
+        worst = max(worst, float(np.abs(got.astype(np.int16) - pillow).mean()))
+    return worst
+
+
+@lru_cache(maxsize=1)
+def _sample_jpegs() -> tuple[tuple[bytes, JpegHeader, np.ndarray], ...]:
+    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized, with their
+    headers and Pillow's pixels (made once: every decoder is checked against them)."""
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:49, 0:67].astype(np.float32)
+    blob = 120 * np.exp(-((x - 40) ** 2 + (y - 20) ** 2) / 200)
+    image = np.stack([x * 3 + blob, y * 4 + 40 + 30 * np.sin(x), 180 - blob], axis=2).clip(0, 255).astype(np.uint8)
+    samples = []
+    for subsampling in (2, 1, 0):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
+        data = buffer.getvalue()
+        samples.append((data, plain_jpeg(data), decode(data)))
+    return tuple(samples)

@@ -1,0 +1,38 @@
+"""The engine bench's parent↔worker contract: the reference's name, the files they exchange, the worker's argv."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REFERENCE = "transformers"  # the contender every other one is compared with
+
+
+def variant(precision: str) -> tuple[str, dict[str, str]]:
+    """'fp16+eager' → ('fp16', environment that turns torch.compile off for torch-cuda); '+compile' forces it on,
+    '+pillow' decodes JPEGs with Pillow on the host instead of nvJPEG."""
+    precision, _, extra = precision.partition("+")
+    env = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"},
+           "pillow": {"SEGDEMO_GPU_DECODE": "0"}}.get(extra, {})
+    return precision, env
+
+
+def job_file(work: Path) -> Path:
+    """The settings every contender shares (model, images, iterations), written once by the parent."""
+    return work / "job.json"
+
+
+def result_file(work: Path, backend: str, precision: str) -> Path:
+    """A contender's numbers, written by its worker: its presence means the worker finished."""
+    return work / f"result-{backend}-{precision}.json"
+
+
+def maps_file(work: Path, backend: str, precision: str) -> Path:
+    """A contender's class maps, written by its worker and compared by the parent."""
+    return work / f"maps-{backend}-{precision}.npz"
+
+
+def worker_argv(backend: str, precision: str, work: Path) -> list[str]:
+    """The command line of one contender's worker process."""
+    return [sys.executable, "-m", "segdemo.bench.worker", "--backend", backend, "--precision", precision,
+            "--job", str(job_file(work))]

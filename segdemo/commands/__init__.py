@@ -1,0 +1,28 @@
+"""The subcommands of `python -m segdemo`, one module each, listed in the order `--help` shows them.
+
+This package is a leaf: it imports the library, the library never imports it (nor `segdemo.cli`). Each module
+defines `COMMAND = Command(name, help, add_arguments, run)`; `run(args)` returns the exit code and raises
+SegdemoError for a one-sentence failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+ORDER = ("export", "segment", "build", "bench", "doctor")  # module names under segdemo.commands
+
+
+def commands() -> list[Command]:
+    """Every subcommand, in ORDER."""
+    return [importlib.import_module(f"{__name__}.{name}").COMMAND for name in ORDER]

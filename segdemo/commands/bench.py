@@ -1,0 +1,83 @@
+"""`python -m segdemo bench`: its options and dispatch; the work is done by `segdemo.bench`, imported on use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..model_source import MODEL_HELP
+from . import Command
+
+HELP = ("time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly); "
+        "--app: the web app as its users wait for it")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The engine bench's options, then the --app group (which reuses several of them)."""
+    p.add_argument("--model", default="random:b4", help=MODEL_HELP.replace("default", "bench default random:b4; "
+                                                                            "segdemo default"))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the transformers pipeline runs; backends of that device are compared (default cpu)")
+    p.add_argument("--sizes", default="512x512,1024x768", help="image sizes WIDTHxHEIGHT, comma separated")
+    p.add_argument("--iters", type=int, default=20, help="timed requests per size and contender (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed requests per size before timing (default 3)")
+    p.add_argument("--concurrency", type=int, default=4, help="concurrent requests for the throughput figure")
+    p.add_argument("--images", type=int, default=3, help="distinct photos per size, cycled (default 3)")
+    p.add_argument("--backends", default="available",
+                   help="'available' (every usable backend of --device) or a list such as "
+                        "torch-cuda,torch-cuda:fp16+eager,torch-cuda:fp32")
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for results.json, bench.md, bench.html")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="also write the results into this Markdown file, replacing its --section only")
+    p.add_argument("--section", default=None, help="section name inside --markdown (default: the device)")
+    p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="render an earlier results.json (with --app: results-app.json) instead of running")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny CI run (random:tiny, one 64x48 image, 3 iterations; with --app: one 512x512 image, "
+                        "2 iterations, the browser only where Chromium is)")
+    app = p.add_argument_group("--app: what a user of the web app waits for (API round trip, browser paint), "
+                               "against a do-nothing Gradio app; also uses --model, --iters, --warmup, --out, "
+                               "--markdown, --section (default app-cpu/app-cuda), --build-dir, --smoke")
+    app.add_argument("--app", action="store_true",
+                     help="time `python app.py` as its users wait for it instead of the backends "
+                          "(writes results-app.json, bench-app.md)")
+    app.add_argument("--backend", default="auto", help="--app: the app's --backend (default auto)")
+    app.add_argument("--app-images", default="512,1024x768,1920x1080,phone12mp,png-screenshot",
+                     help="--app: images for the API timing, from 512, 1024x768, 1920x1080, phone12mp "
+                          "(4032x3024 JPEG, EXIF rotated), png-screenshot (default all five)")
+    app.add_argument("--browser", action=argparse.BooleanOptionalAction, default=True,
+                     help="--app: also time click → painted in Chromium through Playwright (default on; "
+                          "skipped with a reason when Chromium or Playwright is missing)")
+    app.add_argument("--browser-images", default="1024x768", help="--app: images for the browser timing "
+                                                                 "(same names as --app-images; default 1024x768)")
+    app.add_argument("--browser-iters", type=int, default=None,
+                     help="--app: timed clicks per image and page state (default: --iters)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """--app: the app bench; otherwise measure (or re-render --from-json), write the files, print the table."""
+    if args.app:
+        from ..bench.app import run_app_bench  # only `bench --app` loads the app benchmark (and gradio_client)
+
+        return run_app_bench(args)
+    from ..bench.report import markdown_table, write_outputs
+
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        from ..bench.engine import SMOKE, run_bench
+
+        if args.smoke:
+            for key, value in SMOKE.items():
+                setattr(args, key, value)
+        results = run_bench(args)
+    files = write_outputs(results, args.out, args.markdown, args.section)
+    for name, path in files.items():
+        print(f"{name:9s} {path}")
+    print(markdown_table(results))
+    return 0
+
+
+COMMAND = Command("bench", HELP, add_arguments, run)

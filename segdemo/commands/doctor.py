@@ -1,0 +1,61 @@
+"""`segdemo doctor`: versions, GPU, the backend ladder with reasons, and a tiny end-to-end self-test per backend."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import tempfile
+from pathlib import Path
+
+from . import Command
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--build-dir", type=Path, default=None,
+                   help="artifact folder for the self-test (default: a temporary folder)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .. import backends
+    from ..doctor import SELF_TEST_MODEL, rtx_build_check, self_test, versions
+    from ..export import ensure_onnx
+    from ..export_fp16 import PROBE_OUT_SIZE, probe_reference
+    from ..gpu import detect
+    from ..model_source import resolve
+
+    print("segdemo doctor")
+    print(f"  platform     {platform.platform()}")
+    for name, version in versions().items():
+        print(f"  {name:12s} {version}")
+    gpu = detect()
+    print(f"  gpu          {gpu.describe() if gpu else 'none'}")
+    print("\nbackend ladder (--backend auto takes the first usable one)")
+    rungs = backends.ladder()
+    chosen = next((r.name for r in rungs if r.available), None)
+    for rung in rungs:
+        arrow, state = "→" if rung.name == chosen else " ", "usable" if rung.available else "skipped"
+        print(f"  {arrow} {rung.name:13s} {state:8s} {'' if rung.available else rung.reason}".rstrip())
+    print(f"\nself-test ({SELF_TEST_MODEL}, probe image → class map {PROBE_OUT_SIZE[0]}×{PROBE_OUT_SIZE[1]})")
+    with tempfile.TemporaryDirectory(prefix="segdemo-doctor-") as tmp:
+        build = args.build_dir or Path(tmp)
+        source = resolve(SELF_TEST_MODEL)
+        onnx_file, _ = ensure_onnx(source, build)
+        reference = probe_reference(onnx_file)[0]
+        results = {}
+        for rung in rungs:
+            if rung.available:
+                results[rung.name], line = self_test(rung.name, onnx_file, source, reference)
+            else:
+                line = "not run (skipped above)"
+            print(f"  {rung.name:13s} {line}")
+        if importlib.util.find_spec("tensorrt_rtx") is not None:
+            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build)} [build check]")
+    ok = chosen is not None and results.get(chosen, False)
+    print(f"\n{'OK' if ok else 'PROBLEM'}: --backend auto uses {chosen or 'nothing'}"
+          f"{'' if ok else ' and its self-test failed'}")
+    return 0 if ok else 1
+
+
+COMMAND = Command("doctor", "print versions, GPU and backend ladder, and self-test each usable backend", _doctor_args,
+                  _doctor)

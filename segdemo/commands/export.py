@@ -1,0 +1,35 @@
+"""`segdemo export`: write the fused ONNX graph (the seed's trtconverter.py, first half)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from ..model_source import DEFAULT_MODEL, MODEL_HELP
+from . import Command
+
+log = logging.getLogger("segdemo")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--out", type=Path, default=None, help="artifact folder (default build/, or $SEGDEMO_BUILD_DIR)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import ensure_onnx
+    from ..model_source import resolve
+
+    start = time.perf_counter()
+    source = resolve(args.model)
+    path, hit = ensure_onnx(source, args.out)
+    print(f"{path}  {path.stat().st_size / 1e6:.1f} MB  {time.perf_counter() - start:.1f} s"
+          f"{'  (cached)' if hit else ''}")
+    for note in source.notes:
+        log.warning(note)
+    return 0
+
+
+COMMAND = Command("export", "write the fused ONNX graph (uint8 image in, uint8 class map out)", _export_args, _export)
