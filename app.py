@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p.add_argument("--share", action="store_true", default=env.share, help="create a public share link")
     p.add_argument("--display-side", type=int, default=env.display_side,
                    help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
-    return w.AppConfig(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    if args.display_side < 64:
+        p.error(f"--display-side must be at least 64 px, not {args.display_side}")
+    return w.AppConfig(**vars(args))
 
 
 def build(demo: w.Demo) -> gr.Blocks:
