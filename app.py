@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=env.port)
     p.add_argument("--share", action="store_true", default=env.share, help="create a public share link")
+    p.add_argument("--allow-build", action="store_true", default=env.allow_build,
+                   help="let visitors of a public app (non-loopback --host, --share, a Space) start engine builds")
     p.add_argument("--display-side", type=int, default=env.display_side,
                    help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
     args = p.parse_args(argv)
@@ -145,7 +147,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
             with gr.Row():
                 build_precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
-                build_button = gr.Button("Build / rebuild engine")
+                build_button = gr.Button("Build / rebuild engine", interactive=demo.config.builds_allowed)
             build_result = gr.Markdown()
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
@@ -165,8 +167,10 @@ def build(demo: w.Demo) -> gr.Blocks:
         make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
                            api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=HOST_WORKERS)
         engine_tab.select(engine, None, [engine_md, ladder], api_visibility="private")
+        # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
         build_button.click(build_engine, [build_precision], [build_result, engine_md, ladder],
-                           api_visibility="private", concurrency_limit=1, concurrency_id="build")
+                           api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,
+                           concurrency_id="build")
     return blocks
 
 

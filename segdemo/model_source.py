@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import checkpoints
 from .artifacts import hash_file_into
 from .errors import ModelNotFoundError, SegdemoError
 from .labels import ADE20K_LABELS
@@ -51,9 +52,11 @@ class ModelSource:
     content_hash: str  # changes whenever the weights or config change
     local_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # Where the safetensors weights are read from when not local_dir: a pytorch_model.bin converted once.
+    weights_dir: Path | None = None
 
     def load_model(self) -> torch.nn.Module:
-        """Instantiate the transformers model in eval mode (weights from safetensors only)."""
+        """Instantiate the transformers model in eval mode (weights from safetensors only, never pickle)."""
         from transformers import SegformerForSemanticSegmentation
 
         if self.random_weights:
@@ -61,6 +64,10 @@ class ModelSource:
 
             torch.manual_seed(RANDOM_SEED)
             return SegformerForSemanticSegmentation(self.config).eval()
+        if self.weights_dir is not None:  # only model.safetensors lives there; the config is the model's own
+            return SegformerForSemanticSegmentation.from_pretrained(
+                str(self.weights_dir), config=self.config, use_safetensors=True, local_files_only=True
+            ).eval()
         return SegformerForSemanticSegmentation.from_pretrained(
             str(self.local_dir), use_safetensors=True, local_files_only=True
         ).eval()
@@ -72,19 +79,22 @@ def preset_for(spec: str) -> str | None:
     return f"random:{match.group(1)}" if match else None
 
 
-def resolve(spec: str) -> ModelSource:
-    """Resolve a model spec; raises ModelNotFoundError with both remedies if it cannot be found."""
+def resolve(spec: str, build: Path | None = None) -> ModelSource:
+    """Resolve a model spec; raises ModelNotFoundError with both remedies if it cannot be found.
+
+    A model with only pytorch_model.bin is converted once to safetensors under `build` (else $SEGDEMO_BUILD_DIR,
+    else ./build) by segdemo.checkpoints; a checkpoint that would run code is refused with a SegdemoError."""
     if spec.startswith("random:"):
         return _random_source(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _local_source(spec, path)
+        return _local_source(spec, path, build)
     if _looks_like_path(spec):
         raise ModelNotFoundError(
             f"no local model directory '{spec}' — pass an existing directory in Hugging Face layout "
             f"or a preset such as --model random:b4"
         )
-    return _local_source(spec, _download(spec))
+    return _local_source(spec, _download(spec), build)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -135,13 +145,21 @@ def _config_identity(config: Any) -> dict:
 
 
 def _download(repo_id: str) -> Path:
-    """Fetch (or reuse from the local Hugging Face cache) the config and safetensors weights."""
+    """Fetch (or reuse from the local Hugging Face cache) the config and safetensors weights.
+
+    A repository without safetensors (older ones carry only pytorch_model.bin) gets a second pass for the
+    pickle checkpoint, which _local_source reads with the restricted unpickler and converts once."""
+    folder = _snapshot(repo_id, ["*.json", "*.safetensors"])
+    if not any(folder.glob("*.safetensors")) and not checkpoints.complete(folder):
+        folder = _snapshot(repo_id, ["*.json", *checkpoints.HUB_PATTERNS])
+    return folder
+
+
+def _snapshot(repo_id: str, patterns: list[str]) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(
-            repo_id, allow_patterns=["*.json", "*.safetensors"], etag_timeout=5
-        )
+        folder = snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=5)
     except Exception as exc:  # noqa: BLE001 — hub errors come in many types; all mean "not available"
         log.debug("hub download of %s failed: %r", repo_id, exc)
         raise ModelNotFoundError(
@@ -153,18 +171,19 @@ def _download(repo_id: str) -> Path:
     return Path(folder)
 
 
-def _local_source(spec: str, folder: Path) -> ModelSource:
+def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSource:
     from transformers import SegformerConfig
 
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"'{folder}' has no config.json — pass a directory in Hugging Face layout")
     weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        pickled = [p.name for p in folder.glob("*.bin")]
-        hint = f" (found pickle weights {pickled}, which segdemo never loads)" if pickled else ""
+    pickled = None if weights else checkpoints.find(folder)  # safetensors preferred; else pytorch_model.bin
+    if not weights and pickled is None:
+        other = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        hint = f" (found pickle weights {other}, which segdemo never loads)" if other else ""
         raise ModelNotFoundError(
-            f"'{spec}' has no .safetensors weights{hint} — convert the checkpoint to safetensors"
+            f"'{spec}' has no .safetensors weights or pytorch_model.bin{hint} — convert the checkpoint to safetensors"
         )
     try:
         config = SegformerConfig.from_pretrained(str(folder))
@@ -177,6 +196,11 @@ def _local_source(spec: str, folder: Path) -> ModelSource:
     for file in weights:
         digest.update(file.name.encode())
         hash_file_into(digest, file)
+    weights_dir = None
+    if pickled is not None:  # the .bin's own sha256 (not the converted file's), so the key is known before converting
+        for name, sha in pickled.hashes:
+            digest.update(f"pickle:{name}:{sha}".encode())
+        weights_dir = checkpoints.converted(pickled, build)
     return ModelSource(
         spec=spec,
         name=_slug(spec),
@@ -186,7 +210,11 @@ def _local_source(spec: str, folder: Path) -> ModelSource:
         random_weights=False,
         content_hash=digest.hexdigest(),
         local_dir=folder,
+        weights_dir=weights_dir,
     )
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _input_size(folder: Path) -> tuple[int, int]:

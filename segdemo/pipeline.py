@@ -137,7 +137,7 @@ class Session:
         start = time.perf_counter()
         with self.load_spans.span("session load", LOAD, model=model) as attrs:
             with self.load_spans.span("resolve model", LOAD, model=model):
-                self.source = source or resolve(model)
+                self.source = source or resolve(model, build)
             with self.load_spans.span("onnx export", LOAD) as onnx_attrs:
                 self.onnx_file, hit = ensure_onnx(self.source, build, self.load_spans)
                 onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,

@@ -33,6 +33,10 @@ SEGMENT_API_DOC = (
 FULL_OVERLAY_API_DOC = (
     "The overlay of this client's last /segment result at its original size, as a PNG, at the given opacity (0..1)."
 )
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BUILDS_OFF = ("engine builds are turned off on this public app (each takes minutes of the whole machine and swaps "
+              "the engine under other visitors) — its operator can allow them with --allow-build or "
+              "SEGDEMO_ALLOW_BUILD=1")
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
 
@@ -49,6 +53,16 @@ class AppConfig:
     port: int = 7860
     share: bool = False
     display_side: int = DISPLAY_SIDE
+    allow_build: bool = False  # engine builds from the page/API on a public app (always allowed on loopback)
+
+    @property
+    def public(self) -> bool:
+        """Whether visitors other than the operator reach this app: a non-loopback bind, a share link, a Space."""
+        return self.host not in LOOPBACK or self.share or bool(os.environ.get("SPACE_ID"))
+
+    @property
+    def builds_allowed(self) -> bool:
+        return self.allow_build or not self.public
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AppConfig:
@@ -62,6 +76,7 @@ class AppConfig:
             port=int(env.get("SEGDEMO_PORT", env.get("GRADIO_SERVER_PORT", cls.port))),
             share=env.get("SEGDEMO_SHARE", "").lower() in ("1", "true", "yes"),
             display_side=int(env.get("SEGDEMO_DISPLAY_SIDE", cls.display_side)),
+            allow_build=env.get("SEGDEMO_ALLOW_BUILD", "").lower() in ("1", "true", "yes"),
         )
 
 
@@ -130,6 +145,8 @@ class Demo:
         """(Re)build the TensorRT plan of the session's graph; a TensorRT session then reloads it."""
         from .engine_build import default_backend, ensure_engine
 
+        if not self.config.builds_allowed:
+            raise SegdemoError(BUILDS_OFF)
         session = self.wait(timeout=0)
         serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
         flavour = serving or default_backend()
@@ -211,4 +228,10 @@ def engine_markdown(demo: Demo) -> str:
     ]
     for key, value in backend.facts().items():
         lines.append(f"**{key}:** {value}")
+    config = demo.config
+    if not config.builds_allowed:
+        builds = "turned off on this public app — its operator can allow them with `--allow-build`"
+    else:
+        builds = "allowed (public app started with `--allow-build`)" if config.public else "allowed (loopback only)"
+    lines.append(f"**Engine builds from this page:** {builds}")
     return "  \n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -76,32 +77,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(build_dir, tmp_path_factory):
+@contextlib.contextmanager
+def running_app(build_dir, log, *args: str, env: dict[str, str] | None = None):
+    """`python app.py --model random:tiny` on a free loopback port (plus `args`); yields its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--model", "random:tiny", "--port", str(port), "--build-dir", str(build_dir)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
+            [sys.executable, "app.py", "--model", "random:tiny", "--port", str(port), "--build-dir", str(build_dir),
+             *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app exited early:\n{log.read_text()}")
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"app exited early:\n{log.read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"app did not come up:\n{log.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
         try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"app did not come up:\n{log.read_text()}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def app_url(build_dir, tmp_path_factory):
+    with running_app(build_dir, tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,47 @@ def test_offline_default_model_falls_back_to_random_weights_with_banner(monkeypa
     result = demo.segment(np.zeros((64, 48, 3), np.uint8))
     assert result.info["random_weights"] and "random weights" in result.info["notice"]
     assert json.loads(json.dumps(result.legend_json()))["random_weights"] is True
+
+
+@pytest.fixture(scope="module")
+def public_app(build_dir, tmp_path_factory):
+    """The app as a Space runs it (SPACE_ID set: public), still bound to loopback for the test."""
+    from .conftest import running_app
+
+    with running_app(build_dir, tmp_path_factory.mktemp("public") / "app.log", env={"SPACE_ID": "test/segdemo"}) as url:
+        yield url
+
+
+def test_a_public_app_refuses_engine_builds(public_app):
+    from gradio_client import Client
+
+    client = Client(public_app, verbose=False)
+    with pytest.raises(Exception, match="engine builds are turned off on this public app.*--allow-build"):
+        client.predict("fp16", api_name="/build_engine")
+    overlay, *_ = client.predict(_photo_file(), 0.5, False, api_name="/segment")  # visitors still segment
+    assert Image.open(overlay).size == (160, 120)
+
+
+@pytest.mark.slow
+def test_allow_build_lets_a_public_app_build(build_dir, tmp_path_factory):
+    pytest.importorskip("tensorrt_rtx")
+    from gradio_client import Client
+
+    from .conftest import running_app
+
+    log = tmp_path_factory.mktemp("public-allowed") / "app.log"
+    with running_app(build_dir, log, "--allow-build", env={"SPACE_ID": "test/segdemo"}) as url:
+        client = Client(url, verbose=False)
+        client.predict(_photo_file(), 0.5, False, api_name="/segment")  # waits for the session to be ready
+        message, engine, _ = client.predict("fp32", api_name="/build_engine")
+    assert message.startswith("Built `random-tiny-fp32") and "allowed (public app started with" in engine
+
+
+def _photo_file():
+    import tempfile
+
+    from gradio_client import handle_file
+
+    path = Path(tempfile.mkdtemp()) / "small.jpg"
+    Image.fromarray(photo("coffee", (120, 160))).save(path, quality=90)
+    return handle_file(str(path))

@@ -113,3 +113,22 @@ def test_engine_tab_builds_a_tensorrt_rtx_plan(page):
     # A real ahead-of-time TensorRT-RTX build of the session's graph, with progress shown while it runs.
     page.wait_for_function("document.body.innerText.includes('Built random-tiny-fp16')", timeout=300_000)
     assert ".plan" in page.locator("body").inner_text()
+
+
+def test_a_public_app_offers_no_engine_build_in_the_page(build_dir, tmp_path):
+    """On a Space (or any public bind) the Build button is disabled and the Engine tab says how to allow it."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from .conftest import running_app
+
+    with running_app(build_dir, tmp_path / "app.log", env={"SPACE_ID": "test/segdemo"}) as url, \
+            playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("(() => { const b = document.querySelector('#banner');"
+                               " return b && !b.innerText.includes('Starting:'); })()", timeout=300_000)
+        page.get_by_role("tab", name="Engine").click()
+        page.wait_for_function("document.body.innerText.includes('Engine builds from this page')", timeout=60_000)
+        assert "turned off on this public app" in page.locator("body").inner_text()
+        assert page.get_by_role("button", name="Build / rebuild engine").is_disabled()
+        browser.close()

@@ -81,7 +81,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if reason:
             raise SegdemoError(f"--device cuda: {reason} — run with --device cpu")
     pairs = contenders(args.device, args.backends)
-    source = resolve(args.model)
+    source = resolve(args.model, args.build_dir)
     start = time.perf_counter()
     onnx_file, hit = ensure_onnx(source, args.build_dir)  # cold starts below are from cached artifacts
     log.info("fused graph %s (%s, %.1f s)", onnx_file.name, "cached" if hit else "exported",

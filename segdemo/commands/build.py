@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ConsoleProgress()
     start = time.perf_counter()
     try:
-        source = resolve(args.model)
+        source = resolve(args.model, args.build_dir)
         bar(0.0, "exporting ONNX")
         onnx_file, _ = ensure_onnx(source, args.build_dir)
         engine = ensure_engine(onnx_file, args.precision, backend, args.build_dir, targets, bar, args.force)

@@ -23,7 +23,7 @@ def _export(args: argparse.Namespace) -> int:
     from ..model_source import resolve
 
     start = time.perf_counter()
-    source = resolve(args.model)
+    source = resolve(args.model, args.out)
     path, hit = ensure_onnx(source, args.out)
     print(f"{path}  {path.stat().st_size / 1e6:.1f} MB  {time.perf_counter() - start:.1f} s"
           f"{'  (cached)' if hit else ''}")
