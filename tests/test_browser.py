@@ -18,19 +18,25 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(app_url)
-        # Start-up (export + session) runs in the background; the banner says when it is done.
-        page.wait_for_function(
-            "(() => { const b = document.querySelector('#banner');"
-            " return b && !b.innerText.includes('Starting:'); })()",
-            timeout=300_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    # Start-up (export + session) runs in the background; the banner says when it is done.
+    page.wait_for_function(
+        "(() => { const b = document.querySelector('#banner');"
+        " return b && !b.innerText.includes('Starting:'); })()",
+        timeout=300_000)
+    yield page
+    page.close()
 
 
 def test_upload_segment_and_profile(page, photo_file, tmp_path):
@@ -115,14 +121,11 @@ def test_engine_tab_builds_a_tensorrt_rtx_plan(page):
     assert ".plan" in page.locator("body").inner_text()
 
 
-def test_a_public_app_offers_no_engine_build_in_the_page(build_dir, tmp_path):
+def test_a_public_app_offers_no_engine_build_in_the_page(browser, build_dir, tmp_path):
     """On a Space (or any public bind) the Build button is disabled and the Engine tab says how to allow it."""
-    playwright = pytest.importorskip("playwright.sync_api")
     from .conftest import running_app
 
-    with running_app(build_dir, tmp_path / "app.log", env={"SPACE_ID": "test/segdemo"}) as url, \
-            playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    with running_app(build_dir, tmp_path / "app.log", env={"SPACE_ID": "test/segdemo"}) as url:
         page = browser.new_page()
         page.goto(url)
         page.wait_for_function("(() => { const b = document.querySelector('#banner');"
@@ -131,4 +134,4 @@ def test_a_public_app_offers_no_engine_build_in_the_page(build_dir, tmp_path):
         page.wait_for_function("document.body.innerText.includes('Engine builds from this page')", timeout=60_000)
         assert "turned off on this public app" in page.locator("body").inner_text()
         assert page.get_by_role("button", name="Build / rebuild engine").is_disabled()
-        browser.close()
+        page.close()
