@@ -167,7 +167,6 @@ def run_contender(backend: str, precision: str, job: dict[str, Any]) -> None:
             result["decoder"] = backend_obj.decoder_name
             result["decode_difference"] = (backend_obj.jpeg_decoder.difference
                                            if backend_obj.jpeg_decoder is not None else None)
-        result["facts_backend"] = {k: str(v) for k, v in backend_obj.facts().items()}
         result["load_spans_ms"] = {k: round(v, 2) for k, v in runner.session.load_spans.durations_ms().items()}
     work = Path(job["work"])
     np.savez_compressed(maps_file(work, backend, precision), **maps)
