@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write, build_dir, digest, file_sha256, lock_for
+from .artifacts import atomic_write, build_dir, digest, lock_for, memo_sha256
 from .errors import SegdemoError
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,12 @@ def complete(folder: Path) -> bool:
         return False
 
 
-def find(folder: Path) -> PickleCheckpoint | None:
-    """The folder's pytorch_model.bin (preferred) or sharded pytorch_model-*.bin, hashed; None if it has neither."""
+def find(folder: Path, build: Path | None = None) -> PickleCheckpoint | None:
+    """The folder's pytorch_model.bin (preferred) or sharded pytorch_model-*.bin, hashed (hashes remembered under
+    `build`); None if it has neither."""
     single = folder / PICKLE_WEIGHTS
     if single.is_file():
-        sha = file_sha256(single)
+        sha = memo_sha256(single, build)
         return PickleCheckpoint((single,), ((single.name, sha),), sha)
     index = folder / PICKLE_INDEX
     if not index.is_file():
@@ -66,7 +67,8 @@ def find(folder: Path) -> PickleCheckpoint | None:
             raise SegdemoError(f"'{index}' lists the shard '{name}', which is missing from '{folder}' — "
                                f"download the model again")
         shards.append(folder / name)
-    hashes = ((index.name, file_sha256(index)), *((shard.name, file_sha256(shard)) for shard in shards))
+    hashes = ((index.name, memo_sha256(index, build)),
+              *((shard.name, memo_sha256(shard, build)) for shard in shards))
     return PickleCheckpoint(tuple(shards), hashes, digest(*(f"{name}:{sha}" for name, sha in hashes)))
 
 

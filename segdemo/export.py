@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .artifacts import atomic_write, build_dir, digest, lock_for
+from .artifacts import atomic_write, build_dir, digest, lock_for, package_version
 from .errors import SegdemoError
 
 if TYPE_CHECKING:
@@ -29,12 +29,9 @@ INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES = "image", "out_size", "classes"
 
 
 def export_fingerprint() -> str:
-    """Changes whenever this module or the exporting libraries change, invalidating cached graphs."""
-    import onnx
-    import torch
-    import transformers
-
-    return digest(Path(__file__).read_bytes(), torch.__version__, onnx.__version__, transformers.__version__)
+    """Changes whenever this module or the exporting libraries change, invalidating cached graphs (versions from
+    package metadata, so finding a cached graph imports none of them)."""
+    return digest(Path(__file__).read_bytes(), *(package_version(name) for name in ("torch", "onnx", "transformers")))
 
 
 def onnx_path(source: ModelSource, out_dir: Path | None = None, precision: str = "fp32") -> Path:

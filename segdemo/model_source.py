@@ -1,4 +1,8 @@
-"""Resolve `--model` (hub id, local directory or `random:` preset) into config, labels and weights."""
+"""Resolve `--model` (hub id, local directory or `random:` preset) into config, labels and weights.
+
+Resolving imports neither transformers nor torch: labels, input size and the content key come from config.json (or
+the preset's table) and the weights' hashes, so a start from cached artifacts never pays for those imports. The
+transformers config object is made on first use (export, torch-cuda, the reference pipeline)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import checkpoints
-from .artifacts import hash_file_into
+from .artifacts import memo_sha256, package_version
 from .errors import ModelNotFoundError, SegdemoError
 from .labels import ADE20K_LABELS
 
@@ -45,7 +50,7 @@ class ModelSource:
 
     spec: str  # what the user passed
     name: str  # short, filesystem-safe name for artifacts
-    config: Any  # transformers.SegformerConfig
+    config_dict: dict[str, Any]  # the SegformerConfig's fields (config.json, or the preset's)
     labels: list[str]
     input_size: tuple[int, int]  # (height, width) the network sees
     random_weights: bool
@@ -54,6 +59,13 @@ class ModelSource:
     notes: list[str] = field(default_factory=list)
     # Where the safetensors weights are read from when not local_dir: a pytorch_model.bin converted once.
     weights_dir: Path | None = None
+
+    @cached_property
+    def config(self) -> Any:
+        """The transformers SegformerConfig (imports transformers on first use)."""
+        from transformers import SegformerConfig
+
+        return SegformerConfig.from_dict(self.config_dict)
 
     def load_model(self) -> torch.nn.Module:
         """Instantiate the transformers model in eval mode (weights from safetensors only, never pickle)."""
@@ -102,33 +114,30 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _random_source(spec: str) -> ModelSource:
-    from transformers import SegformerConfig
-
     variant = spec.split(":", 1)[1]
     if variant not in _MIT:
         raise SegdemoError(f"unknown preset '{spec}' — choose one of {', '.join(PRESETS)}")
     labels = list(ADE20K_LABELS)
-    config = SegformerConfig(
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
+    config = {
+        "model_type": "segformer",
+        "num_labels": len(labels),
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
         **_MIT[variant],
-    )
-    import torch
-    import transformers
-
-    # Random init depends on the seed and on the torch/transformers init code, so all are in the hash.
+    }
+    # Random init depends on the seed and on the torch/transformers init code, so all are in the hash (versions read
+    # from package metadata: importing torch to ask would cost a second).
     identity = {
         "preset": variant,
         "seed": RANDOM_SEED,
-        "config": _config_identity(config),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "config": config,
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
     }
     return ModelSource(
         spec=spec,
         name=f"random-{variant}",
-        config=config,
+        config_dict=config,
         labels=labels,
         input_size=(DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE),
         random_weights=True,
@@ -137,11 +146,8 @@ def _random_source(spec: str) -> ModelSource:
     )
 
 
-def _config_identity(config: Any) -> dict:
-    data = config.to_dict()
-    for volatile in ("transformers_version", "_name_or_path"):
-        data.pop(volatile, None)
-    return data
+def _config_identity(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key not in ("transformers_version", "_name_or_path")}
 
 
 def _download(repo_id: str) -> Path:
@@ -172,30 +178,23 @@ def _snapshot(repo_id: str, patterns: list[str]) -> Path:
 
 
 def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSource:
-    from transformers import SegformerConfig
-
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"'{folder}' has no config.json — pass a directory in Hugging Face layout")
     weights = sorted(folder.glob("*.safetensors"))
-    pickled = None if weights else checkpoints.find(folder)  # safetensors preferred; else pytorch_model.bin
+    # safetensors preferred; else pytorch_model.bin
+    pickled = None if weights else checkpoints.find(folder, build)
     if not weights and pickled is None:
         other = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         hint = f" (found pickle weights {other}, which segdemo never loads)" if other else ""
         raise ModelNotFoundError(
             f"'{spec}' has no .safetensors weights or pytorch_model.bin{hint} — convert the checkpoint to safetensors"
         )
-    try:
-        config = SegformerConfig.from_pretrained(str(folder))
-    except Exception as exc:  # noqa: BLE001
-        raise ModelNotFoundError(f"'{config_file}' is not a SegFormer config ({exc})") from None
-    if getattr(config, "model_type", None) != "segformer":
-        raise ModelNotFoundError(f"'{spec}' is a '{config.model_type}' model, not SegFormer")
-    labels = [str(config.id2label[i]).strip() for i in range(config.num_labels)]
+    config = _read_config(config_file, spec)
+    labels = _labels(config, config_file)
     digest = hashlib.sha256(json.dumps(_config_identity(config), sort_keys=True).encode())
     for file in weights:
-        digest.update(file.name.encode())
-        hash_file_into(digest, file)
+        digest.update(f"{file.name}:{memo_sha256(file, build)}".encode())
     weights_dir = None
     if pickled is not None:  # the .bin's own sha256 (not the converted file's), so the key is known before converting
         for name, sha in pickled.hashes:
@@ -204,7 +203,7 @@ def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSo
     return ModelSource(
         spec=spec,
         name=_slug(spec),
-        config=config,
+        config_dict=config,
         labels=labels,
         input_size=_input_size(folder),
         random_weights=False,
@@ -212,6 +211,30 @@ def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSo
         local_dir=folder,
         weights_dir=weights_dir,
     )
+
+
+def _read_config(config_file: Path, spec: str) -> dict[str, Any]:
+    """config.json as a dict, checked to be a SegFormer's (the transformers object is made only when needed)."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"'{config_file}' is not a readable config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"'{config_file}' is not a SegFormer config (not a JSON object)")
+    if config.get("model_type") != "segformer":
+        raise ModelNotFoundError(f"'{spec}' is a '{config.get('model_type')}' model, not SegFormer")
+    return config
+
+
+def _labels(config: dict[str, Any], config_file: Path) -> list[str]:
+    """Class names in id order from id2label (JSON keys are strings); num_labels if given, else id2label's size."""
+    id2label = config.get("id2label") or {}
+    count = int(config.get("num_labels", len(id2label)) or len(id2label))
+    try:
+        return [str(id2label[str(i)] if str(i) in id2label else id2label[i]).strip() for i in range(count)]
+    except (KeyError, TypeError):
+        raise ModelNotFoundError(f"'{config_file}' has no label for every class id 0..{count - 1} (id2label) — "
+                                 f"fix the model's config.json") from None
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -36,6 +36,7 @@ from .visuals import (
 log = logging.getLogger("segdemo")
 
 ENGINE_WAIT_SPAN_NS = 100_000  # queueing for the engine shorter than this is not worth a span
+WARM_UPS = ("auto", "now", "background", "off")
 
 
 @dataclass
@@ -123,10 +124,17 @@ class Session:
         source: ModelSource | None = None,
         progress: Callable[[float, str], None] | None = None,
         display_side: int = DISPLAY_SIDE,
+        warm_up: str = "auto",
     ) -> None:
         """`progress(fraction, message)` hears about long steps (engine builds); the app shows it.
 
-        `max_side` bounds the class map the network's output is upsampled to; `display_side` the pictures shown."""
+        `max_side` bounds the class map the network's output is upsampled to; `display_side` the pictures shown.
+        `warm_up`: "now" (before returning), "background" (in a thread holding the engine slot, so the session is
+        ready at once and the first request waits for it as "engine wait"), "off" (a one-shot CLI: the first request
+        is the warm-up), or "auto": background on CPU backends, now on GPU ones (their warm-up compiles and captures
+        CUDA graphs, which the first request must not race)."""
+        if warm_up not in WARM_UPS:
+            raise ValueError(f"warm_up must be one of {', '.join(WARM_UPS)}, not {warm_up!r}")
         self.load_spans = SpanRecorder()
         self.history = RequestHistory()
         self.max_side = max_side
@@ -147,15 +155,17 @@ class Session:
             self._context = backends.LoadContext(self.source, build, progress)
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision))
-            with self.load_spans.span("warm-up", LOAD, backend=name):
-                self._warm_up()
-            attrs.update(backend=name, precision=self.backend.precision)
+            self._warm_thread = self._start_warm_up(warm_up)
+            attrs.update(backend=name, precision=self.backend.precision, warm_up=self.warm_up)
         self.labels = self.source.labels
         self.colours = palette(len(self.labels))
         self.init_ms = (time.perf_counter() - start) * 1e3
-        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s, peak RSS %.0f MB)",
+        steps = ", ".join(f"{s.name} {s.duration_ms:.0f} ms" for s in self.load_spans.spans
+                          if s.name != "session load" and s.duration_ms >= 5)
+        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s; %s; warm-up %s; peak RSS %.0f MB)",
                  self.init_ms, self.source.spec, name, self.backend.precision, self.onnx_file.name,
-                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported", peak_rss_mb())
+                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported", steps, self.warm_up,
+                 peak_rss_mb())
         for note in self.source.notes:
             log.warning(note)
 
@@ -175,6 +185,36 @@ class Session:
         if self.random_weights:
             info["notice"] = self.source.notes[0]
         return info
+
+    def _start_warm_up(self, mode: str) -> threading.Thread | None:
+        """Warm up now, in the background, or not at all (see __init__); returns the background thread."""
+        if mode == "auto":
+            mode = "background" if self.backend.device == "cpu" else "now"
+        self.warm_up = mode
+        if mode == "off":
+            return None
+        if mode == "now":
+            with self.load_spans.span("warm-up", LOAD, backend=self.backend.name):
+                self._warm_up()
+            return None
+        ready = threading.Event()
+
+        def run() -> None:
+            with self._slot:  # taken before the session reports ready, so no request can overtake the warm-up
+                ready.set()
+                start = time.perf_counter()
+                try:
+                    with self.load_spans.span("warm-up", LOAD, backend=self.backend.name, background=True):
+                        self._warm_up()
+                except Exception:  # noqa: BLE001 — the first request will meet the same error and report it
+                    log.exception("background warm-up failed")
+                    return
+                log.info("warm-up done in the background: %.1f ms", (time.perf_counter() - start) * 1e3)
+
+        thread = threading.Thread(target=run, name="segdemo warm-up", daemon=True)
+        thread.start()
+        ready.wait()
+        return thread
 
     def _warm_up(self) -> None:
         height, width = self.source.input_size
@@ -281,6 +321,8 @@ class Session:
         old.close()
 
     def close(self) -> None:
+        if self._warm_thread is not None:
+            self._warm_thread.join()
         self.backend.close()
 
     def __enter__(self) -> Session:

@@ -69,7 +69,7 @@ class _Segdemo:
     def __init__(self, model: str, backend: str, precision: str, build: str | None) -> None:
         from ..pipeline import Session
 
-        self.session = Session(model, backend, precision, Path(build) if build else None)
+        self.session = Session(model, backend, precision, Path(build) if build else None, warm_up="now")
         self.last_spans: list[dict[str, float]] = []
         self.recording = False
 

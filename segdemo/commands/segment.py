@@ -35,7 +35,7 @@ def _segment(args: argparse.Namespace) -> int:
     spans = SpanRecorder()
     with spans.span("decode", INFERENCE, file=args.image.name):
         image = decode(args.image)  # a bad image fails here, before any model loading
-    with Session(args.model, args.backend, args.precision, args.build_dir) as session:
+    with Session(args.model, args.backend, args.precision, args.build_dir, warm_up="off") as session:
         result = session.segment(image, spans, detailed=args.detailed)
         files = result.write(args.out, args.opacity)
         files["profiling"] = write_trace(args.out / "profiling.json", session.trace_spans(spans), result.info)
