@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,27 @@ class GpuJpegDecoder:
         last = self.decoders[-1]
         return self._colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, self._tables), last.name
 
+    def compile_colour(self, samples: list[tuple[torch.Tensor, tuple[int, int]]], device: torch.device) -> None:
+        """Compile the colour conversion on its own stream and switch to it once it matches the eager function on
+        `samples` (planes of the sample JPEGs, with their subsampling)."""
+        import torch
+
+        try:
+            compiled = torch.compile(jpeg_planes_to_rgb, dynamic=True)
+            stream = torch.cuda.Stream(device)
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                for planes, sampling in samples:
+                    if not torch.equal(compiled(planes, sampling, self._tables),
+                                       jpeg_planes_to_rgb(planes, sampling, self._tables)):
+                        raise RuntimeError(f"the compiled colour conversion differs for {sampling} subsampling")
+            stream.synchronize()
+        except Exception as exc:  # noqa: BLE001 — the eager function stays; it gives the same pixels
+            log.warning("compiled JPEG colour conversion not used (%s: %s)", type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            return
+        self._colour = compiled
+        log.info("JPEG colour conversion compiled; requests use it from now on")
+
     def close(self) -> None:
         for planar in self.decoders:
             planar.close()
@@ -66,60 +88,59 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: b
     from .nvjpeg import HardwareDecoder, PlanarDecoder
 
     tables = torch.from_numpy(ycc_tables()).to(device)
-    # ~50 small integer ops, launched one by one, would cost the host more than the decode; compiled they are
-    # a few fused kernels (one compilation per chroma subsampling, sizes dynamic).
-    colour = torch.compile(jpeg_planes_to_rgb, dynamic=True) if compiled else jpeg_planes_to_rgb
-    decoders, worst = [], 0.0
+    decoders, worst, samples = [], 0.0, []
     for kind in (HardwareDecoder, PlanarDecoder):
-        planar, colour, mean = _checked(kind, device, stream, colour, tables)
+        planar, mean, samples = _checked(kind, device, stream, tables) or (None, 0.0, samples)
         if planar is not None:
             decoders.append(planar)
             worst = max(worst, mean)
     if not decoders:
         log.info("JPEGs are decoded by Pillow on the host")
         return None
-    return GpuJpegDecoder(decoders, colour, tables, worst)
+    decoder = GpuJpegDecoder(decoders, jpeg_planes_to_rgb, tables, worst)
+    if compiled:
+        # ~50 small integer ops, launched one by one, cost the host more than the decode; compiled they are a few
+        # fused kernels. Compiling takes seconds, so it happens beside the first requests, which use the eager
+        # function until the compiled one has shown the same pixels.
+        threading.Thread(target=decoder.compile_colour, args=(samples, device), name="segdemo jpeg compile",
+                         daemon=True).start()
+    return decoder
 
 
-def _checked(kind, device, stream, colour, tables):
-    """(a `kind` decoder that gives Pillow's pixels here or None, the colour function that worked, its difference)."""
+def _checked(kind, device, stream, tables):
+    """(a `kind` decoder that gives Pillow's pixels here, its mean difference to Pillow's pixels, the sample planes
+    it made), or None."""
     try:
         planar = kind(device)
     except (OSError, RuntimeError, AttributeError) as exc:
         log.info("%s is not available here: %s", kind.name, exc)
-        return None, colour, 0.0
+        return None
     try:
-        try:
-            mean = _difference_to_pillow(planar, colour, tables, stream)
-        except Exception as exc:  # noqa: BLE001 — then without the compiler
-            if colour is jpeg_planes_to_rgb:
-                raise
-            log.warning("compiled JPEG colour conversion failed (%s: %s); running it uncompiled",
-                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-            colour = jpeg_planes_to_rgb
-            mean = _difference_to_pillow(planar, colour, tables, stream)
+        mean, samples = _difference_to_pillow(planar, tables, stream)
     except Exception as exc:  # noqa: BLE001
         log.warning("%s does not work here (%s: %s)", kind.name, type(exc).__name__, exc)
         planar.close()
-        return None, colour, 0.0
+        return None
     if mean > MAX_MEAN_DIFFERENCE:
         log.warning("%s decodes test JPEGs %.2f levels away from Pillow on average; not used", kind.name, mean)
         planar.close()
-        return None, colour, 0.0
-    return planar, colour, mean
+        return None
+    return planar, mean, samples
 
 
-def _difference_to_pillow(planar, colour, tables: torch.Tensor, stream: torch.cuda.Stream) -> float:
-    """Worst mean absolute difference to Pillow's pixels over the sample JPEGs."""
+def _difference_to_pillow(planar, tables: torch.Tensor,
+                          stream: torch.cuda.Stream) -> tuple[float, list[tuple[torch.Tensor, tuple[int, int]]]]:
+    """(worst mean absolute difference to Pillow's pixels over the sample JPEGs, copies of their planes)."""
     import torch
 
-    worst = 0.0
+    worst, samples = 0.0, []
     for data, header, pillow in _sample_jpegs():
         with torch.inference_mode(), torch.cuda.stream(stream):
-            got = colour(planar.planes(data, header.height, header.width), header.sampling, tables)
-            got = got.cpu().numpy()
+            planes = planar.planes(data, header.height, header.width).clone()  # the decoder reuses its buffer
+            got = jpeg_planes_to_rgb(planes, header.sampling, tables).cpu().numpy()
+        samples.append((planes, header.sampling))
         worst = max(worst, float(np.abs(got.astype(np.int16) - pillow).mean()))
-    return worst
+    return worst, samples
 
 
 @lru_cache(maxsize=1)

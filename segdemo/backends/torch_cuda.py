@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,13 @@ import numpy as np
 from ..artifacts import build_dir
 from ..classmap import nearest_indices
 from ..decode import EncodedJpeg, decode
-from ..export import normalisation
 from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
 from .contract import Backend, DeviceRenderer, LoadContext, Rendered
 from .gpu_jpeg import checked_decoder
+from .torch_aot import compiled_network, describe, pixel_network
 from .torch_ops import (
     blend,
     bucket,
@@ -73,10 +74,9 @@ class TorchCudaBackend(Backend, DeviceRenderer):
     device = "cuda"
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
-                 compile: bool | None = None, build: Path | None = None) -> None:
+                 compile: bool | None = None, build: Path | None = None,
+                 progress: Callable[[float, str], None] | None = None) -> None:
         import torch
-
-        from ..network import folded_logits
 
         if precision not in ("fp16", "fp32"):
             raise ValueError(f"torch-cuda runs fp16 or fp32, not {precision}")
@@ -85,57 +85,46 @@ class TorchCudaBackend(Backend, DeviceRenderer):
         self.cuda = torch.device("cuda", device)
         self.input_size = source.input_size
         self.lock = threading.Lock()  # one set of static buffers: requests take turns
-        with spans.span("load weights", LOAD, backend=self.name, model=source.spec):
-            model = source.load_model()
-        with spans.span("prepare network", LOAD, backend=self.name, precision=precision):
-            net = folded_logits(model).to(self.cuda)
-            if precision == "fp16":
-                net.half()
-                for module in net.modules():
-                    if isinstance(module, torch.nn.LayerNorm):
-                        module.float()  # autocast runs layer_norm in fp32; keep its parameters exact too
-            net.requires_grad_(False)
-            # Channels-last weights match the token layout ([B, H·W, C] viewed as NCHW is NHWC in memory): cuDNN
-            # then runs the depthwise and reduction convolutions in place of 41 layout copies (3.26 → 2.80 ms).
-            net.to(memory_format=torch.channels_last)
-            self.net = self.eager_net = net
-            self.compiled = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
-            if self.compiled:
-                # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual
-                # adds, reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
-                # Programmatic dependent launch (Hopper and later; ignored before): each kernel's prologue
-                # overlaps the tail of the one before. For the graph's ~600 short kernels: 3.67 → 3.23 ms on an
-                # H100. Set process-wide: as a torch.compile option it made no difference there.
-                import torch._inductor.config as inductor_config
+        self.compiled = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
+        self.package: dict[str, Any] | None = None
+        if precision == "fp32":
+            # fp32 means fp32: no TF32 in matmuls and convolutions, so parity matches ONNX Runtime's.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        if self.compiled:
+            # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
+            # reshapes) to ~600: 6.6 → 3.7 ms on an H100. AOTInductor does it once and build/compiled keeps it.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
+            # Programmatic dependent launch (Hopper and later; ignored before): each kernel's prologue overlaps the
+            # tail of the one before. For the graph's ~600 short kernels: 3.67 → 3.23 ms on an H100.
+            import torch._inductor.config as inductor_config
 
-                inductor_config.triton.enable_pdl = True
-                self.net = torch.compile(net, dynamic=False)
-            if precision == "fp32":
-                # fp32 means fp32: no TF32 in matmuls and convolutions, so parity matches ONNX Runtime's.
-                torch.backends.cuda.matmul.allow_tf32 = False
-                torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cudnn.benchmark = True
-            self.stream = torch.cuda.Stream(self.cuda)
-            height, width = self.input_size
-            self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
-            self.pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, device=self.cuda)
-            # The same folded constants as the ONNX graph: x·scale + shift == (x/255 − mean)/std.
-            scale, shift = normalisation()
-            self.scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self.cuda)
-            self.shift = torch.from_numpy(shift).view(1, 3, 1, 1).to(self.cuda)
+            inductor_config.triton.enable_pdl = True
+            try:
+                self.net, self.package = compiled_network(
+                    source, precision, self.cuda, build, spans, lambda: self._eager_network(source, spans), progress)
+            except Exception as exc:  # noqa: BLE001 — no compiler here: the eager network is still fast
+                log.warning("AOTInductor compilation failed (%s: %s); running the network eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.compiled = False
+        if not self.compiled:
+            self.net = self._eager_network(source, spans)
+        self.stream = torch.cuda.Stream(self.cuda)
+        height, width = self.input_size
+        self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
+        self.pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, device=self.cuda)
         with spans.span("capture network graph", LOAD, backend=self.name, input=list(self.input_size),
-                        compiled=self.compiled):
+                        compiled=self.compiled) as attrs:
             self.pixels.copy_(torch.randint(0, 256, self.pixels.shape, dtype=torch.uint8, device=self.cuda))
             try:
                 self.network_graph, self.logits = self._capture(self._network)
-            except Exception as exc:  # noqa: BLE001 — no Triton/compiler here: the eager graph is still fast
-                if not self.compiled:
-                    raise
-                log.warning("torch.compile failed (%s: %s); capturing the uncompiled network",
+            except Exception as exc:  # noqa: BLE001 — replaying the compiled network without a CUDA graph still works
+                log.warning("capturing the network in a CUDA graph failed (%s: %s); launching it per request",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-                self.net, self.compiled = self.eager_net, False
-                self.network_graph, self.logits = self._capture(self._network)
+                torch.cuda.synchronize(self.cuda)
+                self.network_graph, self.logits = None, self._network().clone()
+            attrs["graphed"] = self.network_graph is not None
         self.post: dict[tuple[int, int], dict[str, Any]] = {}
         # All post-processing graphs share one memory pool (each private pool would keep its own peak, ~2.5 GB
         # at 2048²) and one pair of pinned buffers: replays never overlap (self.lock) and each output is copied
@@ -160,13 +149,36 @@ class TorchCudaBackend(Backend, DeviceRenderer):
     def decodes_jpeg(self) -> bool:
         return self.jpeg_decoder is not None
 
-    def _network(self) -> torch.Tensor:
-        """Static uint8 NHWC pixels → fp32 logits; autocast keeps LayerNorm and Softmax in fp32."""
+    def _eager_network(self, source: ModelSource, spans: SpanRecorder) -> torch.nn.Module:
+        """The network from the model's weights (transformers), on the GPU at this precision, uint8 pixels in."""
         torch = self.torch
-        x = self.pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.precision == "fp16", cache_enabled=False):
-            logits = self.net(x)
-        return logits.float()
+        from ..network import folded_logits
+
+        with spans.span("load weights", LOAD, backend=self.name, model=source.spec):
+            model = source.load_model()
+        with spans.span("prepare network", LOAD, backend=self.name, precision=self.precision):
+            net = folded_logits(model).to(self.cuda)
+            if self.precision == "fp16":
+                net.half()
+                for module in net.modules():
+                    if isinstance(module, torch.nn.LayerNorm):
+                        module.float()  # autocast runs layer_norm in fp32; keep its parameters exact too
+            net.requires_grad_(False)
+            # Channels-last weights match the token layout ([B, H·W, C] viewed as NCHW is NHWC in memory): cuDNN
+            # then runs the depthwise and reduction convolutions in place of 41 layout copies (3.26 → 2.80 ms).
+            net.to(memory_format=torch.channels_last)
+            return pixel_network(net, self.precision)
+
+    def _network(self) -> torch.Tensor:
+        """Static uint8 NHWC pixels → fp32 logits (the compiled package, or the eager network)."""
+        return self.net(self.pixels)
+
+    def _replay_network(self) -> None:
+        """The network into the static logits the post-processing graphs read."""
+        if self.network_graph is not None:
+            self.network_graph.replay()
+        else:
+            self.logits.copy_(self._network())
 
     def _capture(self, fn, pool=None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Warm `fn` up on the backend's stream (cuDNN/cuBLAS choices, lazy init), then capture it."""
@@ -228,7 +240,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
                 if entry is not None:
                     self._upload_grid(entry, (out_h, out_w))
                 events[1].record(self.stream)
-                self.network_graph.replay()
+                self._replay_network()
                 events[2].record(self.stream)
                 if entry is not None:
                     entry["graph"].replay()
@@ -277,7 +289,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
                 self.pixels[0].copy_(resize_like_pil(image, self.input_size))
                 self._upload_grid(entry, out_size)
                 events[1].record(self.stream)
-                self.network_graph.replay()
+                self._replay_network()
                 events[2].record(self.stream)
                 entry["graph"].replay()
                 computed = entry["classes"][:out_size[0], :out_size[1]]
@@ -354,8 +366,10 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
     def facts(self) -> dict[str, Any]:
-        return {"Engine cache": "not used — the network runs from CUDA graphs captured at start-up",
-                "Network": f"{'torch.compile' if self.compiled else 'eager'} graph, {self.precision}, channels-last",
+        compiled = describe(self.package) if self.package else "not used — the network runs eagerly"
+        return {"Engine cache": f"AOTInductor package {compiled}",
+                "Network": f"{'AOTInductor' if self.compiled else 'eager'}, {self.precision}, channels-last, "
+                           f"{'CUDA graph' if self.network_graph is not None else 'launched per request'}",
                 "JPEG decoder": self.decoder_name,
                 "Device memory": f"{self.torch.cuda.max_memory_reserved(self.cuda) / 1e6:.0f} MB reserved (peak)"}
 
@@ -366,7 +380,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self.blend_tables.clear()
             if self.jpeg_decoder is not None:
                 self.jpeg_decoder.close()
-            for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels", "scale", "shift",
+            for attr in ("network_graph", "net", "logits", "pixels", "host_pixels",
                          "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
                          "jpeg_decoder"):
                 setattr(self, attr, None)
@@ -383,8 +397,8 @@ def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
            compile: bool | None = None) -> TorchCudaBackend:
-    """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: torch.compile the
-    network (default: $SEGDEMO_TORCH_COMPILE, on)."""
+    """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: the network as an
+    AOTInductor package cached in build/compiled (default: $SEGDEMO_TORCH_COMPILE, on)."""
     if context.source is None:
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
-    return TorchCudaBackend(context.source, spans, precision, device, compile, context.build)
+    return TorchCudaBackend(context.source, spans, precision, device, compile, context.build, context.progress)
