@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+# Before anything touches CUDA: on ZeroGPU the `spaces` package must be imported first (a no-op elsewhere).
+from segdemo.hosting import gpu_function  # isort: skip
 
 import gradio as gr
 
@@ -66,6 +70,10 @@ def build(demo: w.Demo) -> gr.Blocks:
 
     def details(response):
         session, result = demo.session, response.result
+        if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
+            return (str(r.view_file(response)), r.hover_html(response), r.legend_html(result),
+                    str(r.legend_file(response)), r.status_line(result), *(gr.skip(),) * 4, result.legend_json(),
+                    gr.skip())
         summary = session.history.summary()
         return (str(r.view_file(response)), r.hover_html(response), r.legend_html(result),
                 str(r.legend_file(response)), r.status_line(result),
@@ -151,6 +159,8 @@ def build(demo: w.Demo) -> gr.Blocks:
             build_result = gr.Markdown()
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
+        # On ZeroGPU these run in the GPU worker (spaces.GPU); elsewhere the decorator returns them unchanged.
+        segment, build_engine = gpu_function(segment), gpu_function(build_engine)
         # Requests share the session's one engine slot (Session._engine); decoding and encoding run beside it, so
         # several requests are in flight while one at a time is in the engine.
         segment_event = run.click(segment, [image, opacity, detailed],
@@ -174,15 +184,23 @@ def build(demo: w.Demo) -> gr.Blocks:
     return blocks
 
 
-def main(argv: list[str] | None = None) -> None:
+def create(argv: list[str] | None = None) -> tuple[w.AppConfig, gr.Blocks]:
+    """The app for these arguments (default: the command line), its session loading in the background."""
     setup_logging()
     config = parse_args(argv)
-    demo = w.Demo(config).start()
-    blocks = build(demo)
+    blocks = build(w.Demo(config).start())
     blocks.queue(max_size=16)
+    return config, blocks
+
+
+def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share, max_file_size="25mb",
                   css=CSS, footer_links=["api", "gradio"], allowed_paths=[str(r.DOWNLOADS)])
 
 
+# Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the
+# Blocks; `python app.py [options]` builds and launches it the same way.
+config, demo = create(sys.argv[1:])
+
 if __name__ == "__main__":
-    main()
+    launch(config, demo)

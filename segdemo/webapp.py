@@ -16,6 +16,7 @@ from . import backends
 from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
 from .gpu import detect, package_versions
+from .hosting import on_zero_gpu
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session, peak_rss_mb
 from .visuals import DISPLAY_SIDE
@@ -91,14 +92,27 @@ class Demo:
     stage: str = "starting"
     _ready: threading.Event = field(default_factory=threading.Event)
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    _loading: threading.Lock = field(default_factory=threading.Lock)
+    _started: bool = False
 
     @property
     def build(self) -> Path | None:
         return Path(self.config.build_dir) if self.config.build_dir else None
 
     def start(self) -> Demo:
-        threading.Thread(target=self._load, name="session-load", daemon=True).start()
+        """Load the session in the background (on ZeroGPU: in the GPU worker, on its first request)."""
+        if on_zero_gpu():
+            self.stage = "waiting for the first request: on ZeroGPU the model loads in the GPU worker"
+            return self
+        self._begin_load()
         return self
+
+    def _begin_load(self) -> None:
+        with self._loading:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="session-load", daemon=True).start()
 
     def _load(self) -> None:
         cfg = self.config
@@ -179,6 +193,7 @@ class Demo:
         """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
         if image is None:
             raise SegdemoError("no image was given — upload, paste or pick an example first")
+        self._begin_load()  # already started, except in a ZeroGPU worker's first request
         return self.wait(timeout=900).segment(image, detailed=detailed)
 
 

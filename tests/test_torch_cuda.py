@@ -179,3 +179,38 @@ def test_bad_uploads_on_the_device_path_get_the_host_errors(cuda_sessions):
     Image.fromarray(photo("coffee", (300, 400))).save(png, format="PNG")
     assert session.segment(png.getvalue()).class_map.shape == (300, 400)
     assert session.segment(data).class_map.shape == (300, 400)  # and the next request works
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_second_start_loads_the_compiled_network_without_transformers(cuda_sessions, build_dir):
+    """The fixture's fp16 session compiled random:b0 into build/compiled; a fresh process loads that package (no
+    compiling, no transformers) and gives the same pixels."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    first = cuda_sessions["fp16"]
+    assert first.backend.compiled and first.backend.package is not None
+    image_file = build_dir / "second-start.png"
+    Image.fromarray(photo("coffee", (480, 640))).save(image_file)
+    expected = first.segment(str(image_file)).class_map
+    code = (
+        "import json, sys, numpy as np\n"
+        "from segdemo.pipeline import Session\n"
+        f"s = Session('random:b0', 'torch-cuda', 'fp16', build={str(build_dir)!r})\n"
+        f"np.save({str(build_dir / 'second.npy')!r}, s.segment({str(image_file)!r}).class_map)\n"
+        "print(json.dumps({'init_ms': s.init_ms, 'spans': {x.name: x.attrs for x in s.load_spans.spans},\n"
+        "                  'transformers': 'transformers' in sys.modules}, default=str))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["spans"]["find compiled network"]["cache"] == "cache hit"
+    assert "aoti compile" not in report["spans"] and not report["transformers"]
+    assert report["spans"]["capture network graph"]["graphed"] is True
+    assert np.array_equal(np.load(build_dir / "second.npy"), expected)

@@ -54,10 +54,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                  "(same names as --app-images; default 1024x768)")
     app.add_argument("--browser-iters", type=int, default=None,
                      help="--app: timed clicks per image and page state (default: --iters)")
+    cold = p.add_argument_group("--cold-start N: N fresh processes in a row on --build-dir, spawn → ready → result")
+    cold.add_argument("--cold-start", type=int, default=0, metavar="N", help="time N restarts (first may build)")
+    cold.add_argument("--precision", default="auto", help="--cold-start: the session's precision")
+    cold.add_argument("--code", type=Path, default=None, help="--cold-start: another segdemo checkout to time")
+    cold.add_argument("--image", type=Path, default=None, help="--cold-start: the first request's image")
 
 
 def run(args: argparse.Namespace) -> int:
-    """--app: the app bench; otherwise measure (or re-render --from-json), write the files, print the table."""
+    """--app: the app bench; --cold-start: restarts; otherwise measure (or re-render --from-json), write the files,
+    print the table."""
+    if args.cold_start:
+        return _cold_start(args)
     if args.app:
         from ..bench.app import run_app_bench  # only `bench --app` loads the app benchmark (and gradio_client)
 
@@ -77,6 +85,21 @@ def run(args: argparse.Namespace) -> int:
     for name, path in files.items():
         print(f"{name:9s} {path}")
     print(markdown_table(results))
+    return 0
+
+
+def _cold_start(args: argparse.Namespace) -> int:
+    from ..artifacts import build_dir
+    from ..bench.cold_start import cold_starts, table
+    from ..webapp import example_files
+
+    build = build_dir(args.build_dir)
+    image = args.image or Path(example_files(build)[0])
+    runs = cold_starts(args.model, args.backend, args.precision, build.resolve(), image.resolve(), args.cold_start,
+                       args.code.resolve() if args.code else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cold-start.json").write_text(json.dumps(runs, indent=1) + "\n")
+    print(table(runs, f"{args.model} {runs[0]['backend']} {runs[0]['precision']}"))
     return 0
 
 
