@@ -29,8 +29,8 @@ for s in session.load_spans.spans:
 heavy = [m for m in ("torch", "transformers", "onnx") if m in sys.modules]
 print("COLD-START " + json.dumps({"ready_s": round(ready - spawned, 3), "first_result_s": round(done - spawned, 3),
       "init_ms": round(session.init_ms, 1), "request_ms": round(result.info["infer_ms"], 1), "spans_ms": spans,
-      "warm_up": session.warm_up, "backend": session.backend.name, "precision": session.backend.precision,
-      "imported": heavy}))
+      "warm_up": getattr(session, "warm_up", "now"), "backend": session.backend.name,
+      "precision": session.backend.precision, "imported": heavy}))
 """
 
 
@@ -47,7 +47,8 @@ def cold_starts(model: str, backend: str, precision: str, build: Path, image: Pa
                                repr(spawned)], capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=str(code) if code is not None else None)
         if done.returncode != 0:
-            raise RuntimeError(f"start {index + 1} failed: {done.stderr.strip().splitlines()[-1:]}")
+            lines = [x for x in done.stderr.splitlines() if "Warning" not in x and "warn(" not in x]
+            raise RuntimeError(f"start {index + 1} failed:\n" + "\n".join(lines[-25:]))
         line = [x for x in done.stdout.splitlines() if x.startswith("COLD-START ")][-1]
         runs.append({"start": index + 1, **json.loads(line.removeprefix("COLD-START "))})
     return runs
