@@ -6,6 +6,10 @@ wrapper and the weights, and loads in about a second without transformers. The p
 content key, the precision, the input size, torch/CUDA versions, the device and the code that builds the network;
 its sidecar carries its size and sha256 (engine_cache's rules): a missing, stale or corrupt package, or one that
 fails to load, is compiled again, never used.
+
+Opt-in ($SEGDEMO_TORCH_AOT=1, see torch_cuda): on the lent H100 (torch 2.11+cu130) `aoti_load_package` of a CUDA
+package segfaulted inside `_load_aoti` ~45 s in, with and without PDL and with CUDA initialised first, while CPU
+packages (tests/test_compiled_cache.py, torch 2.13) load in 10 ms.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
+AOT_ENV = "SEGDEMO_TORCH_AOT"  # "1": the compiled network from an AOTInductor package cached in build/compiled
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
 
 
@@ -94,22 +95,27 @@ class TorchCudaBackend(Backend, DeviceRenderer):
         torch.backends.cudnn.benchmark = True
         if self.compiled:
             # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
-            # reshapes) to ~600: 6.6 → 3.7 ms on an H100. AOTInductor does it once and build/compiled keeps it.
+            # reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
             # Programmatic dependent launch (Hopper and later; ignored before): each kernel's prologue overlaps the
             # tail of the one before. For the graph's ~600 short kernels: 3.67 → 3.23 ms on an H100.
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.enable_pdl = True
+        self.aot = self.compiled and os.environ.get(AOT_ENV, "0") == "1"
+        if self.aot:
+            # Opt-in: the package loads in a second where it works, but aoti_load_package segfaulted on the H100
+            # image (torch 2.11+cu130) — a crash no fallback can catch — so torch.compile stays the default.
             try:
                 self.net, self.package = compiled_network(
                     source, precision, self.cuda, build, spans, lambda: self._eager_network(source, spans), progress)
-            except Exception as exc:  # noqa: BLE001 — no compiler here: the eager network is still fast
-                log.warning("AOTInductor compilation failed (%s: %s); running the network eagerly",
+            except Exception as exc:  # noqa: BLE001 — then torch.compile, as without the cache
+                log.warning("AOTInductor compilation failed (%s: %s); using torch.compile",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-                self.compiled = False
-        if not self.compiled:
-            self.net = self._eager_network(source, spans)
+                self.aot = False
+        if not self.aot:
+            self.eager_net = self._eager_network(source, spans)
+            self.net = torch.compile(self.eager_net, dynamic=False) if self.compiled else self.eager_net
         self.stream = torch.cuda.Stream(self.cuda)
         height, width = self.input_size
         self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
@@ -119,11 +125,18 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self.pixels.copy_(torch.randint(0, 256, self.pixels.shape, dtype=torch.uint8, device=self.cuda))
             try:
                 self.network_graph, self.logits = self._capture(self._network)
-            except Exception as exc:  # noqa: BLE001 — replaying the compiled network without a CUDA graph still works
-                log.warning("capturing the network in a CUDA graph failed (%s: %s); launching it per request",
+            except Exception as exc:  # noqa: BLE001 — see below
+                log.warning("capturing the %s network in a CUDA graph failed (%s: %s)",
+                            "AOTInductor" if self.aot else "torch.compile" if self.compiled else "eager",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 torch.cuda.synchronize(self.cuda)
-                self.network_graph, self.logits = None, self._network().clone()
+                if self.aot:  # the package still runs, launched per request
+                    self.network_graph, self.logits = None, self._network().clone()
+                elif self.compiled:  # no Triton/compiler here: the eager graph is still fast
+                    self.net, self.compiled = self.eager_net, False
+                    self.network_graph, self.logits = self._capture(self._network)
+                else:
+                    raise
             attrs["graphed"] = self.network_graph is not None
         self.post: dict[tuple[int, int], dict[str, Any]] = {}
         # All post-processing graphs share one memory pool (each private pool would keep its own peak, ~2.5 GB
@@ -366,9 +379,11 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
     def facts(self) -> dict[str, Any]:
-        compiled = describe(self.package) if self.package else "not used — the network runs eagerly"
-        return {"Engine cache": f"AOTInductor package {compiled}",
-                "Network": f"{'AOTInductor' if self.compiled else 'eager'}, {self.precision}, channels-last, "
+        cache = (f"AOTInductor package {describe(self.package)}" if self.package else
+                 f"Inductor kernels in $TORCHINDUCTOR_CACHE_DIR ({AOT_ENV}=1: a compiled package in build/compiled)")
+        network = "AOTInductor" if self.aot else "torch.compile" if self.compiled else "eager"
+        return {"Engine cache": cache,
+                "Network": f"{network}, {self.precision}, channels-last, "
                            f"{'CUDA graph' if self.network_graph is not None else 'launched per request'}",
                 "JPEG decoder": self.decoder_name,
                 "Device memory": f"{self.torch.cuda.max_memory_reserved(self.cuda) / 1e6:.0f} MB reserved (peak)"}
@@ -380,7 +395,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self.blend_tables.clear()
             if self.jpeg_decoder is not None:
                 self.jpeg_decoder.close()
-            for attr in ("network_graph", "net", "logits", "pixels", "host_pixels",
+            for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels",
                          "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
                          "jpeg_decoder"):
                 setattr(self, attr, None)
@@ -397,8 +412,8 @@ def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
            compile: bool | None = None) -> TorchCudaBackend:
-    """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: the network as an
-    AOTInductor package cached in build/compiled (default: $SEGDEMO_TORCH_COMPILE, on)."""
+    """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: torch.compile the
+    network (default: $SEGDEMO_TORCH_COMPILE, on; $SEGDEMO_TORCH_AOT=1 loads it from an AOTInductor package)."""
     if context.source is None:
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
     return TorchCudaBackend(context.source, spans, precision, device, compile, context.build, context.progress)
