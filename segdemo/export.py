@@ -80,8 +80,8 @@ def fused_graph(source: ModelSource, spans: SpanRecorder | None = None) -> onnx.
     (net_input,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     (net_output,) = graph.output
     height, width = source.input_size
-    pre = _preprocess_nodes(net_input.name)
-    post = _postprocess_nodes(net_output.name, num_labels)
+    pre = preprocess_nodes(net_input.name)
+    post = postprocess_nodes(net_output.name, num_labels)
     nodes = pre[0] + list(graph.node) + post[0]
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -128,7 +128,7 @@ def normalisation() -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-np.array(IMAGENET_MEAN) / std).astype(np.float32)
 
 
-def _preprocess_nodes(pixel_values: str) -> tuple[list, list]:
+def preprocess_nodes(pixel_values: str) -> tuple[list, list]:
     """uint8 NHWC → float NCHW, normalised as (x/255 − mean)/std, folded into one Mul and one Add."""
     from onnx import helper, numpy_helper
 
@@ -143,7 +143,7 @@ def _preprocess_nodes(pixel_values: str) -> tuple[list, list]:
     return nodes, inits
 
 
-def _postprocess_nodes(logits: str, num_labels: int) -> tuple[list, list]:
+def postprocess_nodes(logits: str, num_labels: int) -> tuple[list, list]:
     """Bilinear upsampling of the logits to `out_size` (as torch's align_corners=False), then argmax.
 
     Channels-last: the same values, but ArgMax reduces over contiguous memory (ONNX Runtime, 1024×768 on 2 cores:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from .batcher import Batcher
 from .classmap import LegendEntry, legend, legend_from_counts, restore_size
 from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
 from .export import ensure_onnx
@@ -37,6 +38,8 @@ log = logging.getLogger("segdemo")
 
 ENGINE_WAIT_SPAN_NS = 100_000  # queueing for the engine shorter than this is not worth a span
 WARM_UPS = ("auto", "now", "background", "off")
+BATCH_WINDOW_MS = 3.0  # how long a batch waits for requests still on their way (only while there are any)
+BATCH_MAX_PIXELS = 2_000_000  # larger images keep a DeviceRenderer's whole-request path (GPU decode, no host copy)
 
 
 @dataclass
@@ -125,6 +128,8 @@ class Session:
         progress: Callable[[float, str], None] | None = None,
         display_side: int = DISPLAY_SIDE,
         warm_up: str = "auto",
+        max_batch: int = 1,
+        batch_window_ms: float = BATCH_WINDOW_MS,
     ) -> None:
         """`progress(fraction, message)` hears about long steps (engine builds); the app shows it.
 
@@ -132,7 +137,9 @@ class Session:
         `warm_up`: "now" (before returning), "background" (in a thread holding the engine slot, so the session is
         ready at once and the first request waits for it as "engine wait"), "off" (a one-shot CLI: the first request
         is the warm-up), or "auto": background on CPU backends, now on GPU ones (their warm-up compiles and captures
-        CUDA graphs, which the first request must not race)."""
+        CUDA graphs, which the first request must not race).
+        `max_batch` > 1: requests up to BATCH_MAX_PIXELS reaching the engine within `batch_window_ms` of each other
+        share one engine call (batcher.Batcher); larger ones keep the device path of a DeviceRenderer."""
         if warm_up not in WARM_UPS:
             raise ValueError(f"warm_up must be one of {', '.join(WARM_UPS)}, not {warm_up!r}")
         self.load_spans = SpanRecorder()
@@ -153,8 +160,13 @@ class Session:
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
             self._context = backends.LoadContext(self.source, build, progress)
+            options = {"max_batch": max_batch} if max_batch > 1 else {}
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
-                                           precision=backends.precision_for(name, precision))
+                                           precision=backends.precision_for(name, precision), **options)
+            self._upstream = 0  # requests in segment() that have not reached the engine yet
+            self._upstream_lock = threading.Lock()
+            self.batcher = Batcher(self.backend, lambda: self._slot, batch_window_ms / 1e3, lambda: self._upstream) \
+                if max_batch > 1 and isinstance(self.backend, backends.BatchRunner) else None
             self._warm_thread = self._start_warm_up(warm_up)
             attrs.update(backend=name, precision=self.backend.precision, warm_up=self.warm_up)
         self.labels = self.source.labels
@@ -231,15 +243,27 @@ class Session:
         """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
-        with spans.span("request", INFERENCE) as attrs:
-            renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed else None
-            source = self._decoded_or_jpeg(image, spans, renderer)
-            size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
-            shown = display_size(size, self.display_side)
-            if renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size)):
-                result = self._on_device(renderer, source, image, size, shown, spans)
-            else:
-                result = self._on_host(source, shown, spans, detailed)
+        with self._upstream_lock:
+            self._upstream += 1
+        counted = [True]  # until this request reaches the engine (see _left_upstream)
+        try:
+            with spans.span("request", INFERENCE) as attrs:
+                renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed \
+                    else None
+                source = self._decoded_or_jpeg(image, spans, renderer)
+                size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
+                shown = display_size(size, self.display_side)
+                batched = self.batcher is not None and not detailed and size[0] * size[1] <= BATCH_MAX_PIXELS
+                if renderer is not None and not batched and (isinstance(source, EncodedJpeg) or self._renders(size)):
+                    self._left_upstream(counted)
+                    result = self._on_device(renderer, source, image, size, shown, spans)
+                else:
+                    if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
+                        with spans.span("decode", INFERENCE):
+                            source = decode(source.data)
+                    result = self._on_host(source, shown, spans, detailed, counted if batched else None)
+        finally:
+            self._left_upstream(counted)
             attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
         infer_ms = (time.perf_counter() - start) * 1e3
         result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
@@ -261,13 +285,26 @@ class Session:
                             rendered.display_map, source=image, _image=decoded,
                             _display_overlays={rendered.opacity: rendered.display_overlay})
 
+    def _left_upstream(self, counted: list[bool]) -> None:
+        """The request has reached the engine (or ended): the batcher stops waiting for it."""
+        if counted[0]:
+            counted[0] = False
+            with self._upstream_lock:
+                self._upstream -= 1
+
     def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
-                 detailed: bool) -> Segmentation:
-        """Resize here, run the backend, then restore the size and make the display pictures here."""
+                 detailed: bool, batched: list[bool] | None = None) -> Segmentation:
+        """Resize here, run the backend (in a batch when `batched`), then restore the size and make the display
+        pictures here."""
         with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
             model_input = prepare(rgb, self.source.input_size, self.max_side)
-        with self._engine(spans):
-            computed = self.backend.run(model_input, spans, detailed=detailed)
+        if batched is not None:
+            self._left_upstream(batched)
+            computed = self.batcher.submit(model_input, spans)
+        else:
+            self._left_upstream([False])
+            with self._engine(spans):
+                computed = self.backend.run(model_input, spans, detailed=detailed)
         with spans.span("restore size", INFERENCE):
             class_map = restore_size(computed, model_input.original_size)
         with spans.span("legend", INFERENCE):
@@ -323,6 +360,8 @@ class Session:
     def close(self) -> None:
         if self._warm_thread is not None:
             self._warm_thread.join()
+        if self.batcher is not None:
+            self.batcher.close()
         self.backend.close()
 
     def __enter__(self) -> Session:

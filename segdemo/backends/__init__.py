@@ -18,10 +18,10 @@ from typing import Any
 
 from ..errors import SegdemoError
 from ..spans import SpanRecorder
-from .contract import Backend, DeviceRenderer, LoadContext, Rendered
+from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
 
-__all__ = ["Backend", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "ladder", "probe",
-           "precision_for"]
+__all__ = ["Backend", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "ladder",
+           "probe", "precision_for"]
 
 
 @dataclass(frozen=True)

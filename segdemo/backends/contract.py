@@ -3,7 +3,8 @@
 A backend is created once per session (loading: find or build its artifact, deserialise it, check it) and then
 `run` many times; `close` (or leaving a `with` block) releases it. `facts()` says what the app's Engine tab and the
 bench show about it. Backends that can also decode, resize, colour and count on their device implement
-`DeviceRenderer` besides; the pipeline asks `isinstance(backend, DeviceRenderer)`, never `hasattr`.
+`DeviceRenderer` besides; the pipeline asks `isinstance(backend, DeviceRenderer)`, never `hasattr`. Backends created
+with `max_batch` > 1 implement `BatchRunner`: one engine call for several requests, each with its own output size.
 """
 
 from __future__ import annotations
@@ -89,3 +90,14 @@ class DeviceRenderer(ABC):
     def render(self, source: EncodedJpeg | np.ndarray, spans: SpanRecorder, opacity: float,
                out_size: tuple[int, int], display: tuple[int, int]) -> Rendered:
         """The request on the device; `source` is a plain JPEG or upright RGB pixels."""
+
+
+class BatchRunner(ABC):
+    """The optional capability: several requests in one engine call — the network runs batched at the input size,
+    the upsampling and argmax per image at its own output size. A batch of one gives the same pixels as any batch."""
+
+    max_batch: int
+
+    @abstractmethod
+    def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        """The uint8 class map of each input (len(inputs) ≤ max_batch), in order; the batch's spans go to `spans`."""

@@ -20,10 +20,11 @@ import numpy as np
 
 from ..artifacts import digest, lock_for, package_version
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..export_batched import LOGITS, ensure_batched_onnx
 from ..optional import missing
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
-from .contract import Backend, LoadContext
+from .contract import Backend, BatchRunner, LoadContext
 
 log = logging.getLogger("segdemo")
 
@@ -32,23 +33,31 @@ def unavailable_reason() -> str | None:
     return missing("onnxruntime", purpose="the CPU backend")
 
 
-class OnnxRuntimeBackend(Backend):
-    """One InferenceSession per graph, reused for every request."""
+class OnnxRuntimeBackend(Backend, BatchRunner):
+    """One InferenceSession per graph, reused for every request; with `max_batch` > 1, the split graphs of
+    export_batched (a batched network session and a per-image post-processing session) serve every request, so a
+    request gives the same pixels whatever batch it rides in."""
 
     name = "onnxruntime"
     device = "cpu"
 
-    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
+                 max_batch: int = 1, batched: tuple[Path, Path] | None = None):
         self.onnx_file = onnx_file
+        self.max_batch = max_batch
+        self.batched = batched
         if precision != "fp32":
             log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
         self.precision = "fp32"
         self.threads = threads or os.cpu_count() or 1
-        self.optimized = optimized_folder(onnx_file)
-        with spans.span("create ort session", LOAD, backend=self.name, file=onnx_file.name) as attrs:
-            self.session, attrs["optimized_cache"] = self._cached_session()
+        graph = batched[0] if batched else onnx_file
+        self.optimized = optimized_folder(graph)
+        with spans.span("create ort session", LOAD, backend=self.name, file=graph.name,
+                        max_batch=max_batch) as attrs:
+            self.session, attrs["optimized_cache"] = self._cached_session(graph)
+            self.post = self._new_session(batched[1]) if batched else None
 
-    def _cached_session(self):
+    def _cached_session(self, graph: Path):
         """(session, how): from the saved optimised graph if there is a sound one, else optimise and save it."""
         cached = self.optimized / OPTIMIZED
         if _sound(self.optimized):
@@ -64,7 +73,7 @@ class OnnxRuntimeBackend(Backend):
             staging = Path(tempfile.mkdtemp(dir=self.optimized.parent, prefix=f".{self.optimized.name}."))
             staging.chmod(0o755)  # mkdtemp makes 0700; artifacts are ordinary folders
             try:
-                session = self._new_session(self.onnx_file, save_to=staging / OPTIMIZED)
+                session = self._new_session(graph, save_to=staging / OPTIMIZED)
                 _seal(staging)
                 shutil.rmtree(self.optimized, ignore_errors=True)
                 os.replace(staging, self.optimized)  # a whole folder or none: the graph and its weights together
@@ -99,9 +108,26 @@ class OnnxRuntimeBackend(Backend):
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         if detailed:
             return self._run_profiled(model_input, spans)
+        if self.batched:
+            return self.run_batch([model_input], spans)[0]
         with spans.span("execute", INFERENCE, backend=self.name, out_size=list(model_input.out_size)):
             (classes,) = self.session.run([OUTPUT_CLASSES], self._feeds(model_input))
         return classes[0]
+
+    def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        if not self.batched:
+            return [self.run(model_input, spans) for model_input in inputs]
+        with spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)):
+            with spans.span("network", INFERENCE, batch=len(inputs)):
+                pixels = np.concatenate([model_input.pixels for model_input in inputs])
+                (logits,) = self.session.run([LOGITS], {INPUT_IMAGE: pixels})
+            maps = []
+            with spans.span("postprocess", INFERENCE, batch=len(inputs)):
+                for i, model_input in enumerate(inputs):
+                    (classes,) = self.post.run([OUTPUT_CLASSES], {
+                        LOGITS: logits[i:i + 1], INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)})
+                    maps.append(classes[0])
+        return maps
 
     def _run_profiled(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
         """Run once on a profiling session and turn ONNX Runtime's per-node events into layer spans."""
@@ -121,10 +147,12 @@ class OnnxRuntimeBackend(Backend):
         return classes[0]
 
     def close(self) -> None:
-        self.session = None
+        self.session = self.post = None
 
     def facts(self) -> dict[str, object]:
         return {"Engine cache": f"optimised graph {self.optimized}",
+                "Batching": f"up to {self.max_batch} requests per run (batched network graph, per-image "
+                            f"post-processing)" if self.batched else "off (one request per run)",
                 "Threads": f"{self.threads} (intra-op)"}
 
 
@@ -186,6 +214,13 @@ def layer_spans(events: list[dict], execute: Span) -> list[Span]:
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
-           threads: int | None = None) -> OnnxRuntimeBackend:
-    """`threads`: ONNX Runtime's intra-op threads (default: every core)."""
-    return OnnxRuntimeBackend(onnx_file, spans, precision, threads)
+           threads: int | None = None, max_batch: int = 1) -> OnnxRuntimeBackend:
+    """`threads`: ONNX Runtime's intra-op threads (default: every core); `max_batch` > 1: the batched graphs
+    (exported once beside the fused graph; needs context.source)."""
+    batched = None
+    if max_batch > 1:
+        if context.source is None:
+            raise ValueError("batching exports the batched graph from the model: pass a LoadContext with source=")
+        with spans.span("batched onnx export", LOAD, max_batch=max_batch):
+            batched = ensure_batched_onnx(context.source, onnx_file.parent.parent)
+    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, batched)

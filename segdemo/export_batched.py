@@ -1,0 +1,105 @@
+"""The fused graph split for batching: a network graph with a batch dimension (uint8 NHWC pixels → logits) and a
+per-image post-processing graph (logits → upsampled → argmax → uint8 class map of that image's size).
+
+Requests in one batch share the network but not their output size, so the post-processing cannot stay in the
+batched graph: one Resize has one target size. Both graphs use the fused graph's own pre/post nodes (export.py),
+so a batch of one gives the fused graph's pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .artifacts import atomic_write, build_dir, digest, lock_for
+from .export import (
+    INPUT_IMAGE,
+    INPUT_SIZE,
+    OPSET,
+    OUTPUT_CLASSES,
+    export_fingerprint,
+    postprocess_nodes,
+    preprocess_nodes,
+)
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .model_source import ModelSource
+
+log = logging.getLogger(__name__)
+
+LOGITS = "logits"
+
+
+def batched_paths(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Where the batched network graph and the per-image post-processing graph of this model live."""
+    key = digest(source.content_hash, export_fingerprint(), Path(__file__).read_bytes(), str(source.input_size))[:16]
+    folder = build_dir(out_dir) / "onnx"
+    return folder / f"{source.name}-batched-{key}.onnx", folder / f"{source.name}-post-{key}.onnx"
+
+
+def ensure_batched_onnx(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """(network graph, post graph), exported once (the network needs torch and transformers; the post graph not)."""
+    network, post = batched_paths(source, out_dir)
+    if network.is_file() and post.is_file():
+        return network, post
+    with lock_for(network):
+        if not (network.is_file() and post.is_file()):
+            start = time.perf_counter()
+            atomic_write(post, post_graph(len(source.labels)).SerializeToString())
+            atomic_write(network, network_graph(source).SerializeToString())
+            log.info("exported the batched network graph %s in %.1f s", network, time.perf_counter() - start)
+    return network, post
+
+
+def network_graph(source: ModelSource) -> onnx.ModelProto:
+    """uint8 [N, H, W, 3] → fp32 logits [N, C, H/4, W/4], N dynamic."""
+    import onnx
+    import torch
+
+    from .network import folded_logits
+
+    net = folded_logits(source.load_model())
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(2, 3, *source.input_size),), buffer, input_names=["pixel_values"],
+                          output_names=[LOGITS], opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                          dynamic_axes={"pixel_values": {0: "batch"}, LOGITS: {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    graph = model.graph
+    (net_input,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    nodes, inits = preprocess_nodes(net_input.name)
+    merged = nodes + list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(merged)
+    graph.initializer.extend(inits)
+    graph.ClearField("input")
+    graph.input.extend([onnx.helper.make_tensor_value_info(INPUT_IMAGE, onnx.TensorProto.UINT8,
+                                                           ["batch", *source.input_size, 3])])
+    graph.ClearField("value_info")
+    onnx.checker.check_model(model)
+    return model
+
+
+def post_graph(num_labels: int) -> onnx.ModelProto:
+    """fp32 logits [1, C, h, w] + out_size → uint8 class map [1, out_height, out_width] (the fused graph's nodes)."""
+    import onnx
+
+    nodes, inits = postprocess_nodes(LOGITS, num_labels)
+    graph = onnx.helper.make_graph(
+        nodes, "segdemo-post",
+        [onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, [1, num_labels, "h", "w"]),
+         onnx.helper.make_tensor_value_info(INPUT_SIZE, onnx.TensorProto.INT64, [2])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_CLASSES, onnx.TensorProto.UINT8, [1, "out_height", "out_width"])],
+        initializer=inits,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by every ONNX Runtime we support
+    onnx.checker.check_model(model)
+    return model
