@@ -61,6 +61,7 @@ class LiveStats:
     size: tuple[int, int] | None = None
     _done: deque[_Done] = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _charted: float = float("-inf")
 
     def add(self, latency_ms: float, spans: SpanRecorder, size: tuple[int, int]) -> None:
         per_span: dict[str, float] = {}
@@ -71,6 +72,15 @@ class LiveStats:
             self.frames += 1
             self.size = size
             self._done.append(_Done(time.perf_counter(), latency_ms, per_span))
+
+    def chart_due(self, every_s: float = 1.0) -> bool:
+        """True at most once per `every_s`: the rolling chart is redrawn about once a second, not per frame."""
+        now = time.perf_counter()
+        with self._lock:
+            if now - self._charted < every_s:
+                return False
+            self._charted = now
+            return True
 
     def drop(self) -> None:
         with self._lock:
@@ -198,6 +208,14 @@ class LiveStreams:
     def find(self, key: str) -> LiveStream | None:
         with self._lock:
             return self._streams.get(key)
+
+
+def live_chart(stats: LiveStats) -> Any:
+    """The Profiling tab's rolling chart: per-span time of the recent frames."""
+    from .timeline import live_figure
+
+    names, frames = stats.span_history()
+    return live_figure(names, frames, stats.fps())
 
 
 def jpeg_frame(picture: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:

@@ -104,6 +104,15 @@ class VideoResult:
         return path
 
 
+def write_outputs(result: VideoResult, folder: Path, load_spans: list | None = None) -> dict[str, Path]:
+    """shares.csv, shares.json and profiling.json (the session's load spans, if given, then the job's) in `folder`."""
+    from .trace import write_trace
+
+    return {"csv": result.write_csv(folder / "shares.csv"), "json": result.write_json(folder / "shares.json"),
+            "profiling": write_trace(folder / "profiling.json", (load_spans or []) + result.spans.spans,
+                                     result.summary())}
+
+
 def _hex(rgb: np.ndarray) -> str:
     return "#" + bytes(int(v) for v in rgb[:3]).hex()
 
