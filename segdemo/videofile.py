@@ -198,3 +198,28 @@ class Encoder(threading.Thread):
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / self.fps
         return stream
+
+
+def write_mp4(path: Path, pictures: Iterator[np.ndarray], fps: Fraction | int, rotation: int = 0,
+              options: dict[str, str] | None = None) -> Path:
+    """RGB frames → an H.264 MP4 at `fps` (what the encoder thread writes, synchronously; tests and benchmarks).
+
+    `rotation` sets the display matrix (degrees counter-clockwise, as phones record portrait video).
+    """
+    av = av_module()
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = None
+        for k, picture in enumerate(pictures):
+            if stream is None:
+                height, width = even_size(*picture.shape[:2])
+                stream = container.add_stream("libx264", rate=Fraction(fps), options={"crf": str(CRF),
+                                                                                      "preset": PRESET})
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                if rotation:
+                    stream.set_display_rotation(rotation)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture[:height, :width]), format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        if stream is not None:
+            container.mux(stream.encode(None))
+    return path
