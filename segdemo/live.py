@@ -1,8 +1,8 @@
 """Live frames (a webcam stream): a light per-frame path on top of Session, latest-frame-wins, rolling statistics.
 
-A frame costs: decode the browser's JPEG → `Session.segment` (kept out of the session's request history) → the
-display overlay → a JPEG for the page. Nothing else of the image path (full-size classes.png, hover view, legend
-table) is made per frame.
+A frame costs: `Session.segment` of the browser's JPEG (decoded on the host, or by nvJPEG on a GPU backend; kept out
+of the session's request history) → the display overlay → a JPEG for the page. Nothing else of the image path
+(full-size classes.png, hover view, legend table) is made per frame.
 
 Latest-frame-wins: each stream (one visitor's camera) has at most one frame being processed and one waiting. A
 frame that arrives while another of its stream is processing takes the waiting place; the frame it replaces is
@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .decode import decode
 from .pipeline import Segmentation, Session
 from .spans import DEVICE_THREAD, INFERENCE, SpanRecorder, percentile
 from .visuals import DEFAULT_OPACITY
@@ -152,12 +151,11 @@ class LiveStream:
         """
         arrived = time.perf_counter()
         spans = SpanRecorder()
-        with spans.span("decode frame", INFERENCE):
-            rgb = decode(image)  # outside the turn: decoding the next frame overlaps the engine's work
         if not self._take_turn():
             return None
         try:
-            result = self.session.segment(rgb, spans, record=False)
+            # The session decodes: on the host, or — JPEG bytes on a GPU backend with nvJPEG — on the device.
+            result = self.session.segment(image, spans, record=False)
             picture = result.display_overlay(opacity)
             with spans.span("encode frame", INFERENCE, size=list(picture.shape[:2])):
                 jpeg = jpeg_frame(picture)
@@ -166,7 +164,7 @@ class LiveStream:
                 self._busy = False
                 self._cond.notify_all()
         latency_ms = (time.perf_counter() - arrived) * 1e3
-        self.stats.add(latency_ms, spans, rgb.shape[:2])
+        self.stats.add(latency_ms, spans, result.class_map.shape[:2])
         return LiveFrame(jpeg, result, latency_ms, spans)
 
     def _take_turn(self) -> bool:
