@@ -180,6 +180,22 @@ def test_a_public_app_refuses_engine_builds(public_app):
     assert Image.open(overlay).size == (160, 120)
 
 
+def _live_stream(url):
+    import urllib.request
+
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    (stream,) = [d for d in config["dependencies"] if any(t[1] == "stream" for t in d["targets"])]
+    return stream
+
+
+def test_a_public_app_limits_each_visitors_live_stream(public_app, app_url):
+    from segdemo.webapp import LIVE_FPS, LIVE_SECONDS, LIVE_VIEWERS
+
+    public, loopback = _live_stream(public_app), _live_stream(app_url)
+    assert public["time_limit"] == LIVE_SECONDS and loopback["time_limit"] is None
+    assert public["stream_every"] == pytest.approx(1 / LIVE_FPS) and public["concurrency_limit"] == LIVE_VIEWERS
+
+
 @pytest.mark.slow
 def test_allow_build_lets_a_public_app_build(build_dir, tmp_path_factory):
     pytest.importorskip("tensorrt_rtx")

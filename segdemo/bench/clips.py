@@ -10,12 +10,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..optional import missing
 from .images import photo
+
+
+def picture(name: str) -> np.ndarray:
+    """scikit-image's photograph `name`, or — where scikit-image is not installed (a bare GPU image) — a drawn scene
+    of the same size class (sky, ground, a few shapes), so the benchmarks run with numpy and Pillow alone."""
+    if not missing("skimage", "scikit-image"):
+        return photo(name)
+    from PIL import ImageDraw
+
+    scene = Image.new("RGB", (1024, 768), (120, 170, 230))
+    draw = ImageDraw.Draw(scene)
+    draw.rectangle((0, 460, 1024, 768), fill=(90, 140, 60))
+    draw.ellipse((700, 60, 860, 220), fill=(250, 220, 90))
+    draw.rectangle((120, 260, 420, 560), fill=(150, 80, 60))
+    draw.polygon([(100, 260), (270, 140), (440, 260)], fill=(110, 50, 40))
+    draw.rectangle((520, 380, 900, 520), fill=(40, 40, 50))
+    return np.asarray(scene)
 
 
 def pan_frames(width: int, height: int, count: int, name: str = "astronaut") -> Iterator[np.ndarray]:
     """`count` RGB frames of `name`: a window sliding and zooming across the photo, resized to width × height."""
-    source = Image.fromarray(photo(name))
+    source = Image.fromarray(picture(name))
     sw, sh = source.size
     for k in range(count):
         t = k / max(1, count - 1)
