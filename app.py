@@ -98,7 +98,7 @@ def build(demo: w.Demo) -> gr.Blocks:
         try:
             done, stream = demo.live_frame(request.session_hash, frame, opacity)
         except SegdemoError as exc:  # still loading, or a frame that is not an image
-            return gr.skip(), f"⏳ {exc}", gr.skip()
+            return gr.skip(), f"⚠️ {exc}", gr.skip()
         if done is None:  # replaced by a newer frame of the same stream before it reached the engine
             return gr.skip(), gr.skip(), gr.skip()
         return done.jpeg, w.live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
