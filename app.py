@@ -14,10 +14,13 @@ from segdemo import response as r
 from segdemo import webapp as w
 from segdemo.cli import setup_logging
 from segdemo.errors import SegdemoError
-from segdemo.gradio_parts import ImageUpload, hover_view
+from segdemo.gradio_parts import ImageUpload, LiveOverlay, hover_view
+from segdemo.live import live_chart
 from segdemo.model_source import PRESETS
 from segdemo.timeline import summary_figure, timeline_figure
+from segdemo.video import write_outputs
 
+VIDEO_GPU_SECONDS = 180  # ZeroGPU: a 60 s clip at ≥ 2× real time, plus loading the session in a fresh worker
 HOST_WORKERS = 4  # requests decoding/encoding at once (the engine itself takes one at a time)
 # The follow-up step (legend, hover view, colour mask, plots) starts once the overlay is painted, so its work never
 # competes with the overlay's download and paint; it gives up waiting after 2 s.
@@ -50,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
                    help="let visitors of a public app (non-loopback --host, --share, a Space) start engine builds")
     p.add_argument("--display-side", type=int, default=env.display_side,
                    help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
+    p.add_argument("--live-seconds", type=int, default=env.live_seconds,
+                   help="a visitor's live webcam stream on a public app, seconds (default 120; 0: unlimited)")
+    p.add_argument("--video-seconds", type=float, default=env.video_seconds,
+                   help="longest video accepted, seconds (default 60; videos are also limited to 1080p)")
+    p.add_argument("--video-mb", type=int, default=env.video_mb, help="largest video upload, MB (default 200)")
     args = p.parse_args(argv)
     if args.display_side < 64:
         p.error(f"--display-side must be at least 64 px, not {args.display_side}")
@@ -94,6 +102,27 @@ def build(demo: w.Demo) -> gr.Blocks:
             return str(r.full_overlay_file(response, opacity))
         except SegdemoError as exc:  # e.g. the upload it is decoded from again has been cleaned up
             raise gr.Error(str(exc)) from None
+
+    def live(frame, opacity, request: gr.Request):
+        try:
+            done, stream = demo.live_frame(request.session_hash, frame, opacity)
+        except SegdemoError as exc:  # still loading, or a frame that is not an image
+            return gr.skip(), f"⚠️ {exc}", gr.skip()
+        if done is None:  # replaced by a newer frame of the same stream before it reached the engine
+            return gr.skip(), gr.skip(), gr.skip()
+        return done.jpeg, w.live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
+
+    def video(path, opacity, progress=gr.Progress()):
+        def report(done, total):
+            progress(done / total, desc=f"{done} / {total} frames")
+
+        try:
+            result = demo.segment_video(path, opacity, report)
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
+        return (str(result.path), w.video_status(result), result.figure(), str(files["csv"]), str(files["json"]),
+                str(files["profiling"]))
 
     def startup():
         return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
@@ -143,6 +172,34 @@ def build(demo: w.Demo) -> gr.Blocks:
             with gr.Accordion("API values of the last request", open=False):
                 legend_shown = gr.JSON(label="legend")
                 timings_shown = gr.JSON(label="timings (ms)")
+        with gr.Tab("Live"):
+            gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. "
+                        "The newest frame always wins — frames are never queued behind the engine."
+                        + (f" Each visitor streams for up to {demo.config.live_time_limit} s."
+                           if demo.config.live_time_limit else ""))
+            with gr.Row():
+                camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam",
+                                     elem_id="camera")
+                live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
+            live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+            live_readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.",
+                                       elem_id="live-readout")
+        with gr.Tab("Video"):
+            limits = demo.config.video_limits
+            with gr.Row():
+                with gr.Column():
+                    video_in = gr.Video(label=f"Video ({limits.describe()})", sources=["upload"], include_audio=True,
+                                        elem_id="video-in")
+                    video_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                    video_run = gr.Button("Segment video", variant="primary")
+                with gr.Column():
+                    video_out = gr.Video(label="Segmented video (H.264 MP4)", interactive=False, elem_id="video-out")
+                    video_md = gr.Markdown(elem_id="video-status")
+            share_plot = gr.Plot(label="Share of each class over time", elem_id="share-chart")
+            with gr.Row():
+                shares_csv = gr.File(label="Class shares per frame (CSV)")
+                shares_json = gr.File(label="Class shares per frame (JSON)")
+                video_trace = gr.File(label="Trace of the job (Chrome trace JSON)")
         with gr.Tab("Profiling"):
             detailed = gr.Checkbox(label="Detailed: per-layer spans from the backend's profiler (slower requests)")
             timeline = gr.Plot(label="Timeline: session load and the last request", elem_id="timeline")
@@ -150,6 +207,8 @@ def build(demo: w.Demo) -> gr.Blocks:
             summary_table = gr.Dataframe(headers=list(r.SUMMARY_COLUMNS),
                                          label="Per-span summary", interactive=False)
             trace_dl = gr.File(label="Trace (Chrome trace JSON — open in Perfetto UI or chrome://tracing)")
+            live_plot = gr.Plot(label="Live: where each recent webcam frame's time goes (updated every second)",
+                                elem_id="live-chart")
         with gr.Tab("Engine") as engine_tab:
             engine_md = gr.Markdown()
             ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
@@ -161,6 +220,7 @@ def build(demo: w.Demo) -> gr.Blocks:
         timer.tick(startup, None, [banner, timer], api_visibility="private")
         # On ZeroGPU these run in the GPU worker (spaces.GPU); elsewhere the decorator returns them unchanged.
         segment, build_engine = gpu_function(segment), gpu_function(build_engine)
+        video = gpu_function(video, seconds=VIDEO_GPU_SECONDS)
         # Requests share the session's one engine slot (Session._engine); decoding and encoding run beside it, so
         # several requests are in flight while one at a time is in the engine.
         segment_event = run.click(segment, [image, opacity, detailed],
@@ -176,6 +236,16 @@ def build(demo: w.Demo) -> gr.Blocks:
                        concurrency_limit=HOST_WORKERS, trigger_mode="always_last", show_progress="hidden")
         make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
                            api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=HOST_WORKERS)
+        # One stream per visitor: the browser sends a frame only when the last result is back and the server keeps
+        # only the newest (latest frame wins, also across concurrent calls: segdemo.live); time-limited when public.
+        camera.stream(live, [camera, live_opacity], [live_overlay, live_readout, live_plot],
+                      stream_every=1 / w.LIVE_FPS, time_limit=demo.config.live_time_limit,
+                      concurrency_limit=w.LIVE_VIEWERS, concurrency_id="live", api_visibility="private",
+                      show_progress="hidden")
+        video_run.click(video, [video_in, video_opacity],
+                        [video_out, video_md, share_plot, shares_csv, shares_json, video_trace],
+                        api_name="segment_video", api_description=w.VIDEO_API_DOC, concurrency_limit=1,
+                        concurrency_id="video")
         engine_tab.select(engine, None, [engine_md, ladder], api_visibility="private")
         # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
         build_button.click(build_engine, [build_precision], [build_result, engine_md, ladder],
@@ -194,8 +264,9 @@ def create(argv: list[str] | None = None) -> tuple[w.AppConfig, gr.Blocks]:
 
 
 def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
-    blocks.launch(server_name=config.host, server_port=config.port, share=config.share, max_file_size="25mb",
-                  css=CSS, footer_links=["api", "gradio"], allowed_paths=[str(r.DOWNLOADS)])
+    blocks.launch(server_name=config.host, server_port=config.port, share=config.share,
+                  max_file_size=f"{config.upload_mb}mb", css=CSS, footer_links=["api", "gradio"],
+                  allowed_paths=[str(r.DOWNLOADS), str(w.VIDEOS)])
 
 
 # Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the

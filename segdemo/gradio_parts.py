@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import gradio as gr
+from gradio.data_classes import ImageData
 
 
 class ImageUpload(gr.Image):
@@ -22,6 +23,21 @@ class ImageUpload(gr.Image):
         if payload.url and payload.url.startswith("data:"):
             return base64.b64decode(payload.url.split(",", 1)[1])
         return payload.path
+
+
+class LiveOverlay(gr.Image):
+    """gr.Image output that takes JPEG bytes and sends them inline (a data URL in the stream's message).
+
+    A live frame then costs no cache file and no second HTTP request: the page paints it from the message itself.
+    """
+
+    is_template = True
+
+    def postprocess(self, value):  # type: ignore[override]
+        if isinstance(value, (bytes, bytearray)):
+            return ImageData(url="data:image/jpeg;base64," + base64.b64encode(value).decode(), orig_name="frame.jpg",
+                             mime_type="image/jpeg")
+        return super().postprocess(value)
 
 
 HOVER_CSS = """

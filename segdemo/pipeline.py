@@ -235,11 +235,13 @@ class Session:
         if isinstance(self.backend, backends.DeviceRenderer):
             self.backend.render(blank, SpanRecorder(), DEFAULT_OPACITY, (height, width), (height, width))
 
-    def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False) -> Segmentation:
+    def segment(self, image: Any, spans: SpanRecorder | None = None, detailed: bool = False,
+                record: bool = True) -> Segmentation:
         """Decode `image` (path, bytes, PIL or array) and segment it; spans go to `spans` if given.
 
         `detailed` adds per-layer spans from the backend's own profiler (slower; opt-in). Backends that can do the
         whole request on their device (`render`) get it, unless `detailed` asks for the host pipeline's spans.
+        `record=False` keeps the request out of `history` (live and video frames keep their own statistics).
         """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
@@ -268,9 +270,10 @@ class Session:
         infer_ms = (time.perf_counter() - start) * 1e3
         result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
                        "infer_ms": round(infer_ms, 2)}
-        log.info("infer time: %.1f ms (%d×%d, %d classes present, peak RSS %.0f MB)",
-                 infer_ms, size[1], size[0], len(result.legend), peak_rss_mb())
-        self.history.append(spans)
+        if record:
+            log.info("infer time: %.1f ms (%d×%d, %d classes present, peak RSS %.0f MB)",
+                     infer_ms, size[1], size[0], len(result.legend), peak_rss_mb())
+            self.history.append(spans)
         return result
 
     def _on_device(self, renderer: backends.DeviceRenderer, source: np.ndarray | EncodedJpeg, image: Any,

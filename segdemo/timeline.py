@@ -115,3 +115,35 @@ def summary_figure(rows: list[dict[str, Any]]) -> go.Figure:
                       xaxis_title="ms (bar p50, whisker p95)", plot_bgcolor="white")
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def live_figure(names: list[str], frames: list[dict[str, float]], fps: float = 0.0) -> go.Figure:
+    """Where each recent live frame's time went: one stacked bar per frame, one colour per span (ms)."""
+    import plotly.graph_objects as go
+
+    x = list(range(-len(frames) + 1, 1))
+    fig = go.Figure()
+    for name in names:
+        fig.add_trace(go.Bar(x=x, y=[f.get(name, 0.0) for f in frames], name=name,
+                             hovertemplate=f"{name}: %{{y:.2f}} ms<extra>frame %{{x}}</extra>"))
+    title = f"last {len(frames)} live frames" + (f" · {fps:.1f} fps now" if fps else "")
+    fig.update_layout(barmode="stack", bargap=0.1, height=320, margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                      title={"text": title, "font": {"size": 13}}, xaxis_title="frame (0 = newest)",
+                      yaxis_title="ms", plot_bgcolor="white", legend={"orientation": "h", "y": -0.3})
+    fig.update_yaxes(gridcolor="#eee")
+    return fig
+
+
+def share_figure(times: list[float], shares: list[list[float]], names: list[str], colours: list[str]) -> go.Figure:
+    """Each class's share of the frame over time (one line per class; shares in %)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for k, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        fig.add_trace(go.Scatter(x=times, y=[row[k] * 100 for row in shares], name=name, mode="lines",
+                                 line={"color": colour, "width": 2},
+                                 hovertemplate=f"{name}: %{{y:.1f}} %<extra>%{{x:.2f}} s</extra>"))
+    fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 30, "b": 40}, xaxis_title="s",
+                      yaxis_title="share of the frame (%)", plot_bgcolor="white", hovermode="x unified")
+    fig.update_yaxes(gridcolor="#eee", rangemode="tozero")
+    return fig

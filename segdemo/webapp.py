@@ -6,9 +6,11 @@ import html
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,11 @@ from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
 from .gpu import detect, package_versions
 from .hosting import on_zero_gpu
+from .live import LiveFrame, LiveStream, LiveStreams
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session, peak_rss_mb
+from .video import Progress, VideoResult, segment_video
+from .videofile import APP_LIMITS, VideoLimits, probe
 from .visuals import DISPLAY_SIDE
 
 log = logging.getLogger("segdemo.app")
@@ -34,12 +39,24 @@ SEGMENT_API_DOC = (
 FULL_OVERLAY_API_DOC = (
     "The overlay of this client's last /segment result at its original size, as a PNG, at the given opacity (0..1)."
 )
+VIDEO_API_DOC = (
+    "Segment a video file (at most the app's --video-seconds, 1080p and --video-mb). Inputs: video (file), opacity "
+    "(0..1). Returns: the overlay video (H.264 MP4 at display size, source frame rate), a status line, the plot of "
+    "class shares over time, shares.csv (frame, time_s, one column per class present), shares.json and the job's "
+    "Chrome trace."
+)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 BUILDS_OFF = ("engine builds are turned off on this public app (each takes minutes of the whole machine and swaps "
               "the engine under other visitors) — its operator can allow them with --allow-build or "
               "SEGDEMO_ALLOW_BUILD=1")
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
+IMAGE_MB = 25  # image uploads (Gradio's own limit is raised for videos)
+LIVE_SECONDS = 120  # default per-visitor live stream on a public app
+LIVE_FPS = 30  # the browser sends at most this many webcam frames a second (one at a time: never ahead of results)
+LIVE_VIEWERS = 4  # live streams served at once; more visitors wait in the queue for a free one
+VIDEOS = Path(tempfile.mkdtemp(prefix="segdemo-videos-"))  # segmented videos (served: launch(allowed_paths=…))
+KEEP_VIDEOS = 8  # Gradio copies results into its own cache, so only the newest few folders are kept here
 
 
 @dataclass
@@ -55,6 +72,9 @@ class AppConfig:
     share: bool = False
     display_side: int = DISPLAY_SIDE
     allow_build: bool = False  # engine builds from the page/API on a public app (always allowed on loopback)
+    live_seconds: int = LIVE_SECONDS  # a visitor's live stream on a public app (Gradio's time_limit); 0: no limit
+    video_seconds: float = APP_LIMITS.seconds
+    video_mb: int = APP_LIMITS.bytes // 2**20
 
     @property
     def public(self) -> bool:
@@ -64,6 +84,20 @@ class AppConfig:
     @property
     def builds_allowed(self) -> bool:
         return self.allow_build or not self.public
+
+    @property
+    def live_time_limit(self) -> int | None:
+        """Seconds of live stream per visitor: limited on a public app only (and not at all with 0)."""
+        return self.live_seconds if self.public and self.live_seconds > 0 else None
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        return replace(APP_LIMITS, seconds=self.video_seconds, bytes=self.video_mb * 2**20)
+
+    @property
+    def upload_mb(self) -> int:
+        """Gradio's upload limit: images are held to IMAGE_MB by Demo.segment, videos need more."""
+        return max(IMAGE_MB, self.video_mb)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AppConfig:
@@ -78,6 +112,9 @@ class AppConfig:
             share=env.get("SEGDEMO_SHARE", "").lower() in ("1", "true", "yes"),
             display_side=int(env.get("SEGDEMO_DISPLAY_SIDE", cls.display_side)),
             allow_build=env.get("SEGDEMO_ALLOW_BUILD", "").lower() in ("1", "true", "yes"),
+            live_seconds=int(env.get("SEGDEMO_LIVE_SECONDS", cls.live_seconds)),
+            video_seconds=float(env.get("SEGDEMO_VIDEO_SECONDS", cls.video_seconds)),
+            video_mb=int(env.get("SEGDEMO_VIDEO_MB", cls.video_mb)),
         )
 
 
@@ -94,6 +131,7 @@ class Demo:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     _loading: threading.Lock = field(default_factory=threading.Lock)
     _started: bool = False
+    live: LiveStreams = field(default_factory=LiveStreams)
 
     @property
     def build(self) -> Path | None:
@@ -193,8 +231,60 @@ class Demo:
         """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
         if image is None:
             raise SegdemoError("no image was given — upload, paste or pick an example first")
+        if isinstance(image, (str, Path)) and Path(image).is_file() and Path(image).stat().st_size > IMAGE_MB * 2**20:
+            raise SegdemoError(f"the image is {Path(image).stat().st_size / 2**20:.0f} MB; uploads are limited to "
+                               f"{IMAGE_MB} MB")
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         return self.wait(timeout=900).segment(image, detailed=detailed)
+
+    def live_frame(self, key: str, image: Any, opacity: float) -> tuple[LiveFrame | None, LiveStream | None]:
+        """One webcam frame of visitor `key`: (the frame, or None if a newer one replaced it; the visitor's stream).
+
+        Raises SegdemoError while the model is still loading (a live frame never waits for it), and on ZeroGPU.
+        """
+        if on_zero_gpu():
+            raise SegdemoError("live video is off on ZeroGPU hardware, where every call waits for a GPU to be "
+                               "attached — run the Space on dedicated GPU hardware for it")
+        stream = self.live.get(key, self.wait(timeout=0))
+        if image is None:
+            return None, stream
+        return stream.offer(image, opacity), stream
+
+    def segment_video(self, path: Any, opacity: float, progress: Progress | None = None) -> VideoResult:
+        """Segment an uploaded video into a fresh folder; BadVideoError (one sentence) for unusable input."""
+        if path is None:
+            raise SegdemoError("no video was given — upload one first")
+        probe(path, self.config.video_limits)  # bad input is refused before waiting for the model
+        self._begin_load()  # already started, except in a ZeroGPU worker's first request
+        session = self.wait(timeout=900)
+        folder = fresh_video_folder()
+        return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits, progress)
+
+
+def live_readout(stream: LiveStream) -> str:
+    session = stream.session
+    return stream.stats.readout(f"{session.backend.name} ({session.backend.device}, {session.backend.precision})")
+
+
+def video_status(result: VideoResult) -> str:
+    """One line: frames, size, rate, how fast it went, and the random-weights notice where it applies."""
+    height, width = result.size
+    line = (f"**{result.frames} frames** · {width}×{height} at {result.fps:.2f} fps · "
+            f"{result.frames / result.fps:.1f} s of video in {result.seconds:.1f} s: "
+            f"**{result.speed:.2f}× real time** · {result.facts.get('backend')} · H.264 MP4")
+    if (result.info.height, result.info.width) != (height, width):
+        line += f" (source {result.info.width}×{result.info.height})"
+    if result.facts.get("random_weights"):
+        line += " · ⚠️ random weights: masks are meaningless"
+    return line
+
+
+def fresh_video_folder() -> Path:
+    """A new folder for one segmented video; the oldest beyond KEEP_VIDEOS are removed."""
+    folder = Path(tempfile.mkdtemp(dir=VIDEOS))
+    for old in sorted(VIDEOS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_VIDEOS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def example_files(folder: Path | None = None) -> list[str]:

@@ -56,7 +56,7 @@ def test_large_photo_is_shown_at_display_size_and_downloads_stay_full_size(clien
 
 def test_api_is_documented(client):
     api = client.view_api(return_format="dict", print_info=False)
-    assert list(api["named_endpoints"]) == ["/segment", "/full_overlay"]
+    assert list(api["named_endpoints"]) == ["/segment", "/full_overlay", "/segment_video"]
     assert [p["label"] for p in api["named_endpoints"]["/segment"]["returns"]][0] == "Overlay"
 
 
@@ -99,6 +99,50 @@ def test_config_from_environment():
                                  "SEGDEMO_BACKEND": "onnxruntime"})
     assert (config.model, config.port, config.share, config.backend) == ("random:b0", 9000, True, "onnxruntime")
     assert AppConfig.from_env({}).host == "127.0.0.1"
+    video = AppConfig.from_env({"SEGDEMO_LIVE_SECONDS": "30", "SEGDEMO_VIDEO_SECONDS": "10", "SEGDEMO_VIDEO_MB": "50"})
+    assert (video.live_seconds, video.video_limits.seconds, video.video_limits.bytes) == (30, 10.0, 50 * 2**20)
+    assert video.live_time_limit is None  # loopback: the operator streams as long as they like
+    assert AppConfig(live_seconds=30, share=True).live_time_limit == 30
+    assert AppConfig(live_seconds=0, host="0.0.0.0").live_time_limit is None
+
+
+def test_video_api_returns_playable_mp4_and_shares(client, tmp_path):
+    av = pytest.importorskip("av")
+    from gradio_client import handle_file
+
+    from segdemo.bench.clips import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", 160, 120, 0.6, fps=10)
+    video, status, _plot, shares_csv, shares_json, trace = client.predict(handle_file(str(clip)), 0.5,
+                                                                         api_name="/segment_video")
+    path = video["video"] if isinstance(video, dict) else video
+    with av.open(path) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in container.decode(video=0)) == 6
+    assert "6 frames" in status and "real time" in status
+    assert len(Path(shares_csv).read_text().splitlines()) == 7
+    assert json.loads(Path(shares_json).read_text())["frames"] == 6 and Path(trace).stat().st_size > 0
+
+
+def test_bad_video_gives_one_sentence_and_app_keeps_serving(client, tmp_path, photo_file):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "holiday.mp4"
+    bad.write_text("this is not a video")
+    with pytest.raises(Exception, match="'holiday.mp4' is not a video file FFmpeg can read"):
+        client.predict(handle_file(str(bad)), 0.5, api_name="/segment_video")
+    overlay, *_ = client.predict(handle_file(str(photo_file)), 0.5, False, api_name="/segment")
+    assert Image.open(overlay).size == (600, 400)
+
+
+def test_an_image_over_the_upload_limit_is_refused(tmp_path):
+    from segdemo.errors import SegdemoError
+    from segdemo.webapp import IMAGE_MB, AppConfig, Demo
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(IMAGE_MB * 2**20 + 10))
+    with pytest.raises(SegdemoError, match=f"uploads are limited to {IMAGE_MB} MB"):
+        Demo(AppConfig()).segment(str(big))
 
 
 @pytest.mark.slow
@@ -134,6 +178,22 @@ def test_a_public_app_refuses_engine_builds(public_app):
         client.predict("fp16", api_name="/build_engine")
     overlay, *_ = client.predict(_photo_file(), 0.5, False, api_name="/segment")  # visitors still segment
     assert Image.open(overlay).size == (160, 120)
+
+
+def _live_stream(url):
+    import urllib.request
+
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    (stream,) = [d for d in config["dependencies"] if any(t[1] == "stream" for t in d["targets"])]
+    return stream
+
+
+def test_a_public_app_limits_each_visitors_live_stream(public_app, app_url):
+    from segdemo.webapp import LIVE_FPS, LIVE_SECONDS
+
+    public, loopback = _live_stream(public_app), _live_stream(app_url)
+    assert public["time_limit"] == LIVE_SECONDS and loopback["time_limit"] is None
+    assert public["stream_every"] == pytest.approx(1 / LIVE_FPS)
 
 
 @pytest.mark.slow

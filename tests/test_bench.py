@@ -103,3 +103,30 @@ def test_cuda_without_a_gpu_is_one_line():
     result = subprocess.run([sys.executable, "-m", "segdemo", "bench", "--device", "cuda", "--sizes", "64x48"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--device cpu" in result.stderr
+
+
+def test_live_and_video_smoke_run_writes_json_and_markdown(tmp_path, build_dir):
+    import pytest
+
+    pytest.importorskip("av")
+    out, doc = tmp_path / "bench", tmp_path / "benchmarks.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "segdemo", "bench", "--live", "--video", "--smoke", "--out", str(out),
+         "--build-dir", str(build_dir), "--markdown", str(doc)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results-live.json").read_text())
+    camera, back_to_back = results["live"]
+    assert camera["mode"] == "camera at 10 fps" and back_to_back["mode"] == "back to back"
+    for run in (camera, back_to_back):
+        assert run["delivered"] > 0 and run["fps"] > 0 and run["latency_ms"]["p50"] <= run["latency_ms"]["p95"]
+        assert run["delivered"] + run["replaced"] <= run["offered"]
+    assert results["video"]["frames"] == 5 and results["video"]["speed_vs_real_time"] > 0
+    text = doc.read_text()
+    assert "<!-- segdemo-bench:live-cpu -->" in text and "× real time" in text and "latency p95 ms" in text
+    rerendered = subprocess.run(
+        [sys.executable, "-m", "segdemo", "bench", "--live", "--from-json", str(out / "results-live.json"),
+         "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
+    assert rerendered.returncode == 0 and (tmp_path / "again" / "bench-live.md").read_text() == \
+        (out / "bench-live.md").read_text()

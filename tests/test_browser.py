@@ -18,12 +18,33 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium
 
 
 @pytest.fixture(scope="module")
-def browser():
+def fake_camera(tmp_path_factory):
+    """What Chromium's fake webcam plays, looped: 1 s of a panned photo at 640×480 (a webcam's usual size)."""
+    from segdemo.bench.clips import write_y4m
+
+    return write_y4m(tmp_path_factory.mktemp("camera") / "camera.y4m", 640, 480, 30)
+
+
+@pytest.fixture(scope="module")
+def browser(fake_camera):
+    """One Chromium for the module (a second sync Playwright in the same process fails), started with a fake webcam
+    that plays `fake_camera` and grants camera access without asking; pages that never ask for it are unaffected."""
     playwright = pytest.importorskip("playwright.sync_api")
+    camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+              f"--use-file-for-fake-video-capture={fake_camera}"]
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS + camera)
         yield browser
         browser.close()
+
+
+def open_app(browser, url):
+    """A fresh page of the app once its start-up banner is gone."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.wait_for_function("(() => { const b = document.querySelector('#banner');"
+                           " return b && !b.innerText.includes('Starting:'); })()", timeout=300_000)
+    return page
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +156,65 @@ def test_a_public_app_offers_no_engine_build_in_the_page(browser, build_dir, tmp
         assert "turned off on this public app" in page.locator("body").inner_text()
         assert page.get_by_role("button", name="Build / rebuild engine").is_disabled()
         page.close()
+
+
+def test_live_tab_streams_the_fake_webcam_into_overlay_frames(app_url, browser, tmp_path):
+    page = open_app(browser, app_url)
+    page.get_by_role("tab", name="Live").click()
+    page.get_by_text("Click to Access Webcam").click()
+    record = page.locator("#camera button[aria-label='capture photo']")
+    record.click()  # starts the stream (the button then reads "Stop")
+    page.wait_for_function("(() => { const i = document.querySelector('#live-overlay img');"
+                           " return i && i.src.startsWith('data:image/jpeg'); })()", timeout=120_000)
+    first = page.locator("#live-overlay img").get_attribute("src")
+    page.wait_for_function("first => document.querySelector('#live-overlay img').src !== first", arg=first,
+                           timeout=60_000)  # the overlay keeps updating: new frames, not one picture
+    page.wait_for_function("(() => { const m = document.querySelector('#live-readout').innerText.match("
+                           "/([0-9.]+) fps/); return m && Number(m[1]) > 0; })()", timeout=60_000)
+    readout = page.locator("#live-readout").inner_text()
+    assert "frame latency p50" in readout and "640×480" in readout and "onnxruntime" in readout
+    natural = page.evaluate("(() => { const i = document.querySelector('#live-overlay img');"
+                            " return [i.naturalWidth, i.naturalHeight]; })()")
+    assert natural == [640, 480]
+    page.screenshot(path=str(tmp_path / "live.png"))
+    page.get_by_role("tab", name="Profiling").click()
+    page.locator("#live-chart .js-plotly-plot").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#live-chart g.trace.bars").count() >= 3  # one stacked series per span
+    page.get_by_role("tab", name="Live").click()
+    assert record.inner_text().strip() == "Stop"
+    record.click()
+    page.close()
+
+
+def test_video_tab_returns_a_playable_mp4_and_the_share_chart(app_url, browser, tmp_path):
+    import urllib.request
+
+    av = pytest.importorskip("av")
+    from segdemo.bench.clips import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", 320, 240, 1.0, fps=10)
+    page = open_app(browser, app_url)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-in input[type=file]").set_input_files(str(clip))
+    page.locator("#video-in video").wait_for(timeout=30_000)  # uploaded: the input shows its preview
+    page.get_by_role("button", name="Segment video").click()
+    page.wait_for_function("(() => { const v = document.querySelector('#video-out video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=180_000)
+    duration, width, src = page.evaluate("(() => { const v = document.querySelector('#video-out video');"
+                                         " return [v.duration, v.videoWidth, v.currentSrc]; })()")
+    assert duration == pytest.approx(1.0, abs=0.15) and width == 320  # Chromium decoded it: H.264 MP4 plays
+    page.locator("#share-chart .js-plotly-plot").wait_for(state="visible", timeout=30_000)
+    assert "10 frames" in page.locator("#video-status").inner_text()
+    served = tmp_path / "served.mp4"
+    served.write_bytes(urllib.request.urlopen(src, timeout=30).read())
+    with av.open(str(served)) as container:
+        assert "mp4" in container.format.name and container.streams.video[0].codec_context.name == "h264"
+    # Not a video: one sentence in an error toast, and the page keeps working.
+    bad = tmp_path / "holiday.mp4"
+    bad.write_text("this is not a video")
+    page.locator("#video-in button[aria-label='Clear']").first.click()
+    page.locator("#video-in input[type=file]").set_input_files(str(bad))
+    page.get_by_role("button", name="Segment video").click()
+    page.wait_for_function("document.body.innerText.includes(\"'holiday.mp4' is not a video file FFmpeg can read\")",
+                           timeout=60_000)
+    page.close()

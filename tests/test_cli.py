@@ -76,3 +76,34 @@ def test_unreachable_model_is_one_line(tmp_path, photo_file):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "random:b0" in result.stderr and "local directory" in result.stderr
+
+
+def test_segment_video_writes_mp4_shares_and_trace(tmp_path, build_dir):
+    av = pytest.importorskip("av")
+    from segdemo.bench.clips import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", 160, 120, 0.8, fps=10)
+    out = tmp_path / "out"
+    result = run("segment", str(clip), "--model", "random:tiny", "--out", str(out), "--build-dir", str(build_dir))
+    assert result.returncode == 0, result.stderr
+    assert "real time" in result.stderr
+    with av.open(str(out / "overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.average_rate == 10
+        assert sum(1 for _ in container.decode(stream)) == 8
+    rows = (out / "shares.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and rows[0].startswith("frame,time_s,")
+    data = json.loads((out / "shares.json").read_text())
+    assert data["frames"] == 8 and len(data["shares"]) == 8
+    assert json.loads((out / "profiling.json").read_text())["traceEvents"]
+
+
+@pytest.mark.parametrize("content, message", [(b"not a video at all", "is not a video file"),
+                                              (b"", "is empty")], ids=["text", "empty"])
+def test_bad_video_is_one_line_and_nonzero(tmp_path, content, message):
+    pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(content)
+    result = run("segment", str(clip), "--model", "random:tiny", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from ..model_source import MODEL_HELP
 from . import Command
 
 HELP = ("time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly); "
-        "--app: the web app as its users wait for it")
+        "--app: the web app as its users wait for it; --live/--video: webcam frames and video files")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,9 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="--app: timed clicks per image and page state (default: --iters)")
     cold = p.add_argument_group("--cold-start N: N fresh processes in a row on --build-dir, spawn → ready → result")
     cold.add_argument("--cold-start", type=int, default=0, metavar="N", help="time N restarts (first may build)")
-    cold.add_argument("--precision", default="auto", help="--cold-start: the session's precision")
     cold.add_argument("--code", type=Path, default=None, help="--cold-start: another segdemo checkout to time")
     cold.add_argument("--image", type=Path, default=None, help="--cold-start: the first request's image")
+    live = p.add_argument_group("--live / --video: webcam-sized frames through the Live tab's handler and a "
+                                "generated clip through the video path, on one session in this process; also uses "
+                                "--model, --backend, --build-dir, --out, --markdown, --section (default "
+                                "live-cpu/live-cuda), --from-json (results-live.json), --smoke")
+    live.add_argument("--live", action="store_true", help="time live frames: paced like a camera, then back to back")
+    live.add_argument("--video", action="store_true", help="time a video file: decode → segment → overlay → encode")
+    live.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
+                      help="--live/--video/--cold-start: the session's precision (default auto)")
+    live.add_argument("--live-size", default="640x480", help="--live: frame size WIDTHxHEIGHT (default 640x480)")
+    live.add_argument("--live-seconds", type=float, default=10.0, help="--live: seconds per mode (default 10)")
+    live.add_argument("--camera-fps", type=float, default=30.0,
+                      help="--live: the camera's frame rate for the paced mode (default 30)")
+    live.add_argument("--video-size", default="1920x1080", help="--video: clip size WIDTHxHEIGHT (default 1920x1080)")
+    live.add_argument("--video-seconds", type=float, default=10.0, help="--video: clip length (default 10 s)")
+    live.add_argument("--video-fps", type=int, default=30, help="--video: clip frame rate (default 30)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.app import run_app_bench  # only `bench --app` loads the app benchmark (and gradio_client)
 
         return run_app_bench(args)
+    if args.live or args.video:
+        from ..bench.live import run_live_bench
+
+        return run_live_bench(args)
     from ..bench.report import markdown_table, write_outputs
 
     if args.from_json:

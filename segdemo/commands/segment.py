@@ -1,4 +1,5 @@
-"""`segdemo segment`: one image → classes.png, overlay.png, legend.json, profiling.json (the seed's trtinfer)."""
+"""`segdemo segment`: one image → classes.png, overlay.png, legend.json, profiling.json (the seed's trtinfer);
+a video file → overlay.mp4 (H.264), shares.csv and shares.json (each class's share per frame), profiling.json."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import logging
 from pathlib import Path
 
 from ..model_source import DEFAULT_MODEL, MODEL_HELP
+from ..videofile import CLI_LIMITS, is_video_path
 from . import Command
 
 log = logging.getLogger("segdemo")
 
 
 def _segment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", type=Path, help="image file (PNG, JPEG, WebP, …)")
+    p.add_argument("image", type=Path, metavar="FILE",
+                   help="image file (PNG, JPEG, WebP, …) or video file (.mp4, .mov, .mkv, .webm, …)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
     p.add_argument("--backend", default="auto", help="auto (best available) or a backend name")
@@ -24,9 +27,14 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detailed", action="store_true",
                    help="add per-layer spans from the backend's profiler to profiling.json (slower)")
     p.add_argument("--no-show", action="store_true", help="do not open the overlay in an image viewer")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help=f"videos: refuse longer ones (default {CLI_LIMITS.seconds:g} s; up to "
+                        f"{CLI_LIMITS.side} px on the long side, {CLI_LIMITS.bytes // 2**30} GB)")
 
 
 def _segment(args: argparse.Namespace) -> int:
+    if is_video_path(args.image):
+        return _segment_video(args)
     from ..decode import decode
     from ..pipeline import Session
     from ..spans import INFERENCE, SpanRecorder
@@ -48,6 +56,34 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_video(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..pipeline import Session
+    from ..spans import SpanRecorder
+    from ..video import segment_video, write_outputs
+    from ..videofile import probe
+
+    limits = CLI_LIMITS if args.max_seconds is None else replace(CLI_LIMITS, seconds=args.max_seconds)
+    info = probe(args.image, limits)  # a bad video fails here, before any model loading
+    log.info("%s: %d×%d, %.1f s at %.2f fps, about %d frames (%s)", args.image.name, info.width, info.height,
+             info.seconds, float(info.fps), info.frames, info.codec)
+    spans = SpanRecorder()
+    step = max(1, info.frames // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done // step != (done - 1) // step or done == total:
+            log.info("  %d / %d frames", done, total)
+
+    with Session(args.model, args.backend, args.precision, args.build_dir, display_side=limits.side) as session:
+        result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits, progress, spans)
+        files = {"video": result.path, **write_outputs(result, args.out, session.load_spans.spans)}
+    log.info("%d frames in %.1f s: %.2f× real time", result.frames, result.seconds, result.speed)
+    for name, path in files.items():
+        print(f"{name:9s} {path}")
+    return 0
+
+
 def _show(path: Path) -> None:
     from PIL import Image
 
@@ -58,5 +94,6 @@ def _show(path: Path) -> None:
         log.info("could not open a viewer (%s); the overlay is at %s", exc, path)
 
 
-COMMAND = Command("segment", "segment one image: classes.png, overlay.png, legend.json, profiling.json",
+COMMAND = Command("segment", "segment one image (classes.png, overlay.png, legend.json, profiling.json) or video "
+                  "(overlay.mp4, shares.csv, shares.json, profiling.json)",
                   _segment_args, _segment)

@@ -1,0 +1,200 @@
+"""`segdemo bench --live --video`: webcam-sized frames through the live handler (`segdemo.live.LiveStream`, what the
+Live tab's stream calls) and a generated clip through the video path, on one session, in this process.
+
+Live, two ways: a camera thread offering JPEG frames at --camera-fps (each in its own thread, as Gradio's workers
+call the handler, so latest-frame-wins drops what the engine cannot take: delivered fps, latency from the frame's
+arrival to its overlay JPEG, frames replaced), and frames back to back (the handler's own ceiling). Video: an H.264
+clip (default 1920×1080, 10 s, 30 fps) → overlay MP4 at full size; speed against real time. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import SegdemoError
+from .facts import cpu_name, gpu_name
+from .report import fmt_ms, merge_section, percentiles
+
+log = logging.getLogger("segdemo")
+
+SMOKE_LIVE = dict(model="random:tiny", live_size="160x120", live_seconds=1.0, camera_fps=10, video_size="160x120",
+                  video_seconds=0.5, video_fps=10)
+
+
+def _size(text: str, option: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise SegdemoError(f"{option} wants WIDTHxHEIGHT, got '{text}'") from None
+    return width, height
+
+
+def run_live_bench(args: argparse.Namespace) -> int:
+    """Measure (or re-render --from-json), write results-live.json and bench-live.md, print the summary."""
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+    else:
+        if args.smoke:
+            for key, value in SMOKE_LIVE.items():
+                setattr(args, key, value)
+        results = measure(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {"json": args.out / "results-live.json", "markdown": args.out / "bench-live.md"}
+    files["json"].write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
+    files["markdown"].write_text(text)
+    if args.markdown:
+        section = args.section or f"live-{'cuda' if results['meta'].get('gpu') else 'cpu'}"
+        merge_section(args.markdown, section, text)
+        files["docs"] = args.markdown
+    for name, path in files.items():
+        print(f"{name:9s} {path}")
+    print(text)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from ..pipeline import Session
+
+    live_size = _size(args.live_size, "--live-size")
+    video_size = _size(args.video_size, "--video-size")
+    start = time.perf_counter()
+    with Session(args.model, args.backend, args.precision, args.build_dir,
+                 display_side=max(video_size)) as session:  # the video comes out at full size
+        cold = time.perf_counter() - start
+        results: dict[str, Any] = {"meta": meta(args, session, cold)}
+        if args.live:
+            results["live"] = [live_run(session, live_size, args.live_seconds, args.camera_fps),
+                               live_run(session, live_size, args.live_seconds, 0)]
+        if args.video:
+            results["video"] = video_run(session, video_size, args.video_seconds, args.video_fps)
+    return results
+
+
+def live_run(session: Any, size: tuple[int, int], seconds: float, camera_fps: float) -> dict[str, Any]:
+    """Frames through one LiveStream for `seconds`: paced like a camera, or back to back when camera_fps is 0."""
+    from ..live import LiveStream
+    from .clips import jpeg_frames
+
+    width, height = size
+    frames = jpeg_frames(width, height, 30)
+    stream = LiveStream(session, window_s=seconds + 10)
+    for k in range(3):  # warm-up (first frames of a size may build buckets or caches)
+        stream.offer(frames[k])
+    stream = LiveStream(session, window_s=seconds + 10)
+    done: list[Any] = []
+    lock = threading.Lock()
+
+    def offer(jpeg: bytes) -> None:
+        result = stream.offer(jpeg)
+        if result is not None:
+            with lock:
+                done.append(result)
+
+    label = f"camera at {camera_fps:g} fps" if camera_fps else "back to back"
+    log.info("bench --live: %s×%s, %s, %.0f s …", width, height, label, seconds)
+    offered, threads = 0, []
+    begin = time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        jpeg = frames[offered % len(frames)]
+        offered += 1
+        if camera_fps:
+            threads.append(threading.Thread(target=offer, args=(jpeg,), daemon=True))
+            threads[-1].start()
+            next_tick = begin + offered / camera_fps
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        else:
+            offer(jpeg)
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - begin
+    latency = percentiles([d.latency_ms for d in done]) if done else None
+    spans: dict[str, list[float]] = {}
+    for d in done:
+        for name, ms in d.spans.durations_ms().items():
+            spans.setdefault(name, []).append(ms)
+    return {"mode": label, "size": f"{width}x{height}", "seconds": round(elapsed, 3), "offered": offered,
+            "delivered": len(done), "replaced": stream.stats.dropped,
+            "fps": len(done) / elapsed if elapsed else 0.0, "latency_ms": latency,
+            "spans_p50_ms": {n: percentiles(v)["p50"] for n, v in sorted(spans.items(), key=lambda kv: -sum(kv[1]))}}
+
+
+def video_run(session: Any, size: tuple[int, int], seconds: float, fps: int) -> dict[str, Any]:
+    from ..spans import SpanRecorder
+    from ..video import segment_video
+    from ..videofile import CLI_LIMITS
+    from .clips import make_clip
+
+    width, height = size
+    with tempfile.TemporaryDirectory(prefix="segdemo-bench-video-") as tmp:
+        work = Path(tmp)
+        log.info("bench --video: making a %d×%d clip of %g s at %d fps …", width, height, seconds, fps)
+        clip = make_clip(work / "clip.mp4", width, height, seconds, fps)
+        warm = make_clip(work / "warm.mp4", width, height, 0.2, fps)
+        segment_video(session, warm, work / "warm-out.mp4", limits=CLI_LIMITS)  # first frames of this size
+        log.info("bench --video: segmenting it …")
+        spans = SpanRecorder()
+        result = segment_video(session, clip, work / "out.mp4", limits=CLI_LIMITS, spans=spans)
+        out_bytes, clip_bytes = result.path.stat().st_size, clip.stat().st_size
+    stages: dict[str, float] = {}
+    for s in spans.spans:
+        if s.name in ("decode", "segment", "overlay", "encode"):
+            stages[s.name] = stages.get(s.name, 0.0) + s.duration_ms / 1e3
+    return {**result.summary(), "clip_bytes": clip_bytes,
+            "out_mb": round(out_bytes / 1e6, 2), "frames_per_second": result.frames / result.seconds,
+            "stage_seconds": {k: round(v, 3) for k, v in stages.items()}}
+
+
+def meta(args: argparse.Namespace, session: Any, cold_s: float) -> dict[str, Any]:
+    from ..gpu import package_versions
+
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": args.model, "backend": session.backend.name, "precision": session.backend.precision,
+        "device": session.backend.device, "cold_start_s": round(cold_s, 2),
+        "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count()},
+        "gpu": gpu_name(),
+        "versions": {"python": platform.python_version(),
+                     **package_versions(("torch", "onnxruntime", "av", "numpy", "pillow"))},
+        "command": "python -m segdemo bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["meta"]
+    where = m["gpu"] or f"{m['machine']['cpu']} ({m['machine']['cores']} cores)"
+    lines = [f"### Live and video: {m['model']} on {m['backend']} ({m['device']}, {m['precision']}) — {where}", "",
+             f"- date: {m['date']}; session start {m['cold_start_s']:.1f} s; "
+             f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
+             f"- command: `{m['command']}`", ""]
+    if results.get("live"):
+        lines += ["| live (LiveStream.offer) | frame | offered | delivered | replaced | fps | latency p50 ms | "
+                  "latency p95 ms |", "|---|---|---|---|---|---|---|---|"]
+        for r in results["live"]:
+            lat = r["latency_ms"] or {}
+            lines.append(f"| {r['mode']} | {r['size']} | {r['offered']} | {r['delivered']} | {r['replaced']} | "
+                         f"{r['fps']:.1f} | {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p95'))} |")
+        lines += ["", "Where a live frame's time goes (median ms per span, back to back): " + ", ".join(
+            f"{n} {fmt_ms(v)}" for n, v in list(results["live"][-1]["spans_p50_ms"].items())[:10]), ""]
+    v = results.get("video")
+    if v:
+        height, width = v["size"]
+        stages = ", ".join(f"{k} {s:.2f} s" for k, s in v["stage_seconds"].items())
+        lines += ["| video | frames | video s | wall s | frames/s | × real time | output MB |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {width}×{height} H.264 → overlay H.264 MP4 | {v['frames']} | {v['video_seconds']:.1f} | "
+                  f"{v['wall_seconds']:.1f} | {v['frames_per_second']:.1f} | **{v['speed_vs_real_time']:.2f}×** | "
+                  f"{v['out_mb']:.1f} |", "",
+                  f"Stage time summed over the clip (the three stages overlap in their own threads): {stages}.", ""]
+    return "\n".join(lines)
