@@ -56,7 +56,8 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.protocol}://{self.address}/{self.model}"
+        scheme = "triton" if self.protocol == "grpc" else "triton+http"
+        return f"{scheme}://{self.address}/{self.model}"
 
 
 def is_url(name: str) -> bool:

@@ -133,8 +133,12 @@ class TritonServer:
     def kill(self) -> None:
         """End the server at once (SIGKILL), as a crash would, Python backend stubs included."""
         if self.process is not None and self.process.poll() is None:
+            regions = _shm_regions(self.process.pid)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            for region in regions:  # a crash leaves the Python backend's shared memory behind; tidy it up
+                with contextlib.suppress(OSError):
+                    (Path("/dev/shm") / region).unlink()
 
     def stop(self, timeout: float = 20.0) -> None:
         """Shut the server down (SIGTERM, then SIGKILL after `timeout` s); safe to call twice."""
@@ -172,6 +176,17 @@ def _backend_folder(root: Path, backends: Path) -> None:
             shutil.copy2(item, python / item.name)
     # Copied, not linked: the backend and the stub find the wheel's libraries through LD_LIBRARY_PATH.
     shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", python)
+
+
+def _shm_regions(group: int) -> list[str]:
+    """Shared-memory regions of the Python backend stubs in process group `group` (named on their command lines)."""
+    regions = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if os.getpgid(int(proc.name)) == group:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                regions += [a.decode() for a in args if a.startswith(b"triton_python_backend_shm_region_")]
+    return regions
 
 
 def _end_with_parent() -> None:
