@@ -20,8 +20,8 @@ from ..errors import SegdemoError
 from ..spans import SpanRecorder
 from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
 
-__all__ = ["Backend", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "ladder",
-           "probe", "precision_for"]
+__all__ = ["Backend", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "kind",
+           "ladder", "probe", "precision_for"]
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,21 @@ class Rung:
 # Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
 LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
 _MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt",
-            "tensorrt-rtx": "tensorrt_rtx"}
+            "tensorrt-rtx": "tensorrt_rtx", "triton": "triton"}
+# A remote backend is named by its address: triton://host:8001/model (gRPC) or triton+http://host:8000/model.
+_URL_SCHEMES = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
+
+
+def kind(name: str) -> str:
+    """The backend module's name for a --backend value: itself, or e.g. "triton" for triton://host:8001/model."""
+    return next((k for scheme, k in _URL_SCHEMES.items() if name.startswith(scheme)), name)
 
 
 def _module(name: str):
-    if name not in _MODULES:
-        raise SegdemoError(f"unknown backend '{name}' — choose one of auto, {', '.join(LADDER)}")
-    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    if kind(name) not in _MODULES:
+        raise SegdemoError(f"unknown backend '{name}' — choose one of auto, {', '.join(LADDER)}, or a server "
+                           f"such as triton://host:8001/segformer")
+    return importlib.import_module(f"{__name__}.{_MODULES[kind(name)]}")
 
 
 def probe(name: str) -> Rung:
@@ -73,7 +81,7 @@ def choose(requested: str = "auto") -> tuple[str, list[Rung]]:
 
 # fp16 where the backend keeps the numerically sensitive ops in fp32 and checks agreement; ONNX Runtime on the CPU
 # has no fast fp16 path, so it stays fp32.
-PREFERRED_PRECISION = {"onnxruntime": "fp32"}
+PREFERRED_PRECISION = {"onnxruntime": "fp32", "triton": "auto"}  # triton: whatever the server's model runs
 PRECISIONS = ("auto", "fp16", "fp32")
 
 
@@ -81,16 +89,18 @@ def precision_for(name: str, requested: str = "auto") -> str:
     """The precision backend `name` runs at: the request, or its preferred one for "auto"."""
     if requested not in PRECISIONS:
         raise SegdemoError(f"unknown precision '{requested}' — choose one of {', '.join(PRECISIONS)}")
-    return PREFERRED_PRECISION.get(name, "fp16") if requested == "auto" else requested
+    return PREFERRED_PRECISION.get(kind(name), "fp16") if requested == "auto" else requested
 
 
 def create(name: str, onnx_file: Path, spans: SpanRecorder, context: LoadContext | None = None,
            **options: Any) -> Backend:
     """Create backend `name` for the fused graph at `onnx_file`; an option it does not take is an error."""
     factory = _module(name).create
-    accepted = [p for p in inspect.signature(factory).parameters if p not in ("onnx_file", "spans", "context")]
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("onnx_file", "spans", "context", "url")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise SegdemoError(f"backend '{name}' has no option {', '.join(unknown)} — it takes "
                            f"{', '.join(accepted) or 'none'}")
+    if kind(name) != name:  # an address: the backend gets it whole
+        options["url"] = name
     return factory(onnx_file, spans, context or LoadContext(), **options)

@@ -20,7 +20,7 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
-ORDER = ("export", "segment", "build", "bench", "doctor")  # module names under segdemo.commands
+ORDER = ("export", "segment", "build", "bench", "doctor", "triton")  # module names under segdemo.commands
 
 
 def commands() -> list[Command]:

@@ -1,0 +1,87 @@
+"""`segdemo triton export|serve`: a Triton model repository of the fused graph, and a local server for it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ..model_source import DEFAULT_MODEL, MODEL_HELP
+from . import Command
+
+log = logging.getLogger("segdemo")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`triton export` and `triton serve`, each with its own options."""
+    from ..triton.repository import DEFAULT_NAME, VARIANTS
+
+    sub = p.add_subparsers(dest="triton_command", required=True, metavar="{export,serve}")
+    export = sub.add_parser("export", help="write a Triton model repository per variant (OUT/<variant>/<name>)",
+                            description="write a Triton model repository per variant (OUT/<variant>/<name>)")
+    export.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    export.add_argument("--out", type=Path, required=True, help="folder for the repositories")
+    export.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default all; tensorrt only when "
+                             f"segdemo build made a TensorRT plan of this graph)")
+    export.add_argument("--name", default=DEFAULT_NAME, help=f"the model's name on the server (default {DEFAULT_NAME})")
+    export.add_argument("--max-batch", type=int, default=8,
+                        help="python variant: most queued requests handed to one execute (default 8)")
+    export.add_argument("--instances", type=int, default=1, help="model instances per server (default 1)")
+    export.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
+                        help="tensorrt variant: the plan's precision (default fp16; the others run fp32)")
+    export.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    export.set_defaults(triton_run=_export)
+    serve = sub.add_parser("serve", help="run the nvidia-pytriton wheel's tritonserver on a repository",
+                           description="run the nvidia-pytriton wheel's tritonserver on a repository (Ctrl-C stops)")
+    serve.add_argument("repository", type=Path, help="e.g. OUT/python from segdemo triton export")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
+    serve.add_argument("--http-port", type=int, default=8000, help="default 8000")
+    serve.set_defaults(triton_run=_serve)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import ensure_onnx
+    from ..model_source import resolve
+    from ..triton.repository import export_repository
+
+    start = time.perf_counter()
+    source = resolve(args.model, args.build_dir)
+    onnx_file, _ = ensure_onnx(source, args.build_dir)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    done = export_repository(source, onnx_file, args.out, variants, args.name, args.max_batch, args.instances,
+                             args.build_dir, args.precision)
+    for item in done:
+        print(item.note)
+    served = [item for item in done if item.repository is not None]
+    if served:
+        print(f"done in {time.perf_counter() - start:.1f} s; serve one, e.g.: segdemo triton serve "
+              f"{served[0].repository}  then  --backend triton://127.0.0.1:8001/{args.name}")
+    for note in source.notes:
+        log.warning(note)
+    return 0 if served else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..triton.server import TritonServer
+
+    # `kill` or a service manager's stop ends us through SIGTERM: unwind, so the server is stopped with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with TritonServer(args.repository, args.host, args.http_port, args.grpc_port) as server:
+        print(f"tritonserver ready on {args.repository}: gRPC {server.grpc_address}, HTTP {server.http_address}; "
+              f"Ctrl-C stops it", flush=True)
+        try:
+            while server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+        print(f"tritonserver exited with code {server.process.returncode}")
+        return 1
+
+
+COMMAND = Command("triton", "Triton Inference Server: export a model repository, or serve one locally",
+                  add_arguments, lambda args: args.triton_run(args))

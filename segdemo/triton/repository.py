@@ -1,0 +1,170 @@
+"""`segdemo triton export`: a Triton model repository per variant of the fused graph, each serving one model.
+
+Every request has its own output size (`out_size`), and the fused graph upsamples to one size per execution, so
+Triton's dynamic batcher must never concatenate two requests into one execution of the graph. Each variant keeps
+that true in its own way:
+
+- `python` (CPU): `max_batch_size` > 0 with dynamic batching, so Triton hands the Python model every queued request
+  in one `execute`; the model runs the fused graph with ONNX Runtime once per request (the Python backend never
+  concatenates requests), which makes its class maps bit-identical to the local `onnxruntime` backend.
+- `onnxruntime` (`onnxruntime_onnx`) and `tensorrt` (`tensorrt_plan`): `max_batch_size: 0` — the graph's own
+  batch-1 shapes, one request per execution — with several instances (`instance_group`) running requests side by
+  side. Dynamic batching needs a batch dimension every request shares, which the per-request output size rules
+  out; the plan is the one segdemo's engine cache already holds (batch 1, `out_size` a shape tensor).
+
+Each variant is its own repository (`OUT/<variant>/<name>/…`), so clients use one model name whichever runs.
+The configs carry the model's identity as `parameters`, which the `triton` backend checks when it connects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..artifacts import digest, file_sha256
+from ..engine_cache import ENGINE_DIR
+from ..errors import SegdemoError
+from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+
+if TYPE_CHECKING:
+    from ..model_source import ModelSource
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("python", "onnxruntime", "tensorrt")
+DEFAULT_NAME = "segformer"
+# Parameters every exported config carries: what the client checks (model, graph) and shows (spec, precision…).
+PARAM_MODEL, PARAM_GRAPH, PARAM_SPEC = "segdemo_model", "segdemo_graph", "segdemo_spec"
+PARAM_PRECISION, PARAM_VARIANT, PARAM_CLASSES = "segdemo_precision", "segdemo_variant", "segdemo_classes"
+_PLATFORM = {"python": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
+             "tensorrt": 'platform: "tensorrt_plan"'}
+_KIND = {"python": "KIND_CPU", "onnxruntime": "KIND_AUTO", "tensorrt": "KIND_GPU"}
+_MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One variant's outcome: the repository folder to serve (None when skipped) and what to tell the user."""
+
+    variant: str
+    repository: Path | None
+    note: str
+
+
+def model_key(source: ModelSource) -> str:
+    """What identifies the model a server must run: weights and config (content hash) and the input size."""
+    return digest(source.content_hash, str(source.input_size))[:16]
+
+
+def config_text(variant: str, name: str, source: ModelSource, graph_sha256: str, precision: str = "fp32",
+                max_batch: int = 8, instances: int = 1, extra: dict[str, str] | None = None) -> str:
+    """The config.pbtxt of one variant (Triton's ModelConfig in protobuf text format)."""
+    if variant not in VARIANTS:
+        raise SegdemoError(f"unknown Triton variant '{variant}' — choose from {', '.join(VARIANTS)}")
+    height, width = source.input_size
+    batched = variant == "python"
+    lead = [] if batched else [1]  # max_batch_size 0: the dims are the graph's own, batch 1 included
+    shape_tensor = "\n    is_shape_tensor: true" if variant == "tensorrt" else ""
+    params = {PARAM_MODEL: model_key(source), PARAM_GRAPH: graph_sha256, PARAM_SPEC: source.spec,
+              PARAM_PRECISION: precision, PARAM_VARIANT: variant, PARAM_CLASSES: str(len(source.labels)),
+              **(extra or {})}
+    lines = [
+        f'name: "{name}"',
+        _PLATFORM[variant],
+        f"max_batch_size: {max_batch if batched else 0}",
+        "input [",
+        _tensor(INPUT_IMAGE, "TYPE_UINT8", [*lead, height, width, 3]) + ",",
+        _tensor(INPUT_SIZE, "TYPE_INT64", [2], shape_tensor),
+        "]",
+        "output [",
+        _tensor(OUTPUT_CLASSES, "TYPE_UINT8", [*lead, -1, -1]),
+        "]",
+    ]
+    if batched:
+        # Only what is already queued is grouped: waiting for more would add latency and save no compute.
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 0\n}")
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {_KIND[variant]}\n  }}\n]")
+    lines += [f'parameters {{\n  key: "{key}"\n  value {{ string_value: {json.dumps(value, ensure_ascii=False)} }}\n}}'
+              for key, value in params.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _tensor(name: str, data_type: str, dims: list[int], extra: str = "") -> str:
+    return (f'  {{\n    name: "{name}"\n    data_type: {data_type}\n    dims: [ {", ".join(map(str, dims))} ]'
+            f"{extra}\n  }}")
+
+
+def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants: tuple[str, ...] = VARIANTS,
+                      name: str = DEFAULT_NAME, max_batch: int = 8, instances: int = 1,
+                      build: Path | None = None, precision: str = "fp16") -> list[Exported]:
+    """Write `out/<variant>/<name>/` for each variant; `precision` picks the TensorRT plan (the others are fp32)."""
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SegdemoError(f"unknown Triton variant {', '.join(unknown)} — choose from {', '.join(VARIANTS)}")
+    if max_batch < 1 or instances < 1:
+        raise SegdemoError("--max-batch and --instances must be at least 1")
+    graph_sha = file_sha256(onnx_file)
+    done = []
+    for variant in variants:
+        extra: dict[str, str] = {}
+        artifact, variant_precision = onnx_file, "fp32"
+        if variant == "tensorrt":
+            found = find_plan(onnx_file, precision, build if build is not None else onnx_file.parent.parent)
+            if found is None:
+                done.append(Exported(variant, None, _no_plan(source, precision)))
+                continue
+            artifact, meta = found
+            variant_precision = precision
+            extra = {"segdemo_tensorrt": str(meta.get("tensorrt", "")),
+                     "segdemo_plan_gpu": str((meta.get("built_on") or {}).get("gpu") or "")}
+        repository = out / variant
+        model_dir = repository / name
+        if model_dir.exists():
+            shutil.rmtree(model_dir)  # a previous export of another model must not leave files behind
+        (model_dir / "1").mkdir(parents=True)
+        _link_or_copy(artifact, model_dir / "1" / _MODEL_FILE[variant])
+        if variant == "python":
+            shutil.copyfile(Path(__file__).with_name("python_model.py"), model_dir / "1" / "model.py")
+        (model_dir / "config.pbtxt").write_text(
+            config_text(variant, name, source, graph_sha, variant_precision, max_batch, instances, extra))
+        done.append(Exported(variant, repository, f"{variant:12s} {model_dir}  ({variant_precision})"))
+    return done
+
+
+def find_plan(onnx_file: Path, precision: str, build: Path) -> tuple[Path, dict] | None:
+    """The newest TensorRT (not TensorRT-RTX: Triton's backend runs full TensorRT) plan of this graph in the cache."""
+    found = []
+    for sidecar in sorted((build / ENGINE_DIR).glob("*.json")):
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        plan = sidecar.with_suffix(".plan")
+        if (meta.get("backend") == "tensorrt" and meta.get("precision") == precision and plan.is_file()
+                and (meta.get("onnx") or {}).get("fused_fp32") == onnx_file.name):
+            found.append((str(meta.get("built_at", "")), plan, meta))
+    if not found:
+        return None
+    _, plan, meta = max(found, key=lambda item: item[0])
+    return plan, meta
+
+
+def _no_plan(source: ModelSource, precision: str) -> str:
+    return (f"tensorrt     skipped: no {precision} TensorRT plan of this graph in the engine cache — build one on a "
+            f"GPU machine whose TensorRT matches the Triton container's (segdemo build --backend tensorrt "
+            f"--model {source.spec} --precision {precision}), then export again with the same --build-dir")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard link when on the same file system (graphs and plans can be hundreds of MB), else copy.
+
+    Safe against later cache writes: those replace files by rename, which leaves the linked copy as it was."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
