@@ -21,7 +21,6 @@ from segdemo.timeline import summary_figure, timeline_figure
 from segdemo.video import write_outputs
 
 VIDEO_GPU_SECONDS = 180  # ZeroGPU: a 60 s clip at ≥ 2× real time, plus loading the session in a fresh worker
-HOST_WORKERS = 4  # requests decoding/encoding at once (the engine itself takes one at a time)
 # The follow-up step (legend, hover view, colour mask, plots) starts once the overlay is painted, so its work never
 # competes with the overlay's download and paint; it gives up waiting after 2 s.
 AFTER_OVERLAY_PAINT = """(state) => new Promise(resolve => {
@@ -58,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p.add_argument("--video-seconds", type=float, default=env.video_seconds,
                    help="longest video accepted, seconds (default 60; videos are also limited to 1080p)")
     p.add_argument("--video-mb", type=int, default=env.video_mb, help="largest video upload, MB (default 200)")
+    p.add_argument("--max-batch", type=int, default=env.max_batch,
+                   help="requests that reach the engine together share one call, up to this many (default 1: off; "
+                        "16 suits a GPU serving many visitors)")
     args = p.parse_args(argv)
+    if args.max_batch < 1:
+        p.error(f"--max-batch must be at least 1, not {args.max_batch}")
     if args.display_side < 64:
         p.error(f"--display-side must be at least 64 px, not {args.display_side}")
     return w.AppConfig(**vars(args))
@@ -226,16 +230,16 @@ def build(demo: w.Demo) -> gr.Blocks:
         segment_event = run.click(segment, [image, opacity, detailed],
                                   [overlay, classes_file, legend_json, timings_json, state],
                                   api_name="segment", api_description=w.SEGMENT_API_DOC,
-                                  concurrency_limit=HOST_WORKERS, concurrency_id="requests",
+                                  concurrency_limit=demo.config.workers, concurrency_id="requests",
                                   show_progress="minimal", show_progress_on=[overlay])
         segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, timeline, summary_plot,
                                                  summary_table, trace_dl, legend_shown, timings_shown],
                               js=AFTER_OVERLAY_PAINT,
-                              api_visibility="private", concurrency_limit=HOST_WORKERS, show_progress="hidden")
+                              api_visibility="private", concurrency_limit=demo.config.workers, show_progress="hidden")
         opacity.change(reblend, [state, opacity], [overlay, hover], api_visibility="private",
-                       concurrency_limit=HOST_WORKERS, trigger_mode="always_last", show_progress="hidden")
+                       concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
         make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
-                           api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=HOST_WORKERS)
+                           api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
         # One stream per visitor: the browser sends a frame only when the last result is back and the server keeps
         # only the newest (latest frame wins, also across concurrent calls: segdemo.live); time-limited when public.
         camera.stream(live, [camera, live_opacity], [live_overlay, live_readout, live_plot],
@@ -259,7 +263,7 @@ def create(argv: list[str] | None = None) -> tuple[w.AppConfig, gr.Blocks]:
     setup_logging()
     config = parse_args(argv)
     blocks = build(w.Demo(config).start())
-    blocks.queue(max_size=16)
+    blocks.queue(max_size=config.queue_size)
     return config, blocks
 
 

@@ -98,6 +98,11 @@ class RequestHistory:
         with self._lock:
             self._items.append(spans)
 
+    def recent(self) -> list[SpanRecorder]:
+        """The kept requests' recorders, oldest first."""
+        with self._lock:
+            return list(self._items)
+
     def summary(self) -> list[dict[str, Any]]:
         """Per span name: count, p50 and p95 in ms over the kept requests (host and device spans apart)."""
         with self._lock:

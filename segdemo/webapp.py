@@ -75,6 +75,17 @@ class AppConfig:
     live_seconds: int = LIVE_SECONDS  # a visitor's live stream on a public app (Gradio's time_limit); 0: no limit
     video_seconds: float = APP_LIMITS.seconds
     video_mb: int = APP_LIMITS.bytes // 2**20
+    max_batch: int = 1  # > 1: requests reaching the engine together share one call (Session's batcher)
+
+    @property
+    def workers(self) -> int:
+        """Requests in flight at once (decoding, in the engine or its batch, encoding): enough to fill a batch."""
+        return max(4, 2 * self.max_batch)
+
+    @property
+    def queue_size(self) -> int:
+        """Requests Gradio keeps waiting beyond those in flight; more are told the app is busy."""
+        return max(16, 4 * self.workers)
 
     @property
     def public(self) -> bool:
@@ -115,6 +126,7 @@ class AppConfig:
             live_seconds=int(env.get("SEGDEMO_LIVE_SECONDS", cls.live_seconds)),
             video_seconds=float(env.get("SEGDEMO_VIDEO_SECONDS", cls.video_seconds)),
             video_mb=int(env.get("SEGDEMO_VIDEO_MB", cls.video_mb)),
+            max_batch=int(env.get("SEGDEMO_MAX_BATCH", cls.max_batch)),
         )
 
 
@@ -158,7 +170,7 @@ class Demo:
             self.stage = f"loading {cfg.model} (export and engine build happen once, then come from build/)"
             try:
                 self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build, progress=self._progress,
-                                       display_side=cfg.display_side)
+                                       display_side=cfg.display_side, max_batch=cfg.max_batch)
             except ModelNotFoundError as exc:
                 fallback = preset_for(cfg.model) if cfg.model == DEFAULT_MODEL else None
                 if fallback is None:
@@ -173,7 +185,7 @@ class Demo:
                 )
                 self.stage = f"loading {fallback} (random weights)"
                 self.session = Session(fallback, cfg.backend, cfg.precision, self.build, progress=self._progress,
-                                       display_side=cfg.display_side)
+                                       display_side=cfg.display_side, max_batch=cfg.max_batch)
             if self.session.random_weights and not self.banner:
                 self.banner = (f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the "
                                f"pipeline, not of the model. Start with a trained model to get real results.")

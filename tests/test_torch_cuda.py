@@ -214,3 +214,32 @@ def test_second_start_loads_the_compiled_network_without_transformers(cuda_sessi
     assert "aoti compile" not in report["spans"] and not report["transformers"]
     assert report["spans"]["capture network graph"]["graphed"] is True
     assert np.array_equal(np.load(build_dir / "second.npy"), expected)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_batched_requests_on_the_gpu_match_single_ones(build_dir):
+    """Mixed output sizes in one batch on the GPU: each map has its image's size and agrees with its unbatched run
+    (fp32, uncompiled: cuDNN may pick other algorithms for other batch sizes, so agreement rather than identity)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segdemo.pipeline import Session
+
+    os.environ[torch_cuda.COMPILE_ENV] = "0"
+    try:
+        session = Session("random:b0", "torch-cuda", "fp32", build=build_dir, max_batch=4, batch_window_ms=50)
+    finally:
+        del os.environ[torch_cuda.COMPILE_ENV]
+    with session:
+        assert sorted(session.backend.batch_graphs) == [1, 2, 4]
+        images = [photo(name, size) for name, size in (("astronaut", (300, 400)), ("coffee", (512, 512)),
+                                                       ("chelsea", (700, 500)), ("rocket", (256, 384)))] * 2
+        alone = [session.segment(image).class_map for image in images]
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(session.segment, images))
+        sizes = [s.attrs["size"] for r in together for s in r.spans.spans if s.name == "batch"]
+        assert max(sizes) > 1
+        for single, result in zip(alone, together, strict=True):
+            assert result.class_map.shape == single.shape
+            assert float((result.class_map == single).mean()) > 0.999

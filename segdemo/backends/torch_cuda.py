@@ -35,7 +35,7 @@ from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
-from .contract import Backend, DeviceRenderer, LoadContext, Rendered
+from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
 from .gpu_jpeg import checked_decoder
 from .torch_aot import compiled_network, describe, pixel_network
 from .torch_ops import (
@@ -60,6 +60,12 @@ log = logging.getLogger(__name__)
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 AOT_ENV = "SEGDEMO_TORCH_AOT"  # "1": the compiled network from an AOTInductor package cached in build/compiled
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # batches run in the smallest bucket that holds them
+
+
+def batch_bucket(count: int) -> int:
+    """The batch bucket holding `count` requests."""
+    return next((size for size in BATCH_BUCKETS if size >= count), count)
 
 
 def unavailable_reason() -> str | None:
@@ -68,7 +74,7 @@ def unavailable_reason() -> str | None:
     return torch_cuda_reason()
 
 
-class TorchCudaBackend(Backend, DeviceRenderer):
+class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
     """CUDA-graph replays over static device buffers, fed and drained through pinned host memory."""
 
     name = "torch-cuda"
@@ -76,7 +82,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
                  compile: bool | None = None, build: Path | None = None,
-                 progress: Callable[[float, str], None] | None = None) -> None:
+                 progress: Callable[[float, str], None] | None = None, max_batch: int = 1) -> None:
         import torch
 
         if precision not in ("fp16", "fp32"):
@@ -153,6 +159,15 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self.jpeg_decoder = checked_decoder(self.cuda, self.stream, self.compiled)
             attrs.update(decoder=self.decoder_name, mean_difference_to_pillow=self.jpeg_decoder.difference
                          if self.jpeg_decoder is not None else None)
+        self.max_batch = max_batch
+        self.batch_graphs: dict[int, dict[str, Any]] = {}
+        if max_batch > 1:
+            # One network graph per batch bucket, captured now: each is a compilation for its batch size, which
+            # must not stall the first requests that need it.
+            self.host_batch = torch.empty((batch_bucket(max_batch), height, width, 3), dtype=torch.uint8,
+                                          pin_memory=True)
+            with spans.span("capture batch graphs", LOAD, backend=self.name, max_batch=max_batch) as attrs:
+                attrs["buckets"] = [self._batch_graph(size)["size"] for size in BATCH_BUCKETS if size <= max_batch]
 
     @property
     def decoder_name(self) -> str:
@@ -275,6 +290,65 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
         return result
 
+    def _batch_graph(self, count: int) -> dict[str, Any]:
+        """The network graph of the batch bucket holding `count` requests (static pixels and logits of its size)."""
+        torch = self.torch
+        size = batch_bucket(count)
+        if size not in self.batch_graphs:
+            pixels = torch.randint(0, 256, (size, *self.input_size, 3), dtype=torch.uint8, device=self.cuda)
+            graph, logits = self._capture(lambda: self.net(pixels))
+            self.batch_graphs[size] = {"size": size, "pixels": pixels, "graph": graph, "logits": logits}
+        return self.batch_graphs[size]
+
+    def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        """Upload the batch, replay its bucket's network graph, then per image: its logits into the post-processing
+        graph of its output size, and download; a bucket's padding rows compute what is never read."""
+        torch = self.torch
+        if len(inputs) == 1 or not self.batch_graphs:
+            return [self.run(model_input, spans) for model_input in inputs]
+        if any(max(model_input.out_size) > MAX_GRAPHED_SIDE for model_input in inputs):
+            return [self.run(model_input, spans) for model_input in inputs]
+        with self.lock, spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)) as attrs:
+            entry = self._batch_graph(len(inputs))
+            events = self.events
+            with torch.inference_mode(), torch.cuda.stream(self.stream):
+                host = self.host_batch[: len(inputs)]
+                for i, model_input in enumerate(inputs):
+                    host.numpy()[i] = model_input.pixels[0]
+                host_start = time.perf_counter_ns()
+                events[0].record(self.stream)
+                entry["pixels"][: len(inputs)].copy_(host, non_blocking=True)
+                events[1].record(self.stream)
+                entry["graph"].replay()
+                events[2].record(self.stream)
+                maps = []
+                for i, model_input in enumerate(inputs):
+                    out_h, out_w = model_input.out_size
+                    post = self._post_graph((out_h, out_w))
+                    self.logits.copy_(entry["logits"][i:i + 1])
+                    self._upload_grid_now(post, (out_h, out_w))
+                    post["graph"].replay()
+                    maps.append(post["classes"][:out_h, :out_w].contiguous())  # before the next replay reuses it
+                events[3].record(self.stream)
+                parts = self._download(maps)
+                events[4].record(self.stream)
+                events[4].synchronize()
+                result = [part.numpy() for part in parts]
+            attrs.update(bucket=entry["size"])
+            self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
+        return result
+
+    def _upload_grid_now(self, entry: dict[str, Any], out_size: tuple[int, int]) -> None:
+        """As _upload_grid, from pageable memory (copied before returning): several images of a batch upload their
+        coordinates in turn, which the one pinned staging buffer could not hold."""
+        if entry.get("size") == out_size:
+            return
+        entry["size"] = out_size
+        logit_h, logit_w = self.logits.shape[2:]
+        width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
+        entry["grid_x"].copy_(self.torch.from_numpy(source_coordinates(logit_w, out_size[1], width)))
+        entry["grid_y"].copy_(self.torch.from_numpy(source_coordinates(logit_h, out_size[0], height)))
+
     def renders(self, out_size: tuple[int, int]) -> bool:
         """Whether `render` can make a class map of this (height, width): it must fit a graphed bucket."""
         return max(out_size) <= MAX_GRAPHED_SIDE
@@ -395,6 +469,7 @@ class TorchCudaBackend(Backend, DeviceRenderer):
             self.blend_tables.clear()
             if self.jpeg_decoder is not None:
                 self.jpeg_decoder.close()
+            self.batch_graphs.clear()
             for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels",
                          "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
                          "jpeg_decoder"):
@@ -411,9 +486,10 @@ def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
-           compile: bool | None = None) -> TorchCudaBackend:
+           compile: bool | None = None, max_batch: int = 1) -> TorchCudaBackend:
     """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: torch.compile the
     network (default: $SEGDEMO_TORCH_COMPILE, on; $SEGDEMO_TORCH_AOT=1 loads it from an AOTInductor package)."""
     if context.source is None:
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
-    return TorchCudaBackend(context.source, spans, precision, device, compile, context.build, context.progress)
+    return TorchCudaBackend(context.source, spans, precision, device, compile, context.build, context.progress,
+                            max_batch)

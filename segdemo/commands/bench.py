@@ -75,11 +75,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     live.add_argument("--video-fps", type=int, default=30, help="--video: clip frame rate (default 30)")
 
 
+    load = p.add_argument_group("--load: N concurrent clients × M requests against the session and the real app, "
+                                "each unbatched and with --max-batch, same run (uses --model, --backend, --out)")
+    load.add_argument("--load", action="store_true", help="run the load test")
+    load.add_argument("--clients", type=int, default=8, help="--load: concurrent clients (default 8)")
+    load.add_argument("--requests", type=int, default=10, help="--load: requests per client (default 10)")
+    load.add_argument("--max-batch", type=int, default=8, help="--load: the batched runs' max batch (default 8)")
+    load.add_argument("--load-targets", default="session,app",
+                      help="--load: session, app or both (default session,app)")
+
+
 def run(args: argparse.Namespace) -> int:
     """--app: the app bench; --cold-start: restarts; otherwise measure (or re-render --from-json), write the files,
     print the table."""
     if args.cold_start:
         return _cold_start(args)
+    if args.load:
+        from ..bench.load import run_load_bench
+
+        return run_load_bench(args)
     if args.app:
         from ..bench.app import run_app_bench  # only `bench --app` loads the app benchmark (and gradio_client)
 
