@@ -264,9 +264,9 @@ class Session:
                         with spans.span("decode", INFERENCE):
                             source = decode(source.data)
                     result = self._on_host(source, shown, spans, detailed, counted if batched else None)
+                attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
         finally:
             self._left_upstream(counted)
-            attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
         infer_ms = (time.perf_counter() - start) * 1e3
         result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
                        "infer_ms": round(infer_ms, 2)}
