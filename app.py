@@ -10,6 +10,7 @@ from segdemo.hosting import gpu_function  # isort: skip
 
 import gradio as gr
 
+from segdemo import engine_page
 from segdemo import response as r
 from segdemo import webapp as w
 from segdemo.cli import setup_logging
@@ -132,7 +133,7 @@ def build(demo: w.Demo) -> gr.Blocks:
         return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
 
     def engine():
-        return w.engine_markdown(demo), w.engine_rows(demo)
+        return engine_page.engine_markdown(demo), engine_page.engine_rows(demo)
 
     def build_engine(precision, progress=gr.Progress()):
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -14,14 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import backends
 from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
-from .gpu import detect, package_versions
 from .hosting import on_zero_gpu
 from .live import LiveFrame, LiveStream, LiveStreams
 from .model_source import DEFAULT_MODEL, preset_for
-from .pipeline import Segmentation, Session, peak_rss_mb
+from .pipeline import Segmentation, Session
 from .video import Progress, VideoResult, segment_video
 from .videofile import APP_LIMITS, VideoLimits, probe
 from .visuals import DISPLAY_SIDE
@@ -313,42 +310,3 @@ def example_files(folder: Path | None = None) -> list[str]:
             Image.fromarray(getattr(data, name)()).save(path, quality=92)
         paths.append(str(path))
     return paths
-
-
-def engine_rows(demo: Demo) -> list[list[str]]:
-    """Backend ladder: every backend, whether it can run here, and why not."""
-    rows = []
-    chosen = demo.session.backend.name if demo.session else None
-    for rung in backends.ladder():
-        state = "▶ in use" if rung.name == chosen else ("available" if rung.available else "skipped")
-        rows.append([rung.name, state, rung.reason])
-    return rows
-
-
-def engine_markdown(demo: Demo) -> str:
-    """Model, device, runtime versions, precision and the artifact cache entry behind the session."""
-    if not demo.ready:
-        return f"⏳ {demo.stage}…"
-    if demo.session is None:
-        return f"❌ {demo.error}"
-    session = demo.session
-    backend = session.backend
-    gpu = detect()
-    versions = ", ".join(f"{k} {v}" for k, v in package_versions(RUNTIME_DISTS).items())
-    lines = [
-        f"**Model:** `{session.source.spec}`" + (" — ⚠️ random weights" if session.random_weights else ""),
-        f"**Backend:** `{backend.name}` on **{backend.device}**, precision **{backend.precision}**",
-        f"**Machine:** {platform.machine()}, {os.cpu_count()} CPU cores, {gpu.describe() if gpu else 'no CUDA GPU'}",
-        f"**Runtime versions:** {versions}",
-        f"**Fused graph:** `{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)",
-        f"**Init time:** {session.init_ms:.0f} ms · **peak RSS:** {peak_rss_mb():.0f} MB",
-    ]
-    for key, value in backend.facts().items():
-        lines.append(f"**{key}:** {value}")
-    config = demo.config
-    if not config.builds_allowed:
-        builds = "turned off on this public app — its operator can allow them with `--allow-build`"
-    else:
-        builds = "allowed (public app started with `--allow-build`)" if config.public else "allowed (loopback only)"
-    lines.append(f"**Engine builds from this page:** {builds}")
-    return "  \n".join(lines)
