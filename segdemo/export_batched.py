@@ -58,7 +58,10 @@ def ensure_batched_onnx(source: ModelSource, out_dir: Path | None = None) -> tup
 
 
 def network_graph(source: ModelSource) -> onnx.ModelProto:
-    """uint8 [N, H, W, 3] → fp32 logits [N, C, H/4, W/4], N dynamic."""
+    """uint8 [N, H, W, 3] → fp32 logits channels-last [N, H/4, W/4, C], N dynamic.
+
+    Channels-last as the fused graph's post-processing wants them: ONNX Runtime then folds the transpose into the
+    classifier, as it does in the fused graph, instead of a separate pass over the logits in the post graph."""
     import onnx
     import torch
 
@@ -69,32 +72,42 @@ def network_graph(source: ModelSource) -> onnx.ModelProto:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.zeros(2, 3, *source.input_size),), buffer, input_names=["pixel_values"],
-                          output_names=[LOGITS], opset_version=OPSET, do_constant_folding=True, dynamo=False,
-                          dynamic_axes={"pixel_values": {0: "batch"}, LOGITS: {0: "batch"}})
+                          output_names=["logits_nchw"], opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                          dynamic_axes={"pixel_values": {0: "batch"}, "logits_nchw": {0: "batch"}})
     model = onnx.load_from_string(buffer.getvalue())
     graph = model.graph
     (net_input,) = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     nodes, inits = preprocess_nodes(net_input.name)
-    merged = nodes + list(graph.node)
+    (net_output,) = graph.output
+    merged = nodes + list(graph.node) + [
+        onnx.helper.make_node("Transpose", [net_output.name], [LOGITS], perm=[0, 2, 3, 1], name="logits_nhwc")]
     graph.ClearField("node")
     graph.node.extend(merged)
     graph.initializer.extend(inits)
     graph.ClearField("input")
     graph.input.extend([onnx.helper.make_tensor_value_info(INPUT_IMAGE, onnx.TensorProto.UINT8,
                                                            ["batch", *source.input_size, 3])])
+    graph.ClearField("output")
+    graph.output.extend([onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT,
+                                                            ["batch", "h", "w", len(source.labels)])])
     graph.ClearField("value_info")
     onnx.checker.check_model(model)
     return model
 
 
 def post_graph(num_labels: int) -> onnx.ModelProto:
-    """fp32 logits [1, C, h, w] + out_size → uint8 class map [1, out_height, out_width] (the fused graph's nodes)."""
+    """fp32 logits channels-last [1, h, w, C] + out_size → uint8 class map [1, out_height, out_width] (the fused
+    graph's nodes after its transpose)."""
     import onnx
 
     nodes, inits = postprocess_nodes(LOGITS, num_labels)
+    transposed = nodes[0].output[0]  # the fused graph transposes its logits first; these come channels-last
+    nodes = nodes[1:]
+    for node in nodes:
+        node.input[:] = [LOGITS if name == transposed else name for name in node.input]
     graph = onnx.helper.make_graph(
         nodes, "segdemo-post",
-        [onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, [1, num_labels, "h", "w"]),
+        [onnx.helper.make_tensor_value_info(LOGITS, onnx.TensorProto.FLOAT, [1, "h", "w", num_labels]),
          onnx.helper.make_tensor_value_info(INPUT_SIZE, onnx.TensorProto.INT64, [2])],
         [onnx.helper.make_tensor_value_info(OUTPUT_CLASSES, onnx.TensorProto.UINT8, [1, "out_height", "out_width"])],
         initializer=inits,
