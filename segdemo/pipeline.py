@@ -282,6 +282,15 @@ class Session:
         self.backend = backends.create(old.name, self.onnx_file, self.load_spans, self._context, precision=precision)
         old.close()
 
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the background warm-up and the backend's background work (benchmarks time a settled session);
+        True once nothing is left running."""
+        if self._warm_thread is not None:
+            self._warm_thread.join(timeout)
+            if self._warm_thread.is_alive():
+                return False
+        return self.backend.settle(timeout)
+
     def close(self) -> None:
         if self._warm_thread is not None:
             self._warm_thread.join()

@@ -68,7 +68,7 @@ def test_background_warm_up_is_ready_at_once_and_first_request_waits_for_it(buil
     with Session("random:tiny", "onnxruntime", build=build_dir, warm_up="background") as session:
         assert session.warm_up == "background"
         result = session.segment(image)
-        session._warm_thread.join()
+        assert session.settle(timeout=60) and session.backend.settle() is True
         names = [s.name for s in session.load_spans.spans]
         assert "warm-up" in names and "warm-up" not in [s.name for s in result.spans.spans]
     with Session("random:tiny", "onnxruntime", build=build_dir, warm_up="off") as cold:

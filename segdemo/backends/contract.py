@@ -49,6 +49,10 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the runtime's resources (safe to call twice)."""
 
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for work the backend started in the background at load (e.g. compilations); True once none is left."""
+        return True
+
     def facts(self) -> dict[str, Any]:
         """Name → value of what is worth showing about this backend (engine file, cache entry, memory, …)."""
         return {}

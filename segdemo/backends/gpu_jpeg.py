@@ -32,6 +32,7 @@ class GpuJpegDecoder:
 
     def __init__(self, decoders: list, colour, tables: torch.Tensor, difference: float) -> None:
         self.decoders, self._colour, self._tables, self.difference = decoders, colour, tables, difference
+        self.compiling: threading.Thread | None = None  # the background compilation, while there is one
 
     @property
     def name(self) -> str:
@@ -102,8 +103,9 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: b
         # ~50 small integer ops, launched one by one, cost the host more than the decode; compiled they are a few
         # fused kernels. Compiling takes seconds, so it happens beside the first requests, which use the eager
         # function until the compiled one has shown the same pixels.
-        threading.Thread(target=decoder.compile_colour, args=(samples, device), name="segdemo jpeg compile",
-                         daemon=True).start()
+        decoder.compiling = threading.Thread(target=decoder.compile_colour, args=(samples, device),
+                                             name="segdemo jpeg compile", daemon=True)
+        decoder.compiling.start()
     return decoder
 
 

@@ -455,6 +455,14 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             duration_ns = int(events[begin].elapsed_time(events[begin + 1]) * 1e6)
             spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the JPEG colour conversion's background compilation (requests are slower while it runs)."""
+        compiling = self.jpeg_decoder.compiling if self.jpeg_decoder is not None else None
+        if compiling is not None:
+            compiling.join(timeout)
+            return not compiling.is_alive()
+        return True
+
     def facts(self) -> dict[str, Any]:
         cache = (f"AOTInductor package {describe(self.package)}" if self.package else
                  f"Inductor kernels in $TORCHINDUCTOR_CACHE_DIR ({AOT_ENV}=1: a compiled package in build/compiled)")

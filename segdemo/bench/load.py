@@ -92,6 +92,7 @@ def session_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, i
 
     with Session(args.model, args.backend, args.precision, args.build_dir, warm_up="now",
                  max_batch=max_batch) as session:
+        session.settle(timeout=600)
         expected = [session.segment(str(path)).class_map for path, _ in images]  # one at a time
         for _ in range(args.warmup):
             _drive(args.clients, 1, lambda i: session.segment(str(images[i][0])).class_map, lambda i, a: None)
