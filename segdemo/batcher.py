@@ -1,7 +1,8 @@
 """Dynamic batching: requests that reach the engine close together share one engine call.
 
 A dispatcher thread takes the first waiting request, then keeps collecting for up to `window` seconds — but only
-while more requests are on their way (decoding or resizing upstream), so a lone request never waits — until
+while more requests are on their way (holding a ticket from `expect`: decoding or resizing), so a lone request never
+waits — until
 `max_batch` are together, and runs them through `BatchRunner.run_batch` while holding the session's engine slot.
 Each request gets the batch's spans plus a "batch" span saying which batch it rode in and where.
 """
@@ -20,9 +21,7 @@ import numpy as np
 
 from .backends import BatchRunner
 from .preprocess import ModelInput
-from .spans import INFERENCE, Span, SpanRecorder
-
-ENGINE_WAIT_SPAN_NS = 100_000
+from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
 
 
 @dataclass
@@ -35,21 +34,43 @@ class _Request:
     error: BaseException | None = None
 
 
+class Ticket:
+    """A request on its way to the batcher; released when it is submitted or goes elsewhere (safe twice)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            with batcher._count_lock:
+                batcher._upstream -= 1
+
+
 class Batcher:
     """Collects requests into batches for one BatchRunner; `submit` blocks until the request's class map is made."""
 
-    def __init__(self, runner: BatchRunner, slot: Callable[[], AbstractContextManager], window_s: float,
-                 upstream: Callable[[], int]) -> None:
-        """`slot()` is the session's engine lock; `upstream()` counts requests not yet submitted (decoding, …)."""
-        self.runner, self.slot, self.window_s, self.upstream = runner, slot, window_s, upstream
+    def __init__(self, runner: BatchRunner, slot: Callable[[], AbstractContextManager], window_s: float) -> None:
+        """`slot()` is the session's engine lock."""
+        self.runner, self.slot, self.window_s = runner, slot, window_s
+        self._upstream = 0  # tickets not yet released: requests that may still join a batch
+        self._count_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._numbers = itertools.count(1)
         self._thread = threading.Thread(target=self._serve, name="segdemo batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
+    def expect(self) -> Ticket:
+        """Announce a request that may soon be submitted: batches wait for it (up to the window)."""
+        with self._count_lock:
+            self._upstream += 1
+        return Ticket(self)
+
+    def submit(self, model_input: ModelInput, spans: SpanRecorder, ticket: Ticket | None = None) -> np.ndarray:
         request = _Request(model_input, spans)
         self._queue.put(request)
+        if ticket is not None:
+            ticket.release()  # after the put, so the dispatcher always sees it, on its way or queued
         request.done.wait()
         if request.error is not None:
             raise request.error
@@ -67,7 +88,7 @@ class Batcher:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     remaining = deadline - time.perf_counter()
-                    if remaining <= 0 or self.upstream() == 0:
+                    if remaining <= 0 or self._upstream == 0:
                         break
                     try:
                         item = self._queue.get(timeout=min(remaining, 0.0005))

@@ -13,19 +13,15 @@ most one frame of every other stream.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from .pipeline import Segmentation, Session
 from .spans import DEVICE_THREAD, INFERENCE, SpanRecorder, percentile
-from .visuals import DEFAULT_OPACITY
+from .visuals import DEFAULT_OPACITY, jpeg_bytes
 
 JPEG_QUALITY = 80  # live frames: small and fast to encode (4:2:0); a still result uses the sharper display JPEG
 WINDOW_S = 3.0  # fps and latency over the frames finished in the last few seconds
@@ -158,7 +154,7 @@ class LiveStream:
             result = self.session.segment(image, spans, record=False)
             picture = result.display_overlay(opacity)
             with spans.span("encode frame", INFERENCE, size=list(picture.shape[:2])):
-                jpeg = jpeg_frame(picture)
+                jpeg = jpeg_bytes(picture, JPEG_QUALITY, subsampling=2)
         finally:
             with self._cond:
                 self._busy = False
@@ -214,9 +210,3 @@ def live_chart(stats: LiveStats) -> Any:
 
     names, frames = stats.span_history()
     return live_figure(names, frames, stats.fps())
-
-
-def jpeg_frame(picture: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .batcher import Batcher
+from .batcher import Batcher, Ticket
 from .classmap import legend, legend_from_counts, restore_size
 from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
 from .export import ensure_onnx
@@ -21,7 +21,7 @@ from .labels import palette
 from .model_source import ModelSource, resolve
 from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
 from .segmentation import Segmentation
-from .spans import INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
+from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
 from .visuals import (
     DEFAULT_OPACITY,
     DISPLAY_SIDE,
@@ -30,7 +30,6 @@ from .visuals import (
 
 log = logging.getLogger("segdemo")
 
-ENGINE_WAIT_SPAN_NS = 100_000  # queueing for the engine shorter than this is not worth a span
 WARM_UPS = ("auto", "now", "background", "off")
 BATCH_WINDOW_MS = 3.0  # how long a batch waits for requests still on their way (only while there are any)
 BATCH_MAX_PIXELS = 2_000_000  # larger images keep a DeviceRenderer's whole-request path (GPU decode, no host copy)
@@ -85,9 +84,7 @@ class Session:
             options = {"max_batch": max_batch} if max_batch > 1 else {}
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision), **options)
-            self._upstream = 0  # requests in segment() that have not reached the engine yet
-            self._upstream_lock = threading.Lock()
-            self.batcher = Batcher(self.backend, lambda: self._slot, batch_window_ms / 1e3, lambda: self._upstream) \
+            self.batcher = Batcher(self.backend, lambda: self._slot, batch_window_ms / 1e3) \
                 if max_batch > 1 and isinstance(self.backend, backends.BatchRunner) else None
             self._warm_thread = self._start_warm_up(warm_up)
             attrs.update(backend=name, precision=self.backend.precision, warm_up=self.warm_up)
@@ -167,9 +164,7 @@ class Session:
         """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
-        with self._upstream_lock:
-            self._upstream += 1
-        counted = [True]  # until this request reaches the engine (see _left_upstream)
+        ticket = self.batcher.expect() if self.batcher is not None else None  # batches wait for it
         try:
             with spans.span("request", INFERENCE) as attrs:
                 renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed \
@@ -178,17 +173,19 @@ class Session:
                 size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
                 shown = display_size(size, self.display_side)
                 batched = self.batcher is not None and not detailed and size[0] * size[1] <= BATCH_MAX_PIXELS
+                if ticket is not None and not batched:
+                    ticket.release()  # it will not join a batch: none should wait for it
                 if renderer is not None and not batched and (isinstance(source, EncodedJpeg) or self._renders(size)):
-                    self._left_upstream(counted)
                     result = self._on_device(renderer, source, image, size, shown, spans)
                 else:
                     if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
                         with spans.span("decode", INFERENCE):
                             source = decode(source.data)
-                    result = self._on_host(source, shown, spans, detailed, counted if batched else None)
+                    result = self._on_host(source, shown, spans, detailed, ticket if batched else None)
                 attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
         finally:
-            self._left_upstream(counted)
+            if ticket is not None:
+                ticket.release()  # no-op once submitted or released; covers a request that failed on its way
         infer_ms = (time.perf_counter() - start) * 1e3
         result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
                        "infer_ms": round(infer_ms, 2)}
@@ -210,24 +207,15 @@ class Session:
                             rendered.display_map, source=image, _image=decoded,
                             _display_overlays={rendered.opacity: rendered.display_overlay})
 
-    def _left_upstream(self, counted: list[bool]) -> None:
-        """The request has reached the engine (or ended): the batcher stops waiting for it."""
-        if counted[0]:
-            counted[0] = False
-            with self._upstream_lock:
-                self._upstream -= 1
-
     def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
-                 detailed: bool, batched: list[bool] | None = None) -> Segmentation:
-        """Resize here, run the backend (in a batch when `batched`), then restore the size and make the display
-        pictures here."""
+                 detailed: bool, batched: Ticket | None = None) -> Segmentation:
+        """Resize here, run the backend (in a batch when given the request's batcher ticket), then restore the size
+        and make the display pictures here."""
         with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
             model_input = prepare(rgb, self.source.input_size, self.max_side)
         if batched is not None:
-            self._left_upstream(batched)
-            computed = self.batcher.submit(model_input, spans)
+            computed = self.batcher.submit(model_input, spans, batched)
         else:
-            self._left_upstream([False])
             with self._engine(spans):
                 computed = self.backend.run(model_input, spans, detailed=detailed)
         with spans.span("restore size", INFERENCE):

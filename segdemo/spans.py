@@ -17,6 +17,8 @@ CATEGORIES = (LOAD, INFERENCE, LAYER)
 DEVICE_THREAD = "GPU stream"  # lane of spans measured with CUDA events (what the GPU did)
 
 
+ENGINE_WAIT_SPAN_NS = 100_000  # queueing for the engine shorter than this is not worth a span
+
 @dataclass
 class Span:
     """One timed stage; times are `perf_counter_ns` values (device spans are placed on that clock)."""

@@ -83,10 +83,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def jpeg_bytes(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """A display JPEG of an RGB picture (4:4:4: no chroma smear across class boundaries)."""
+def jpeg_bytes(image: np.ndarray, quality: int = JPEG_QUALITY, subsampling: int = 0) -> bytes:
+    """A display JPEG of an RGB picture (default 4:4:4: no chroma smear across class boundaries; 2 is 4:2:0)."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
     return buffer.getvalue()
 
 

@@ -238,14 +238,20 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             self.post[padded] = entry
         return self.post[padded]
 
-    def _upload_grid(self, entry: dict[str, Any], out_size: tuple[int, int]) -> None:
-        """Sampling coordinates of `out_size` into the bucket graph's inputs (pinned → device, asynchronous)."""
+    def _upload_grid(self, entry: dict[str, Any], out_size: tuple[int, int], staged: bool = True) -> None:
+        """Sampling coordinates of `out_size` into the bucket graph's inputs: through the one pinned staging buffer
+        (asynchronous), or — when several images of a batch upload theirs in turn, which that buffer cannot hold —
+        from pageable memory, copied before returning."""
         if entry.get("size") == out_size:  # still there from the bucket's previous request
             return
         entry["size"] = out_size
         out_h, out_w = out_size
         logit_h, logit_w = self.logits.shape[2:]
         width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
+        if not staged:
+            entry["grid_x"].copy_(self.torch.from_numpy(source_coordinates(logit_w, out_w, width)))
+            entry["grid_y"].copy_(self.torch.from_numpy(source_coordinates(logit_h, out_h, height)))
+            return
         grid = self.host_grid.numpy()
         grid[:width] = source_coordinates(logit_w, out_w, width)
         grid[width:width + height] = source_coordinates(logit_h, out_h, height)
@@ -326,7 +332,7 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                     out_h, out_w = model_input.out_size
                     post = self._post_graph((out_h, out_w))
                     self.logits.copy_(entry["logits"][i:i + 1])
-                    self._upload_grid_now(post, (out_h, out_w))
+                    self._upload_grid(post, (out_h, out_w), staged=False)
                     post["graph"].replay()
                     # Always a copy: .contiguous() of a slice that is already contiguous (a size filling its bucket's
                     # rows) returns the graph's own output, which the next image's replay would overwrite before
@@ -340,17 +346,6 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             attrs.update(bucket=entry["size"])
             self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
         return result
-
-    def _upload_grid_now(self, entry: dict[str, Any], out_size: tuple[int, int]) -> None:
-        """As _upload_grid, from pageable memory (copied before returning): several images of a batch upload their
-        coordinates in turn, which the one pinned staging buffer could not hold."""
-        if entry.get("size") == out_size:
-            return
-        entry["size"] = out_size
-        logit_h, logit_w = self.logits.shape[2:]
-        width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
-        entry["grid_x"].copy_(self.torch.from_numpy(source_coordinates(logit_w, out_size[1], width)))
-        entry["grid_y"].copy_(self.torch.from_numpy(source_coordinates(logit_h, out_size[0], height)))
 
     def renders(self, out_size: tuple[int, int]) -> bool:
         """Whether `render` can make a class map of this (height, width): it must fit a graphed bucket."""

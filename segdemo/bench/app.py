@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -27,6 +26,7 @@ from . import app_report as report
 from .app_browser import browser_unavailable, time_browser
 from .facts import cpu_name, gpu_name
 from .images import image_names, make_images
+from .report import results_of
 
 log = logging.getLogger("segdemo")
 
@@ -38,13 +38,7 @@ READY_S = 900  # an uncached export of a large model plus an engine build can ta
 
 def run_app_bench(args: argparse.Namespace) -> int:
     """Measure (or re-render --from-json), write results-app.json and bench-app.md, print the tables."""
-    if args.from_json:
-        results = json.loads(args.from_json.read_text())
-    else:
-        if args.smoke:
-            for key, value in SMOKE_APP.items():
-                setattr(args, key, value)
-        results = report.derive(measure(args))
+    results = results_of(args, SMOKE_APP, lambda a: report.derive(measure(a)))
     files = report.write_outputs(results, args.out, args.markdown, args.section)
     if not args.from_json:
         files.update({f"{name} log": args.out / f"{name}.log" for name in ("floor", "app")})

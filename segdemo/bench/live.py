@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import SegdemoError
 from .facts import cpu_name, gpu_name
-from .report import fmt_ms, merge_section, percentiles
+from .report import fmt_ms, merge_section, percentiles, results_of
 
 log = logging.getLogger("segdemo")
 
@@ -42,13 +42,7 @@ def _size(text: str, option: str) -> tuple[int, int]:
 
 def run_live_bench(args: argparse.Namespace) -> int:
     """Measure (or re-render --from-json), write results-live.json and bench-live.md, print the summary."""
-    if args.from_json:
-        results = json.loads(args.from_json.read_text())
-    else:
-        if args.smoke:
-            for key, value in SMOKE_LIVE.items():
-                setattr(args, key, value)
-        results = measure(args)
+    results = results_of(args, SMOKE_LIVE, measure)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {"json": args.out / "results-live.json", "markdown": args.out / "bench-live.md"}
     files["json"].write_text(json.dumps(results, indent=1) + "\n")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,16 @@ from ..optional import missing
 from .jobs import REFERENCE
 
 log = logging.getLogger("segdemo")
+
+
+def results_of(args: Any, smoke: dict[str, Any], measure: Callable[[Any], dict]) -> dict:
+    """A bench's results: re-read from --from-json, or measured (--smoke's settings applied to `args` first)."""
+    if args.from_json:
+        return json.loads(args.from_json.read_text())
+    if args.smoke:
+        for key, value in smoke.items():
+            setattr(args, key, value)
+    return measure(args)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

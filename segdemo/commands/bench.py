@@ -102,17 +102,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.live import run_live_bench
 
         return run_live_bench(args)
-    from ..bench.report import markdown_table, write_outputs
+    from ..bench.engine import SMOKE, run_bench
+    from ..bench.report import markdown_table, results_of, write_outputs
 
-    if args.from_json:
-        results = json.loads(args.from_json.read_text())
-    else:
-        from ..bench.engine import SMOKE, run_bench
-
-        if args.smoke:
-            for key, value in SMOKE.items():
-                setattr(args, key, value)
-        results = run_bench(args)
+    results = results_of(args, SMOKE, run_bench)
     files = write_outputs(results, args.out, args.markdown, args.section)
     for name, path in files.items():
         print(f"{name:9s} {path}")
