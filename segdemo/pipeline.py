@@ -80,7 +80,7 @@ class Session:
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
-            self._context = backends.LoadContext(self.source, build, progress)
+            self._context = backends.LoadContext(self.source, build, progress, long_lived=warm_up != "off")
             options = {"max_batch": max_batch} if max_batch > 1 else {}
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision), **options)

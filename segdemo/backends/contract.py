@@ -27,11 +27,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What any backend's loading may use (each takes what it needs): the model, the artifact folder, progress."""
+    """What any backend's loading may use (each takes what it needs): the model, the artifact folder, progress, and
+    whether the session will serve many requests (then background compilations pay off; a one-shot CLI run's don't)."""
 
     source: ModelSource | None = None
     build: Path | None = None
     progress: Callable[[float, str], None] | None = None
+    long_lived: bool = True
 
 
 class Backend(ABC):

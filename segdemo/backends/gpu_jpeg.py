@@ -104,7 +104,7 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: b
         # fused kernels. Compiling takes seconds, so it happens beside the first requests, which use the eager
         # function until the compiled one has shown the same pixels.
         decoder.compiling = threading.Thread(target=decoder.compile_colour, args=(samples, device),
-                                             name="segdemo jpeg compile", daemon=True)
+                                             name="segdemo jpeg compile")  # not a daemon: see torch_cuda
         decoder.compiling.start()
     return decoder
 

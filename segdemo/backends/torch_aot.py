@@ -1,15 +1,16 @@
-"""torch-cuda's compiled network, made once with AOTInductor and cached in build/compiled like the TensorRT plans.
+"""torch-cuda's network made ahead of time and cached in build/compiled like the TensorRT plans, in two formats.
 
-`torch.compile` re-traces the network in every new process (16 s for b4 on an H100 even with warm kernel caches);
-an AOTInductor package (`torch.export` + `aoti_compile_and_package`) holds the generated kernels, the compiled
-wrapper and the weights, and loads in about a second without transformers. The package is keyed by the model's
-content key, the precision, the input size, torch/CUDA versions, the device and the code that builds the network;
-its sidecar carries its size and sha256 (engine_cache's rules): a missing, stale or corrupt package, or one that
-fails to load, is compiled again, never used.
+- The exported program (default): `torch.export` of the network with a dynamic batch dimension, saved with its
+  weights. Later starts load it in about a second without transformers or the model's files and replay it at once
+  (CUDA graphs of the uncompiled program) while torch.compile works on it in the background (torch_cuda).
+- The AOTInductor package (opt-in, $SEGDEMO_TORCH_AOT=1): the exported program compiled to kernels and a wrapper,
+  loading in about a second with no compilation at all. On the lent H100 (torch 2.11+cu130) `aoti_load_package` of a
+  CUDA package segfaulted inside `_load_aoti` ~45 s in, with and without PDL, while CPU packages
+  (tests/test_compiled_cache.py, torch 2.13) load in 10 ms — so it is not the default.
 
-Opt-in ($SEGDEMO_TORCH_AOT=1, see torch_cuda): on the lent H100 (torch 2.11+cu130) `aoti_load_package` of a CUDA
-package segfaulted inside `_load_aoti` ~45 s in, with and without PDL and with CUDA initialised first, while CPU
-packages (tests/test_compiled_cache.py, torch 2.13) load in 10 ms.
+Both are keyed by the model's content key, the precision, the input size, torch/CUDA versions, the device and the
+code that builds the network; the sidecar carries size and sha256 (engine_cache's rules): a missing, stale or corrupt
+artifact, or one that fails to load, is made again, never used.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +64,72 @@ def pixel_network(net: torch.nn.Module, precision: str) -> torch.nn.Module:
     return PixelNetwork().eval()
 
 
-def package_key(source: ModelSource, precision: str, device: torch.device) -> dict[str, Any]:
-    """Everything that makes one compiled package different from another."""
+@dataclass(frozen=True)
+class Format:
+    """One kind of ahead-of-time artifact: how it is named, made from the eager network, and loaded."""
+
+    name: str  # part of the key
+    noun: str  # in span names: "find <noun>", "load <noun>"
+    suffix: str
+    make: Callable[[torch.nn.Module, torch.Tensor, Path, SpanRecorder], bytes]
+    load: Callable[[Path], Any]
+
+
+MAX_BATCH = 64  # the exported program's batch dimension runs 1..MAX_BATCH
+
+
+def _export(network: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool) -> Any:
+    import torch
+
+    dims = {"pixels": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if dynamic_batch else None
+    with torch.inference_mode():
+        return torch.export.export(network, (example,), dynamic_shapes=dims)
+
+
+def _make_program(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:
+    import io
+
+    import torch
+
+    with spans.span("torch.export", LOAD, dynamic_batch=True):
+        program = _export(network, example.expand(2, *example.shape[1:]).contiguous(), dynamic_batch=True)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _load_program(path: Path) -> torch.nn.Module:
+    import torch
+
+    module = torch.export.load(str(path)).module()
+    # Saved weights come back contiguous; channels-last is what cuDNN runs fastest here (see torch_cuda).
+    return module.to(memory_format=torch.channels_last)
+
+
+def _make_package(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:
+    import torch
+
+    with spans.span("torch.export", LOAD):
+        program = _export(network, example, dynamic_batch=False)
+    with spans.span("aoti compile", LOAD) as attrs:
+        made = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "network.pt2"))
+        data = Path(made).read_bytes()
+        attrs["bytes"] = len(data)
+    return data
+
+
+def _load_package(path: Path) -> Callable:
+    import torch
+
+    return torch._inductor.aoti_load_package(str(path))
+
+
+PROGRAM = Format("exported-program-1", "exported network", ".program.pt2", _make_program, _load_program)
+PACKAGE = Format("aoti-package-1", "compiled network", ".pt2", _make_package, _load_package)
+
+
+def package_key(source: ModelSource, precision: str, device: torch.device, kind: Format = PACKAGE) -> dict[str, Any]:
+    """Everything that makes one artifact different from another."""
     import torch
 
     root = Path(__file__).resolve().parent.parent
@@ -71,7 +137,7 @@ def package_key(source: ModelSource, precision: str, device: torch.device) -> di
         "model": source.content_hash, "precision": precision, "input_size": list(source.input_size),
         "torch": torch.__version__, "cuda": torch.version.cuda, "device": device.type,
         "code": digest(*((root / name).read_bytes() for name in _CODE)),
-        "format": "aoti-package-1",
+        "format": kind.name,
     }
     if device.type == "cuda":
         parts["gpu"] = torch.cuda.get_device_name(device)
@@ -79,76 +145,73 @@ def package_key(source: ModelSource, precision: str, device: torch.device) -> di
     return parts
 
 
-def package_path(build: Path, source: ModelSource, precision: str, device: torch.device, key: str) -> Path:
-    """build/compiled/<model>-<precision>-<device>-<key>.pt2: readable name, content-addressed."""
-    return build / COMPILED_DIR / f"{source.name}-{precision}-{device.type}-{key[:16]}.pt2"
+def package_path(build: Path, source: ModelSource, precision: str, device: torch.device, key: str,
+                 kind: Format = PACKAGE) -> Path:
+    """build/compiled/<model>-<precision>-<device>-<key><suffix>: readable name, content-addressed."""
+    return build / COMPILED_DIR / f"{source.name}-{precision}-{device.type}-{key[:16]}{kind.suffix}"
 
 
 def compiled_network(source: ModelSource, precision: str, device: torch.device, build: Path | None,
                      spans: SpanRecorder, make_network: Callable[[], torch.nn.Module],
-                     progress: Callable[[float, str], None] | None = None) -> tuple[Callable, dict[str, Any]]:
-    """(the loaded package's callable, facts): from the cache, else compiled from `make_network()` and stored.
+                     progress: Callable[[float, str], None] | None = None,
+                     kind: Format = PACKAGE) -> tuple[Any, dict[str, Any]]:
+    """(the loaded artifact — the package's callable or the program's module —, facts): from the cache, else made
+    from `make_network()` and stored.
 
     `make_network` returns the eager `pixel_network` on `device`; it is only called on a miss (it needs the
     model's weights, and so transformers)."""
     build = build_dir(build)
-    parts = package_key(source, precision, device)
+    parts = package_key(source, precision, device, kind)
     key = engine_cache.engine_key(parts)
-    path = package_path(build, source, precision, device, key)
-    with spans.span("find compiled network", LOAD, file=path.name) as attrs:
+    path = package_path(build, source, precision, device, key, kind)
+    with spans.span(f"find {kind.noun}", LOAD, file=path.name) as attrs:
         cached, why = engine_cache.lookup(path, key)
         attrs["cache"] = why
     if cached is not None:
-        runner = _load(path, spans)
-        if runner is not None:
-            return runner, {"package": path, "cache_hit": True, "compile_s": cached.sidecar.get("compile_s")}
+        loaded = _load(kind, path, spans)
+        if loaded is not None:
+            return loaded, {"package": path, "cache_hit": True, "compile_s": cached.sidecar.get("compile_s")}
     elif path.exists():
         engine_cache.invalidate(path, why)
     with lock_for(path):
-        cached, why = engine_cache.lookup(path, key)  # another process may have compiled it while we waited
-        if cached is not None and (runner := _load(path, spans)) is not None:
-            return runner, {"package": path, "cache_hit": True, "compile_s": cached.sidecar.get("compile_s")}
-        seconds = _compile(path, parts, key, spans, make_network, progress)
-    runner = _load(path, spans)
-    if runner is None:
-        raise RuntimeError(f"the freshly compiled network {path} does not load")
-    return runner, {"package": path, "cache_hit": False, "compile_s": seconds}
+        cached, why = engine_cache.lookup(path, key)  # another process may have made it while we waited
+        if cached is not None and (loaded := _load(kind, path, spans)) is not None:
+            return loaded, {"package": path, "cache_hit": True, "compile_s": cached.sidecar.get("compile_s")}
+        seconds = _make(kind, path, parts, key, spans, make_network, progress)
+    loaded = _load(kind, path, spans)
+    if loaded is None:
+        raise RuntimeError(f"the freshly made {kind.noun} {path} does not load")
+    return loaded, {"package": path, "cache_hit": False, "compile_s": seconds}
 
 
-def _compile(path: Path, parts: dict[str, Any], key: str, spans: SpanRecorder,
-             make_network: Callable[[], torch.nn.Module], progress: Callable[[float, str], None] | None) -> float:
+def _make(kind: Format, path: Path, parts: dict[str, Any], key: str, spans: SpanRecorder,
+          make_network: Callable[[], torch.nn.Module], progress: Callable[[float, str], None] | None) -> float:
     import torch
 
     if progress is not None:
-        progress(0.1, "compiling the network with AOTInductor (first start only; later starts load it from build/)")
+        progress(0.1, f"making the {kind.noun} (first start only; later starts load it from build/)")
     start = time.perf_counter()
     network = make_network()
     height, width = parts["input_size"]
     device = next(network.parameters()).device
     example = torch.randint(0, 256, (1, height, width, 3), dtype=torch.uint8, device=device)
-    with spans.span("torch.export", LOAD), torch.inference_mode():
-        program = torch.export.export(network, (example,))
     if progress is not None:
-        progress(0.3, "compiling the network with AOTInductor: generating and building kernels")
-    with spans.span("aoti compile", LOAD) as attrs, tempfile.TemporaryDirectory(dir=path.parent) as folder:
-        made = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / path.name))
-        data = Path(made).read_bytes()
-        attrs["bytes"] = len(data)
+        progress(0.3, f"making the {kind.noun}: tracing{' and compiling' if kind is PACKAGE else ''}")
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        data = kind.make(network, example, Path(folder), spans)
     seconds = time.perf_counter() - start
     engine_cache.store(path, data, {"key": key, "parts": parts, "compile_s": round(seconds, 1)})
-    log.info("compiled the network with AOTInductor in %.1f s → %s (%.1f MB); later starts load it",
-             seconds, path, len(data) / 1e6)
+    log.info("made the %s in %.1f s → %s (%.1f MB); later starts load it", kind.noun, seconds, path,
+             len(data) / 1e6)
     return seconds
 
 
-def _load(path: Path, spans: SpanRecorder) -> Callable | None:
-    """The package's callable, or None (and the package discarded) if it fails to load."""
-    import torch
-
-    with spans.span("load compiled network", LOAD, file=path.name) as attrs:
+def _load(kind: Format, path: Path, spans: SpanRecorder) -> Any | None:
+    """The loaded artifact, or None (and the file discarded) if it fails to load."""
+    with spans.span(f"load {kind.noun}", LOAD, file=path.name) as attrs:
         try:
-            return torch._inductor.aoti_load_package(str(path))
-        except Exception as exc:  # noqa: BLE001 — whatever the loader says, the package cannot be used
+            return kind.load(path)
+        except Exception as exc:  # noqa: BLE001 — whatever the loader says, the artifact cannot be used
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             attrs["error"] = reason
             engine_cache.invalidate(path, f"it does not load ({reason})")
@@ -156,8 +219,7 @@ def _load(path: Path, spans: SpanRecorder) -> Callable | None:
 
 
 def describe(facts: dict[str, Any]) -> str:
-    """One line for the Engine tab: the package and whether this start compiled it."""
+    """One line for the Engine tab: the artifact and whether this start made it."""
     path = Path(facts["package"])
-    how = "loaded from the cache" if facts["cache_hit"] else f"compiled this start in {facts['compile_s']:.0f} s"
+    how = "loaded from the cache" if facts["cache_hit"] else f"made this start in {facts['compile_s']:.0f} s"
     return f"{path} ({path.stat().st_size / 1e6:.0f} MB, {how})"
-

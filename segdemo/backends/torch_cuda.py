@@ -5,6 +5,9 @@ model's fixed input size. The post-processing (bilinear upsampling of the logits
 is one graph per output-size bucket: sizes are rounded up to `BUCKET` pixels and the sampling coordinates are
 inputs, so one replay serves every size in its bucket and the padding is cropped on download.
 fp16 keeps LayerNorm, Softmax and the post-processing in fp32 (the TensorRT fp16 build's policy).
+The network comes from its exported program in build/compiled (torch_aot; no transformers import after the first
+start), replayed uncompiled at once; torch.compile works on it in a background thread and each graph is swapped for
+its compiled twin when that is ready (Inductor's ~600 fused kernels against ~1300: about 1.7× faster replays).
 
 `render` does a whole request on the GPU — nvJPEG's planar decode finished with libjpeg's own chroma upsampling
 and colour conversion (Pillow's pixels) and the EXIF orientation applied, or one upload; Pillow-exact resize; both
@@ -36,8 +39,8 @@ from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
 from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
-from .gpu_jpeg import checked_decoder
-from .torch_aot import compiled_network, describe, pixel_network
+from .gpu_jpeg import GpuJpegDecoder, checked_decoder
+from .torch_aot import PROGRAM, compiled_network, describe, pixel_network
 from .torch_ops import (
     blend,
     bucket,
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 AOT_ENV = "SEGDEMO_TORCH_AOT"  # "1": the compiled network from an AOTInductor package cached in build/compiled
+MIN_COMPILED_AGREEMENT = 0.99  # a compiled graph replaces the uncompiled one only if its argmax agrees this well
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # batches run in the smallest bucket that holds them
 
@@ -82,7 +86,10 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
                  compile: bool | None = None, build: Path | None = None,
-                 progress: Callable[[float, str], None] | None = None, max_batch: int = 1) -> None:
+                 progress: Callable[[float, str], None] | None = None, max_batch: int = 1,
+                 long_lived: bool = True) -> None:
+        """`compile`: torch.compile the network (default $SEGDEMO_TORCH_COMPILE, on) — in the background, swapping
+        each CUDA graph for its compiled twin when ready, in a `long_lived` session; one-shot runs stay uncompiled."""
         import torch
 
         if precision not in ("fp16", "fp32"):
@@ -92,14 +99,18 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         self.cuda = torch.device("cuda", device)
         self.input_size = source.input_size
         self.lock = threading.Lock()  # one set of static buffers: requests take turns
-        self.compiled = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
+        self._closing = False  # set by close: background threads stop at their next step
+        self.compiling: threading.Thread | None = None  # the network's background torch.compile, while it runs
+        wanted = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
+        self.compiled = False  # whether the graphs replay compiled code (at once with AOT, else once compiled)
         self.package: dict[str, Any] | None = None
+        self.program: dict[str, Any] | None = None
         if precision == "fp32":
             # fp32 means fp32: no TF32 in matmuls and convolutions, so parity matches ONNX Runtime's.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
-        if self.compiled:
+        if wanted:
             # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
             # reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
@@ -108,20 +119,21 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.enable_pdl = True
-        self.aot = self.compiled and os.environ.get(AOT_ENV, "0") == "1"
+        self.aot = wanted and os.environ.get(AOT_ENV, "0") == "1"
         if self.aot:
             # Opt-in: the package loads in a second where it works, but aoti_load_package segfaulted on the H100
-            # image (torch 2.11+cu130) — a crash no fallback can catch — so torch.compile stays the default.
+            # image (torch 2.11+cu130) — a crash no fallback can catch — so the exported program is the default.
             try:
                 self.net, self.package = compiled_network(
                     source, precision, self.cuda, build, spans, lambda: self._eager_network(source, spans), progress)
-            except Exception as exc:  # noqa: BLE001 — then torch.compile, as without the cache
-                log.warning("AOTInductor compilation failed (%s: %s); using torch.compile",
+                self.compiled = True
+            except Exception as exc:  # noqa: BLE001 — then the exported program, as without the package
+                log.warning("AOTInductor compilation failed (%s: %s); using the exported program",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self.aot = False
         if not self.aot:
-            self.eager_net = self._eager_network(source, spans)
-            self.net = torch.compile(self.eager_net, dynamic=False) if self.compiled else self.eager_net
+            self.eager_net = self._program_network(source, spans, build, progress)
+            self.net = self.eager_net
         self.stream = torch.cuda.Stream(self.cuda)
         height, width = self.input_size
         self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
@@ -130,19 +142,14 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                         compiled=self.compiled) as attrs:
             self.pixels.copy_(torch.randint(0, 256, self.pixels.shape, dtype=torch.uint8, device=self.cuda))
             try:
-                self.network_graph, self.logits = self._capture(self._network)
+                self.network_graph, self.logits = self._network_graph(self.net, self.pixels)
             except Exception as exc:  # noqa: BLE001 — see below
-                log.warning("capturing the %s network in a CUDA graph failed (%s: %s)",
-                            "AOTInductor" if self.aot else "torch.compile" if self.compiled else "eager",
+                if not self.aot:
+                    raise
+                log.warning("capturing the AOTInductor network in a CUDA graph failed (%s: %s)",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 torch.cuda.synchronize(self.cuda)
-                if self.aot:  # the package still runs, launched per request
-                    self.network_graph, self.logits = None, self._network().clone()
-                elif self.compiled:  # no Triton/compiler here: the eager graph is still fast
-                    self.net, self.compiled = self.eager_net, False
-                    self.network_graph, self.logits = self._capture(self._network)
-                else:
-                    raise
+                self.network_graph, self.logits = None, self._network().clone()  # launched per request
             attrs["graphed"] = self.network_graph is not None
         self.post: dict[tuple[int, int], dict[str, Any]] = {}
         # All post-processing graphs share one memory pool (each private pool would keep its own peak, ~2.5 GB
@@ -155,10 +162,11 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
         self.lut = torch.from_numpy(colour_table(palette(len(source.labels)))).to(self.cuda)
         self.blend_tables: dict[float, torch.Tensor] = {}
-        with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
-            self.jpeg_decoder = checked_decoder(self.cuda, self.stream, self.compiled)
-            attrs.update(decoder=self.decoder_name, mean_difference_to_pillow=self.jpeg_decoder.difference
-                         if self.jpeg_decoder is not None else None)
+        # Checking the GPU JPEG decoders against Pillow takes ~0.8 s; until it is done, uploads are decoded by
+        # Pillow on the host (the same pixels), so a long-lived session need not wait for it to be ready.
+        self.jpeg_decoder: GpuJpegDecoder | None = None
+        self.checking = threading.Thread(target=self._check_decoder, args=(spans, wanted and long_lived),
+                                         name="segdemo jpeg check")  # started last, after the graph captures
         self.max_batch = max_batch
         self.batch_graphs: dict[int, dict[str, Any]] = {}
         if max_batch > 1:
@@ -168,6 +176,26 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                                           pin_memory=True)
             with spans.span("capture batch graphs", LOAD, backend=self.name, max_batch=max_batch) as attrs:
                 attrs["buckets"] = [self._batch_graph(size)["size"] for size in BATCH_BUCKETS if size <= max_batch]
+        if long_lived:
+            self.checking.start()
+        else:
+            self.checking.run()
+        if wanted and not self.aot and long_lived:
+            # Tracing and code generation take 15–80 s for b4; requests replay the uncompiled graphs meanwhile.
+            # Not a daemon: interpreter shutdown in the middle of a compilation aborts the process.
+            self.compiling = threading.Thread(target=self._compile_network, name="segdemo network compile")
+            self.compiling.start()
+
+    def _check_decoder(self, spans: SpanRecorder, compile_colour: bool) -> None:
+        with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
+            decoder = checked_decoder(self.cuda, self.torch.cuda.Stream(self.cuda), compile_colour)
+            attrs.update(decoder=decoder.name if decoder is not None else "Pillow (host)",
+                         mean_difference_to_pillow=decoder.difference if decoder is not None else None)
+        with self.lock:
+            if self._closing and decoder is not None:
+                decoder.close()
+            elif not self._closing:
+                self.jpeg_decoder = decoder
 
     @property
     def decoder_name(self) -> str:
@@ -196,6 +224,65 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             # then runs the depthwise and reduction convolutions in place of 41 layout copies (3.26 → 2.80 ms).
             net.to(memory_format=torch.channels_last)
             return pixel_network(net, self.precision)
+
+    def _program_network(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
+                         progress: Callable[[float, str], None] | None) -> torch.nn.Module:
+        """The network from its exported program in build/compiled (no transformers), made on the first start; the
+        transformers model directly if torch.export cannot trace it."""
+        try:
+            module, self.program = compiled_network(source, self.precision, self.cuda, build, spans,
+                                                    lambda: self._eager_network(source, spans), progress, PROGRAM)
+            return module
+        except Exception as exc:  # noqa: BLE001 — an untraceable model still runs, only its starts stay slow
+            log.warning("torch.export of the network failed (%s: %s); running the transformers model",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return self._eager_network(source, spans)
+
+    def _network_graph(self, net: Callable, pixels: torch.Tensor,
+                       logits: torch.Tensor | None = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """A CUDA graph of `net` over static `pixels` that writes its logits into `logits` (made here if None):
+        a tensor outside the graph's memory pool, so the graph can be swapped for another one later."""
+        torch = self.torch
+        if logits is None:
+            with torch.inference_mode(), torch.cuda.stream(self.stream):
+                logits = torch.empty_like(net(pixels))
+            self.stream.synchronize()
+        graph, _ = self._capture(lambda: logits.copy_(net(pixels)))
+        return graph, logits
+
+    def _compile_network(self) -> None:
+        """torch.compile the network, then swap each CUDA graph (one image first, then the batch buckets) for a
+        compiled one whose argmax agrees with the uncompiled one's; on any failure the uncompiled graphs stay."""
+        torch = self.torch
+        start = time.perf_counter()
+        try:
+            compiled = torch.compile(self.eager_net, dynamic=False)
+            stream = torch.cuda.Stream(self.cuda)
+            targets = [(0, self.pixels, self.logits)] + [
+                (size, entry["pixels"], entry["logits"]) for size, entry in sorted(self.batch_graphs.items())]
+            for size, pixels, logits in targets:
+                sample = torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=self.cuda)
+                with torch.inference_mode(), torch.cuda.stream(stream):
+                    got, want = compiled(sample).argmax(1), self.eager_net(sample).argmax(1)  # compiles: seconds
+                    agreement = float((got == want).float().mean())
+                stream.synchronize()
+                if agreement < MIN_COMPILED_AGREEMENT:
+                    raise RuntimeError(f"its class map agrees {agreement:.2%} with the uncompiled network's")
+                with self.lock:
+                    if self._closing:
+                        return
+                    graph, _ = self._network_graph(compiled, pixels, logits)
+                    if size:
+                        self.batch_graphs[size]["graph"] = graph
+                    else:
+                        self.network_graph = graph
+                        self.net, self.compiled = compiled, True
+        except Exception as exc:  # noqa: BLE001 — e.g. no Triton or C compiler here: the uncompiled graphs stay
+            log.warning("torch.compile of the network failed (%s: %s); requests keep the uncompiled graphs",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return
+        log.info("network compiled in the background in %.1f s; requests use it from now on",
+                 time.perf_counter() - start)
 
     def _network(self) -> torch.Tensor:
         """Static uint8 NHWC pixels → fp32 logits (the compiled package, or the eager network)."""
@@ -302,7 +389,7 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         size = batch_bucket(count)
         if size not in self.batch_graphs:
             pixels = torch.randint(0, 256, (size, *self.input_size, 3), dtype=torch.uint8, device=self.cuda)
-            graph, logits = self._capture(lambda: self.net(pixels))
+            graph, logits = self._network_graph(self.net, pixels)
             self.batch_graphs[size] = {"size": size, "pixels": pixels, "graph": graph, "logits": logits}
         return self.batch_graphs[size]
 
@@ -451,17 +538,24 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=self.name)
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Wait for the JPEG colour conversion's background compilation (requests are slower while it runs)."""
-        compiling = self.jpeg_decoder.compiling if self.jpeg_decoder is not None else None
-        if compiling is not None:
-            compiling.join(timeout)
-            return not compiling.is_alive()
-        return True
+        """Wait for the background compilations of the network and the JPEG colour conversion (requests are slower
+        until they are done)."""
+        if self.checking.ident is not None:
+            self.checking.join(timeout)
+        threads = [self.checking, self.compiling,
+                   self.jpeg_decoder.compiling if self.jpeg_decoder is not None else None]
+        for thread in threads[1:]:
+            if thread is not None:
+                thread.join(timeout)
+        return not any(thread is not None and thread.is_alive() for thread in threads)
 
     def facts(self) -> dict[str, Any]:
         cache = (f"AOTInductor package {describe(self.package)}" if self.package else
-                 f"Inductor kernels in $TORCHINDUCTOR_CACHE_DIR ({AOT_ENV}=1: a compiled package in build/compiled)")
-        network = "AOTInductor" if self.aot else "torch.compile" if self.compiled else "eager"
+                 f"exported program {describe(self.program)}; Inductor kernels in $TORCHINDUCTOR_CACHE_DIR"
+                 if self.program else "Inductor kernels in $TORCHINDUCTOR_CACHE_DIR")
+        network = ("AOTInductor" if self.aot else "torch.compile" if self.compiled else
+                   "uncompiled (torch.compile running in the background)"
+                   if self.compiling is not None and self.compiling.is_alive() else "uncompiled")
         return {"Engine cache": cache,
                 "Network": f"{network}, {self.precision}, channels-last, "
                            f"{'CUDA graph' if self.network_graph is not None else 'launched per request'}",
@@ -470,6 +564,10 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
 
     def close(self) -> None:
         """Drop graphs, network and buffers so the caching allocator can hand the memory back."""
+        self._closing = True  # a background compilation stops at its next graph
+        for thread in (self.checking, self.compiling):
+            if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+                thread.join()
         with self.lock:
             self.post.clear()
             self.blend_tables.clear()
@@ -498,4 +596,4 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
     if context.source is None:
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
     return TorchCudaBackend(context.source, spans, precision, device, compile, context.build, context.progress,
-                            max_batch)
+                            max_batch, context.long_lived)
