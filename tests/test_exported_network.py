@@ -64,3 +64,27 @@ def test_program_is_exported_once_loaded_after_and_exported_again_when_corrupt(t
         assert torch.equal(rebuilt(pixels), module(pixels))
     names = [s.name for s in spans.spans]
     assert names.index("find exported network") < names.index("torch.export") < names.index("load exported network")
+
+
+def test_trace_of_the_program_starts_without_the_program_and_gives_its_pixels(tmp_path):
+    """The batch-1 TorchScript trace (what a restart replays first) is made from the exported program once, then
+    loaded alone, and computes exactly what the program does."""
+    from segdemo.backends.torch_aot import SCRIPT, compiled_network
+
+    calls: list[int] = []
+    source = resolve("random:tiny")
+    program, _ = _program(tmp_path, SpanRecorder(), calls)
+
+    def from_program():
+        calls.append(2)
+        return program
+
+    script, facts = compiled_network(source, "fp32", torch.device("cpu"), tmp_path, SpanRecorder(), from_program,
+                                     kind=SCRIPT)
+    assert not facts["cache_hit"] and calls == [1, 2] and facts["package"].name.endswith(".script.pt")
+    spans = SpanRecorder()
+    again, facts2 = compiled_network(source, "fp32", torch.device("cpu"), tmp_path, spans, from_program, kind=SCRIPT)
+    assert facts2["cache_hit"] and calls == [1, 2] and "torch.jit.trace" not in [s.name for s in spans.spans]
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 512, 512, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        assert torch.equal(again(pixels), program(pixels))

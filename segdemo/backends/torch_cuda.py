@@ -5,9 +5,10 @@ model's fixed input size. The post-processing (bilinear upsampling of the logits
 is one graph per output-size bucket: sizes are rounded up to `BUCKET` pixels and the sampling coordinates are
 inputs, so one replay serves every size in its bucket and the padding is cropped on download.
 fp16 keeps LayerNorm, Softmax and the post-processing in fp32 (the TensorRT fp16 build's policy).
-The network comes from its exported program in build/compiled (torch_aot; no transformers import after the first
-start), replayed uncompiled at once; torch.compile works on it in a background thread and each graph is swapped for
-its compiled twin when that is ready (Inductor's ~600 fused kernels against ~1300: about 1.7× faster replays).
+The network comes from build/compiled (torch_aot; no transformers import after the first start): its batch-1
+TorchScript trace is replayed at once; a background thread loads the exported program, captures a graph per batch
+bucket and torch.compiles it, swapping each graph for its compiled twin when that is ready (Inductor's ~600 fused
+kernels against ~1300: about 1.7× faster replays).
 
 `render` does a whole request on the GPU — nvJPEG's planar decode finished with libjpeg's own chroma upsampling
 and colour conversion (Pillow's pixels) and the EXIF orientation applied, or one upload; Pillow-exact resize; both
@@ -20,6 +21,7 @@ the pinned buffers they share under one lock; the arithmetic is in torch_ops and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -40,7 +42,7 @@ from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
 from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
 from .gpu_jpeg import GpuJpegDecoder, checked_decoder
-from .torch_aot import PROGRAM, compiled_network, describe, pixel_network
+from .torch_aot import PROGRAM, SCRIPT, compiled_network, describe, pixel_network
 from .torch_ops import (
     blend,
     bucket,
@@ -104,7 +106,8 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         wanted = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
         self.compiled = False  # whether the graphs replay compiled code (at once with AOT, else once compiled)
         self.package: dict[str, Any] | None = None
-        self.program: dict[str, Any] | None = None
+        self.program: dict[str, Any] | None = None  # facts of the exported program and of its trace, once loaded
+        self.script: dict[str, Any] | None = None
         if precision == "fp32":
             # fp32 means fp32: no TF32 in matmuls and convolutions, so parity matches ONNX Runtime's.
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -114,12 +117,9 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
             # reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
-            # Programmatic dependent launch (Hopper and later; ignored before): each kernel's prologue overlaps the
-            # tail of the one before. For the graph's ~600 short kernels: 3.67 → 3.23 ms on an H100.
-            import torch._inductor.config as inductor_config
-
-            inductor_config.triton.enable_pdl = True
-        self.aot = wanted and os.environ.get(AOT_ENV, "0") == "1"
+            if self._aot_wanted():
+                _inductor_config()
+        self.aot = wanted and self._aot_wanted()
         if self.aot:
             # Opt-in: the package loads in a second where it works, but aoti_load_package segfaulted on the H100
             # image (torch 2.11+cu130) — a crash no fallback can catch — so the exported program is the default.
@@ -131,9 +131,10 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                 log.warning("AOTInductor compilation failed (%s: %s); using the exported program",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self.aot = False
+        self.eager_net: Callable | None = None  # the exported program (loaded in the background), for batches
+        self._exported = functools.partial(self._program_network, source, spans, build, progress)
         if not self.aot:
-            self.eager_net = self._program_network(source, spans, build, progress)
-            self.net = self.eager_net
+            self.net = self._startup_network(source, spans, build, progress)
         self.stream = torch.cuda.Stream(self.cuda)
         height, width = self.input_size
         self.host_pixels = torch.empty((1, height, width, 3), dtype=torch.uint8, pin_memory=True)
@@ -168,22 +169,20 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         self.checking = threading.Thread(target=self._check_decoder, args=(spans, wanted and long_lived),
                                          name="segdemo jpeg check")  # started last, after the graph captures
         self.max_batch = max_batch
-        self.batch_graphs: dict[int, dict[str, Any]] = {}
+        self.batch_graphs: dict[int, dict[str, Any]] = {}  # batch bucket → its network graph, once captured
         if max_batch > 1:
-            # One network graph per batch bucket, captured now: each is a compilation for its batch size, which
-            # must not stall the first requests that need it.
             self.host_batch = torch.empty((batch_bucket(max_batch), height, width, 3), dtype=torch.uint8,
                                           pin_memory=True)
-            with spans.span("capture batch graphs", LOAD, backend=self.name, max_batch=max_batch) as attrs:
-                attrs["buckets"] = [self._batch_graph(size)["size"] for size in BATCH_BUCKETS if size <= max_batch]
         if long_lived:
             self.checking.start()
         else:
             self.checking.run()
-        if wanted and not self.aot and long_lived:
-            # Tracing and code generation take 15–80 s for b4; requests replay the uncompiled graphs meanwhile.
-            # Not a daemon: interpreter shutdown in the middle of a compilation aborts the process.
-            self.compiling = threading.Thread(target=self._compile_network, name="segdemo network compile")
+        if long_lived and (max_batch > 1 or wanted and not self.aot):
+            # Loading the program (5 s for b4), a graph per batch bucket, then tracing and code generation (15–80 s):
+            # requests replay the batch-1 graph meanwhile, one at a time. Not a daemon: interpreter shutdown in the
+            # middle of a compilation aborts the process.
+            self.compiling = threading.Thread(target=self._background, args=(spans, wanted and not self.aot),
+                                              name="segdemo network compile")
             self.compiling.start()
 
     def _check_decoder(self, spans: SpanRecorder, compile_colour: bool) -> None:
@@ -225,10 +224,34 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             net.to(memory_format=torch.channels_last)
             return pixel_network(net, self.precision)
 
+    @staticmethod
+    def _aot_wanted() -> bool:
+        return os.environ.get(AOT_ENV, "0") == "1"
+
+    def _startup_network(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
+                         progress: Callable[[float, str], None] | None) -> Callable:
+        """What the first graph replays: the exported program's batch-1 trace (TorchScript, loaded in C++ in under
+        a second), made from the program on the first start; the program itself if it cannot be traced."""
+        try:
+            script, self.script = compiled_network(source, self.precision, self.cuda, build, spans, self._exported,
+                                                   progress, SCRIPT)
+            return script
+        except Exception as exc:  # noqa: BLE001 — the program runs the same computation, only starts are slower
+            log.warning("tracing the network failed (%s: %s); starting from the exported program",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return self._exported()
+
     def _program_network(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
                          progress: Callable[[float, str], None] | None) -> torch.nn.Module:
         """The network from its exported program in build/compiled (no transformers), made on the first start; the
-        transformers model directly if torch.export cannot trace it."""
+        transformers model directly if torch.export cannot trace it. Loaded once per backend."""
+        if self.eager_net is not None:
+            return self.eager_net
+        self.eager_net = self._load_program(source, spans, build, progress)
+        return self.eager_net
+
+    def _load_program(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
+                      progress: Callable[[float, str], None] | None) -> torch.nn.Module:
         try:
             module, self.program = compiled_network(source, self.precision, self.cuda, build, spans,
                                                     lambda: self._eager_network(source, spans), progress, PROGRAM)
@@ -250,20 +273,42 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         graph, _ = self._capture(lambda: logits.copy_(net(pixels)))
         return graph, logits
 
-    def _compile_network(self) -> None:
+    def _background(self, spans: SpanRecorder, compile: bool) -> None:
+        """Load the exported program, capture its graph for each batch bucket, then (if `compile`) compile."""
+        try:
+            program = self._exported()
+            if self.max_batch > 1:
+                with spans.span("capture batch graphs", LOAD, backend=self.name, max_batch=self.max_batch) as attrs:
+                    for size in BATCH_BUCKETS:
+                        if size <= batch_bucket(self.max_batch) and not self._closing:
+                            pixels = self.torch.randint(0, 256, (size, *self.input_size, 3), dtype=self.torch.uint8,
+                                                        device=self.cuda)
+                            with self.lock:
+                                graph, logits = self._network_graph(program, pixels)
+                                self.batch_graphs[size] = {"size": size, "pixels": pixels, "graph": graph,
+                                                           "logits": logits}
+                    attrs["buckets"] = sorted(self.batch_graphs)
+        except Exception:  # noqa: BLE001 — batches then run one image at a time
+            log.exception("loading the exported program in the background failed; batches run image by image")
+            return
+        if compile and not self._closing:
+            self._compile_network(program)
+
+    def _compile_network(self, program: Callable) -> None:
         """torch.compile the network, then swap each CUDA graph (one image first, then the batch buckets) for a
         compiled one whose argmax agrees with the uncompiled one's; on any failure the uncompiled graphs stay."""
         torch = self.torch
         start = time.perf_counter()
         try:
-            compiled = torch.compile(self.eager_net, dynamic=False)
+            _inductor_config()
+            compiled = torch.compile(program, dynamic=False)
             stream = torch.cuda.Stream(self.cuda)
             targets = [(0, self.pixels, self.logits)] + [
                 (size, entry["pixels"], entry["logits"]) for size, entry in sorted(self.batch_graphs.items())]
             for size, pixels, logits in targets:
                 sample = torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=self.cuda)
                 with torch.inference_mode(), torch.cuda.stream(stream):
-                    got, want = compiled(sample).argmax(1), self.eager_net(sample).argmax(1)  # compiles: seconds
+                    got, want = compiled(sample).argmax(1), program(sample).argmax(1)  # compiles: seconds
                     agreement = float((got == want).float().mean())
                 stream.synchronize()
                 if agreement < MIN_COMPILED_AGREEMENT:
@@ -383,21 +428,15 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
             self._device_spans(spans, host_start, ("upload", "network", "postprocess", "download"))
         return result
 
-    def _batch_graph(self, count: int) -> dict[str, Any]:
-        """The network graph of the batch bucket holding `count` requests (static pixels and logits of its size)."""
-        torch = self.torch
-        size = batch_bucket(count)
-        if size not in self.batch_graphs:
-            pixels = torch.randint(0, 256, (size, *self.input_size, 3), dtype=torch.uint8, device=self.cuda)
-            graph, logits = self._network_graph(self.net, pixels)
-            self.batch_graphs[size] = {"size": size, "pixels": pixels, "graph": graph, "logits": logits}
-        return self.batch_graphs[size]
+    def _batch_graph(self, count: int) -> dict[str, Any] | None:
+        """The network graph of the batch bucket holding `count` requests, once the background thread captured it."""
+        return self.batch_graphs.get(batch_bucket(count))
 
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
         """Upload the batch, replay its bucket's network graph, then per image: its logits into the post-processing
         graph of its output size, and download; a bucket's padding rows compute what is never read."""
         torch = self.torch
-        if len(inputs) == 1 or not self.batch_graphs:
+        if len(inputs) == 1 or self._batch_graph(len(inputs)) is None:
             return [self.run(model_input, spans) for model_input in inputs]
         if any(max(model_input.out_size) > MAX_GRAPHED_SIDE for model_input in inputs):
             return [self.run(model_input, spans) for model_input in inputs]
@@ -550,9 +589,10 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         return not any(thread is not None and thread.is_alive() for thread in threads)
 
     def facts(self) -> dict[str, Any]:
-        cache = (f"AOTInductor package {describe(self.package)}" if self.package else
-                 f"exported program {describe(self.program)}; Inductor kernels in $TORCHINDUCTOR_CACHE_DIR"
-                 if self.program else "Inductor kernels in $TORCHINDUCTOR_CACHE_DIR")
+        cache = "; ".join([f"AOTInductor package {describe(self.package)}"] if self.package else [
+            *([f"traced network {describe(self.script)}"] if self.script else []),
+            *([f"exported program {describe(self.program)}"] if self.program else []),
+            "Inductor kernels in $TORCHINDUCTOR_CACHE_DIR"])
         network = ("AOTInductor" if self.aot else "torch.compile" if self.compiled else
                    "uncompiled (torch.compile running in the background)"
                    if self.compiling is not None and self.compiling.is_alive() else "uncompiled")
@@ -579,6 +619,14 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                          "jpeg_decoder"):
                 setattr(self, attr, None)
             self.torch.cuda.empty_cache()
+
+
+def _inductor_config() -> None:
+    """Programmatic dependent launch (Hopper and later; ignored before): each kernel's prologue overlaps the tail
+    of the one before. For the graph's ~600 short kernels: 3.67 → 3.23 ms on an H100."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.triton.enable_pdl = True
 
 
 @lru_cache(maxsize=64)
