@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 COMPILE_ENV = "SEGDEMO_TORCH_COMPILE"  # "0": capture the network uncompiled (faster start, slower replays)
 AOT_ENV = "SEGDEMO_TORCH_AOT"  # "1": the compiled network from an AOTInductor package cached in build/compiled
+BACKGROUND_DONE = "torch-cuda background work done"  # logged once the program, batch graphs and compilation are
 MIN_COMPILED_AGREEMENT = 0.99  # a compiled graph replaces the uncompiled one only if its argmax agrees this well
 MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the post-processing eagerly
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # batches run in the smallest bucket that holds them
@@ -290,9 +291,12 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                     attrs["buckets"] = sorted(self.batch_graphs)
         except Exception:  # noqa: BLE001 — batches then run one image at a time
             log.exception("loading the exported program in the background failed; batches run image by image")
+            log.info("%s: uncompiled, no batch graphs", BACKGROUND_DONE)
             return
         if compile and not self._closing:
             self._compile_network(program)
+        log.info("%s: %s, batch graphs %s", BACKGROUND_DONE, "compiled" if self.compiled else "uncompiled",
+                 sorted(self.batch_graphs))
 
     def _compile_network(self, program: Callable) -> None:
         """torch.compile the network, then swap each CUDA graph (one image first, then the batch buckets) for a
@@ -301,7 +305,9 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         start = time.perf_counter()
         try:
             _inductor_config()
-            compiled = torch.compile(program, dynamic=False)
+            # Batch 1 is compiled for its static shape; the first batch bucket then makes dynamo recompile with a
+            # dynamic batch dimension (automatic dynamic shapes), which every larger bucket reuses: two compilations.
+            compiled = torch.compile(program)
             stream = torch.cuda.Stream(self.cuda)
             targets = [(0, self.pixels, self.logits)] + [
                 (size, entry["pixels"], entry["logits"]) for size, entry in sorted(self.batch_graphs.items())]

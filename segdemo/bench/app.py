@@ -107,6 +107,15 @@ class Server:
         self.show_log()
         return SegdemoError(f"{self.name} ({shlex.join(self.argv)}): {why} — its log is above")
 
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """Wait until the server's log has a line containing `text` (e.g. background work done); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if text in self.log_file.read_text(errors="replace"):
+                return True
+            time.sleep(0.5)
+        return False
+
     def ready(self, first: str, extra: tuple, download: Path) -> Any:
         """Wait for the page, then retry a first predict until it succeeds; return the client."""
         from gradio_client import Client, handle_file
