@@ -240,24 +240,22 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         return self.post[padded]
 
     def _upload_grid(self, entry: dict[str, Any], out_size: tuple[int, int], staged: bool = True) -> None:
-        """Sampling coordinates of `out_size` into the bucket graph's inputs: through the one pinned staging buffer
-        (asynchronous), or — when several images of a batch upload theirs in turn, which that buffer cannot hold —
-        from pageable memory, copied before returning."""
+        """Sampling coordinates of `out_size` into the bucket graph's inputs, asynchronously: through the one pinned
+        staging buffer, or — when several images of a batch upload theirs in turn, which that buffer cannot hold — a
+        pinned buffer of their own, which torch's caching host allocator keeps until its copy has run."""
         if entry.get("size") == out_size:  # still there from the bucket's previous request
             return
         entry["size"] = out_size
         out_h, out_w = out_size
         logit_h, logit_w = self.logits.shape[2:]
         width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
-        if not staged:
-            entry["grid_x"].copy_(self.torch.from_numpy(source_coordinates(logit_w, out_w, width)))
-            entry["grid_y"].copy_(self.torch.from_numpy(source_coordinates(logit_h, out_h, height)))
-            return
-        grid = self.host_grid.numpy()
+        pinned = self.host_grid if staged else \
+            self.torch.empty(width + height, dtype=self.torch.float32, pin_memory=True)
+        grid = pinned.numpy()
         grid[:width] = source_coordinates(logit_w, out_w, width)
         grid[width:width + height] = source_coordinates(logit_h, out_h, height)
-        entry["grid_x"].copy_(self.host_grid[:width], non_blocking=True)
-        entry["grid_y"].copy_(self.host_grid[width:width + height], non_blocking=True)
+        entry["grid_x"].copy_(pinned[:width], non_blocking=True)
+        entry["grid_y"].copy_(pinned[width:width + height], non_blocking=True)
 
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """Upload, replay the network and post-processing graphs, download; GPU stages become spans always."""
