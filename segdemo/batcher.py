@@ -2,9 +2,10 @@
 
 A dispatcher thread takes the first waiting request, then keeps collecting for up to `window` seconds — but only
 while more requests are on their way (holding a ticket from `expect`: decoding or resizing), so a lone request never
-waits — until
-`max_batch` are together, and runs them through `BatchRunner.run_batch` while holding the session's engine slot.
-Each request gets the batch's spans plus a "batch" span saying which batch it rode in and where.
+waits — until `max_batch` are together, and runs them through the batch function while holding the session's engine
+slot. A batch is of whatever that function takes: model inputs (`BatchRunner.run_batch`) or whole requests for a
+device (`BatchRenderer.render_batch`). Each request gets the batch's spans plus a "batch" span saying which batch it
+rode in and where.
 """
 
 from __future__ import annotations
@@ -16,21 +17,18 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-
-from .backends import BatchRunner
-from .preprocess import ModelInput
 from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
 
 
 @dataclass
 class _Request:
-    model_input: ModelInput
+    item: Any  # what the batch function takes for this request
     spans: SpanRecorder
     queued_ns: int = field(default_factory=time.perf_counter_ns)
     done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
+    result: Any = None
     error: BaseException | None = None
 
 
@@ -48,11 +46,13 @@ class Ticket:
 
 
 class Batcher:
-    """Collects requests into batches for one BatchRunner; `submit` blocks until the request's class map is made."""
+    """Collects requests into batches for one batch function; `submit` blocks until the request's result is made."""
 
-    def __init__(self, runner: BatchRunner, slot: Callable[[], AbstractContextManager], window_s: float) -> None:
-        """`slot()` is the session's engine lock."""
-        self.runner, self.slot, self.window_s = runner, slot, window_s
+    def __init__(self, run: Callable[[list[Any], SpanRecorder], list[Any]], max_batch: int,
+                 slot: Callable[[], AbstractContextManager], window_s: float) -> None:
+        """`run(items, spans)` gives each item's result in order, or an exception that fails that request alone
+        (one it raises fails the whole batch); `slot()` is the session's engine lock."""
+        self.run, self.max_batch, self.slot, self.window_s = run, max_batch, slot, window_s
         self._upstream = 0  # tickets not yet released: requests that may still join a batch
         self._count_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
@@ -66,8 +66,9 @@ class Batcher:
             self._upstream += 1
         return Ticket(self)
 
-    def submit(self, model_input: ModelInput, spans: SpanRecorder, ticket: Ticket | None = None) -> np.ndarray:
-        request = _Request(model_input, spans)
+    def submit(self, item: Any, spans: SpanRecorder, ticket: Ticket | None = None) -> Any:
+        """Queue `item` (releasing its ticket) and wait for its result; the batch's errors are raised here."""
+        request = _Request(item, spans)
         self._queue.put(request)
         if ticket is not None:
             ticket.release()  # after the put, so the dispatcher always sees it, on its way or queued
@@ -83,7 +84,7 @@ class Batcher:
                 return
             batch = [first]
             deadline = time.perf_counter() + self.window_s
-            while len(batch) < self.runner.max_batch:
+            while len(batch) < self.max_batch:
                 try:  # what is already queued joins at once
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -106,7 +107,7 @@ class Batcher:
         with self.slot():
             start = time.perf_counter_ns()
             try:
-                maps = self.runner.run_batch([r.model_input for r in batch], shared)
+                results = self.run([r.item for r in batch], shared)
             except BaseException as exc:  # noqa: BLE001 — every request of the batch hears of it
                 for request in batch:
                     request.error = exc
@@ -114,14 +115,17 @@ class Batcher:
                 return
             duration = time.perf_counter_ns() - start
         thread = threading.current_thread().name
-        for position, (request, class_map) in enumerate(zip(batch, maps, strict=True)):
+        for position, (request, result) in enumerate(zip(batch, results, strict=True)):
             waited = start - request.queued_ns
             if waited > ENGINE_WAIT_SPAN_NS:
                 request.spans.add(Span("engine wait", INFERENCE, request.queued_ns, waited, thread))
             request.spans.add(Span("batch", INFERENCE, start, duration, thread,
                                    {"batch": number, "size": len(batch), "position": position}))
             request.spans.extend(shared.spans)
-            request.result = class_map
+            if isinstance(result, BaseException):  # refused on its own (e.g. a corrupt upload): the others went on
+                request.error = result
+            else:
+                request.result = result
             request.done.set()
 
     def close(self) -> None:

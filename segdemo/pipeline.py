@@ -60,7 +60,8 @@ class Session:
         is the warm-up), or "auto": background on CPU backends, now on GPU ones (their warm-up compiles and captures
         CUDA graphs, which the first request must not race).
         `max_batch` > 1: requests up to BATCH_MAX_PIXELS reaching the engine within `batch_window_ms` of each other
-        share one engine call (batcher.Batcher); larger ones keep the device path of a DeviceRenderer."""
+        share one engine call (batcher.Batcher) — whole requests on the device for a BatchRenderer, else model inputs
+        for a BatchRunner; larger ones keep the device path of a DeviceRenderer."""
         if warm_up not in WARM_UPS:
             raise ValueError(f"warm_up must be one of {', '.join(WARM_UPS)}, not {warm_up!r}")
         self.load_spans = SpanRecorder()
@@ -84,8 +85,8 @@ class Session:
             options = {"max_batch": max_batch} if max_batch > 1 else {}
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision), **options)
-            self.batcher = Batcher(self.backend, lambda: self._slot, batch_window_ms / 1e3) \
-                if max_batch > 1 and isinstance(self.backend, backends.BatchRunner) else None
+            self._batch_renders = isinstance(self.backend, backends.BatchRenderer)  # batches of whole requests
+            self.batcher = self._batcher(max_batch, batch_window_ms)
             self._warm_thread = self._start_warm_up(warm_up)
             attrs.update(backend=name, precision=self.backend.precision, warm_up=self.warm_up)
         self.labels = self.source.labels
@@ -116,6 +117,18 @@ class Session:
         if self.random_weights:
             info["notice"] = self.source.notes[0]
         return info
+
+    def _batcher(self, max_batch: int, window_ms: float) -> Batcher | None:
+        """Batches of render jobs for a BatchRenderer, of model inputs for a BatchRunner; None for other backends."""
+        if max_batch <= 1 or not isinstance(self.backend, (backends.BatchRenderer, backends.BatchRunner)):
+            return None
+        return Batcher(self._run_batch, self.backend.max_batch, lambda: self._slot, window_ms / 1e3)
+
+    def _run_batch(self, items: list[Any], spans: SpanRecorder) -> list[Any]:
+        """The batcher's function, looked up on each batch's backend (reload_backend may replace it)."""
+        if self._batch_renders:
+            return self.backend.render_batch(items, spans)
+        return self.backend.run_batch(items, spans)
 
     def _start_warm_up(self, mode: str) -> threading.Thread | None:
         """Warm up now, in the background, or not at all (see __init__); returns the background thread."""
@@ -172,11 +185,14 @@ class Session:
                 source = self._decoded_or_jpeg(image, spans, renderer)
                 size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
                 shown = display_size(size, self.display_side)
-                batched = self.batcher is not None and not detailed and size[0] * size[1] <= BATCH_MAX_PIXELS
+                on_device = renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size))
+                # A BatchRenderer's batches are of whole requests: one it cannot render goes alone, on the host.
+                batched = self.batcher is not None and not detailed and size[0] * size[1] <= BATCH_MAX_PIXELS \
+                    and (on_device or not self._batch_renders)
                 if ticket is not None and not batched:
                     ticket.release()  # it will not join a batch: none should wait for it
-                if renderer is not None and not batched and (isinstance(source, EncodedJpeg) or self._renders(size)):
-                    result = self._on_device(renderer, source, image, size, shown, spans)
+                if on_device and (not batched or self._batch_renders):
+                    result = self._on_device(renderer, source, image, size, shown, spans, ticket if batched else None)
                 else:
                     if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
                         with spans.span("decode", INFERENCE):
@@ -196,10 +212,16 @@ class Session:
         return result
 
     def _on_device(self, renderer: backends.DeviceRenderer, source: np.ndarray | EncodedJpeg, image: Any,
-                   size: tuple[int, int], shown: tuple[int, int], spans: SpanRecorder) -> Segmentation:
-        """The whole request on the backend's device: one small download of what is shown, plus the class map."""
-        with self._engine(spans):
-            rendered = renderer.render(source, spans, DEFAULT_OPACITY, output_size(size, self.max_side), shown)
+                   size: tuple[int, int], shown: tuple[int, int], spans: SpanRecorder,
+                   batched: Ticket | None = None) -> Segmentation:
+        """The whole request on the backend's device (in a batch when given the request's batcher ticket): one small
+        download of what is shown, plus the class map."""
+        out_size = output_size(size, self.max_side)
+        if batched is not None:
+            rendered = self.batcher.submit(backends.RenderJob(source, DEFAULT_OPACITY, out_size, shown), spans, batched)
+        else:
+            with self._engine(spans):
+                rendered = renderer.render(source, spans, DEFAULT_OPACITY, out_size, shown)
         with spans.span("legend", INFERENCE):
             entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
         decoded = source if isinstance(source, np.ndarray) else None

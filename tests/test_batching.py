@@ -1,15 +1,21 @@
-"""Dynamic batching: per-image results identical to unbatched runs (fp32), mixed sizes in one batch, errors."""
+"""Dynamic batching: per-image results identical to unbatched runs (fp32), mixed sizes in one batch, errors; the
+batcher itself with any batch function (render jobs are batched on a GPU: tests/test_torch_cuda.py)."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from segdemo import backends
-from segdemo.errors import SegdemoError
+from segdemo.batcher import Batcher
+from segdemo.errors import BadImageError, SegdemoError
+from segdemo.labels import palette
 from segdemo.pipeline import Session
+from segdemo.spans import INFERENCE, SpanRecorder
+from segdemo.visuals import colour_mask
 
 from .conftest import photo
 
@@ -69,3 +75,68 @@ def test_a_lone_request_does_not_wait_for_the_window(build_dir):
 def test_a_backend_without_batches_refuses_max_batch(build_dir):
     with pytest.raises(SegdemoError, match="has no option max_batch"):
         backends.create("tensorrt-rtx", build_dir / "missing.onnx", None, max_batch=4)
+
+
+COLOURS = palette(20)
+
+
+def colour_masks(maps: list[np.ndarray], spans: SpanRecorder) -> list[np.ndarray | Exception]:
+    """A batch function of real work: each class map's colour picture; a map without pixels is refused alone."""
+    with spans.span("colour masks", INFERENCE, count=len(maps)):
+        return [BadImageError("no pixels") if m.size == 0 else colour_mask(m, COLOURS) for m in maps]
+
+
+def submit_all(batcher: Batcher, items: list) -> tuple[list, list[SpanRecorder]]:
+    """Each item from its own thread, all announced first (tickets), so batches fill up to max_batch."""
+    tickets = [batcher.expect() for _ in items]
+    recorders = [SpanRecorder() for _ in items]
+
+    def submit(k: int):
+        try:
+            return batcher.submit(items[k], recorders[k], tickets[k])
+        except Exception as exc:  # noqa: BLE001 — the test looks at which request got which error
+            return exc
+
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(submit, range(len(items)))), recorders
+
+
+def test_any_batch_function_gives_each_request_its_own_result_or_error():
+    lock = threading.Lock()
+    batcher = Batcher(colour_masks, 4, lambda: lock, window_s=30)  # announced requests always come: no 30 s wait
+    rng = np.random.default_rng(7)
+    maps = [rng.integers(0, 20, (5 + k, 9 + 2 * k), dtype=np.uint8) for k in range(7)]
+    maps.insert(3, np.zeros((0, 4), np.uint8))
+    try:
+        results, recorders = submit_all(batcher, maps)
+    finally:
+        batcher.close()
+    for class_map, result in zip(maps, results, strict=True):
+        if class_map.size == 0:
+            assert isinstance(result, BadImageError)  # refused alone: the others of its batch went on
+        else:
+            assert np.array_equal(result, colour_mask(class_map, COLOURS))
+    batches: dict[int, list[int]] = {}
+    for recorder in recorders:
+        (span,) = [s for s in recorder.spans if s.name == "batch"]
+        assert span.attrs["size"] == 4
+        batches.setdefault(span.attrs["batch"], []).append(span.attrs["position"])
+        assert [s.attrs["count"] for s in recorder.spans if s.name == "colour masks"] == [4]  # the batch's spans
+    assert sorted(map(sorted, batches.values())) == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_a_batch_function_that_raises_fails_every_request_of_its_batch():
+    lock = threading.Lock()
+    calls = []
+
+    def broken(items: list[np.ndarray], spans: SpanRecorder) -> list[np.ndarray]:
+        calls.append(len(items))
+        raise RuntimeError("device fault")
+
+    batcher = Batcher(broken, 4, lambda: lock, window_s=30)
+    try:
+        results, _ = submit_all(batcher, [np.zeros((2, 2), np.uint8)] * 3)
+    finally:
+        batcher.close()
+    assert calls == [3]
+    assert all(isinstance(r, RuntimeError) and str(r) == "device fault" for r in results)

@@ -231,13 +231,10 @@ def test_second_start_loads_the_exported_network_without_transformers(cuda_sessi
     assert float((compiled == expected).mean()) > 0.999
 
 
-@pytest.mark.gpu
-@needs_cuda
-def test_batched_requests_on_the_gpu_match_single_ones(build_dir):
-    """Mixed output sizes in one batch on the GPU: each map has its image's size and agrees with its unbatched run
-    (fp32, uncompiled: cuDNN may pick other algorithms for other batch sizes, so agreement rather than identity)."""
+@pytest.fixture(scope="module")
+def batched_fp32(build_dir):
+    """fp32, uncompiled, max_batch 4: graphs captured for batch buckets 1, 2 and 4."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
     from segdemo.pipeline import Session
 
@@ -248,14 +245,90 @@ def test_batched_requests_on_the_gpu_match_single_ones(build_dir):
         del os.environ[torch_cuda.COMPILE_ENV]
     with session:
         assert session.settle(600)  # the batch graphs are captured in the background
-        assert sorted(session.backend.batch_graphs) == [1, 2, 4]
-        images = [photo(name, size) for name, size in (("astronaut", (300, 400)), ("coffee", (512, 512)),
-                                                       ("chelsea", (700, 500)), ("rocket", (256, 384)))] * 2
-        alone = [session.segment(image).class_map for image in images]
-        with ThreadPoolExecutor(len(images)) as pool:
-            together = list(pool.map(session.segment, images))
-        sizes = [s.attrs["size"] for r in together for s in r.spans.spans if s.name == "batch"]
-        assert max(sizes) > 1
-        for single, result in zip(alone, together, strict=True):
-            assert result.class_map.shape == single.shape
-            assert float((result.class_map == single).mean()) > 0.999
+        yield session
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_batched_requests_on_the_gpu_match_single_ones(batched_fp32):
+    """run_batch with mixed output sizes: each map has its image's size and agrees with its unbatched run (cuDNN may
+    pick other algorithms for other batch sizes, so agreement rather than identity)."""
+    from segdemo.preprocess import prepare
+    from segdemo.spans import SpanRecorder
+
+    backend = batched_fp32.backend
+    assert sorted(backend.batch_graphs) == [1, 2, 4]
+    images = [photo(name, size) for name, size in (("astronaut", (300, 400)), ("coffee", (512, 512)),
+                                                   ("chelsea", (700, 500)), ("rocket", (256, 384)))] * 2
+    inputs = [prepare(image, batched_fp32.source.input_size) for image in images]
+    alone = [backend.run(model_input, SpanRecorder()) for model_input in inputs]
+    together = backend.run_batch(inputs[:4], SpanRecorder()) + backend.run_batch(inputs[4:7], SpanRecorder()) \
+        + backend.run_batch(inputs[7:], SpanRecorder())
+    for model_input, single, batched in zip(inputs, alone, together, strict=True):
+        assert batched.shape == single.shape == model_input.out_size
+        assert float((batched == single).mean()) > 0.999
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_batched_requests_are_rendered_whole_on_the_gpu(batched_fp32, tmp_path):
+    """Concurrent requests (JPEG files of mixed sizes, one EXIF-rotated, one progressive; arrays, one larger than the
+    display) ride in render_batch: each result is, bit for bit, what a batch of the same size holding only copies of
+    that request gives (the network's batch bucket is the one thing a batch changes) and equals its unbatched render
+    in everything the network does not touch; its class map agrees with the unbatched one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from segdemo import backends
+    from segdemo.classmap import legend, legend_from_counts, restore_size
+    from segdemo.preprocess import output_size
+    from segdemo.spans import SpanRecorder
+    from segdemo.visuals import DEFAULT_OPACITY, display_size
+
+    session, backend = batched_fp32, batched_fp32.backend
+    assert isinstance(backend, backends.BatchRenderer)
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # stored 500×700 (height×width), upright 700×500
+    files = []
+    for name, size, options in (("astronaut", (300, 400), {}), ("coffee", (512, 512), {"progressive": True}),
+                                ("chelsea", (500, 700), {"exif": rotated.tobytes()}), ("rocket", (256, 384), {})):
+        path = tmp_path / f"{name}.jpg"
+        Image.fromarray(photo(name, size)).save(path, quality=90, **options)
+        files.append(str(path))
+    arrays = [photo("coffee", (480, 640)), photo("astronaut", (1100, 1700)), photo("rocket", (200, 300))]
+    inputs = files + arrays + files[:1]
+
+    alone = [session.segment(x) for x in inputs]  # one at a time: batches of one, i.e. render
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        together = list(pool.map(session.segment, inputs))
+    sizes = [[s.attrs["size"] for s in r.spans.spans if s.name == "batch"] for r in together]
+    assert all(len(found) == 1 for found in sizes) and max(found[0] for found in sizes) > 1, sizes
+    assert tuple(together[2].class_map.shape) == (700, 500)  # the EXIF-rotated file, upright
+    assert together[5].display_image.shape[:2] != together[5].class_map.shape  # a display smaller than the image
+
+    for x, single, result, (size,) in zip(inputs, alone, together, sizes, strict=True):
+        names = {s.name for s in result.spans.spans}
+        assert {"gpu render", "gpu download"} <= names and "resize" not in names  # whole on the device
+        image_size = tuple(result.class_map.shape)
+        shown = display_size(image_size, session.display_side)
+        job = backends.RenderJob(session._decoded_or_jpeg(x, SpanRecorder(), backend), DEFAULT_OPACITY,
+                                 output_size(image_size, session.max_side), shown)
+        reference = backend.render_batch([job] * size, SpanRecorder())[0]  # the same bucket, no other request
+        assert np.array_equal(result.class_map, reference.class_map), "a request's pixels changed with its batch"
+        assert np.array_equal(result.display_map, reference.display_map)
+        assert np.array_equal(result.display_image, reference.display_image)
+        assert np.array_equal(result.display_overlay(), reference.display_overlay)
+        assert result.legend == legend_from_counts(reference.counts[: len(session.labels)], session.labels,
+                                                   session.colours)
+        # What the device made from its class map is what the host makes from it.
+        assert result.legend == legend(result.class_map, session.labels, session.colours)
+        assert np.array_equal(result.display_map, restore_size(result.class_map, shown))  # all ≤ 2048: out = size
+        # Against the unbatched render: pictures bit for bit, maps as closely as batch buckets round alike.
+        assert result.class_map.shape == single.class_map.shape and result.info["display_size"] == list(shown)
+        assert np.array_equal(result.display_image, single.display_image)
+        agreement = float((result.class_map == single.class_map).mean())
+        assert agreement > 0.999, f"{x if isinstance(x, str) else x.shape}: {agreement:.5f}"
+        if np.array_equal(result.class_map, single.class_map):
+            assert np.array_equal(result.display_overlay(), single.display_overlay())
+            assert result.legend == single.legend

@@ -1,10 +1,11 @@
 """Backends run the fused graph; this module is their registry: the ladder of preference, availability with the
 reason a backend cannot run here, and creation with validated options.
 
-The contract every backend follows is in `contract` (`Backend`, the optional `DeviceRenderer`). Each backend lives in
-its own module, which imports its heavy runtime only when the backend is created, so `segdemo` imports anywhere. A
-module provides `unavailable_reason() -> str | None` and `create(onnx_file, spans, context, **options)`; its options
-are the keyword parameters of that `create` — anything else is refused, naming what it takes.
+The contract every backend follows is in `contract` (`Backend`; the optional `DeviceRenderer`, `BatchRunner` and
+`BatchRenderer`). Each backend lives in its own module, which imports its heavy runtime only when the backend is
+created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None` and
+`create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` — anything
+else is refused, naming what it takes.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 from ..errors import SegdemoError
 from ..spans import SpanRecorder
-from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
+from .contract import Backend, BatchRenderer, BatchRunner, DeviceRenderer, LoadContext, Rendered, RenderJob
 
-__all__ = ["Backend", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "Rung", "choose", "create", "kind",
-           "ladder", "probe", "precision_for"]
+__all__ = ["Backend", "BatchRenderer", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "RenderJob", "Rung",
+           "choose", "create", "kind", "ladder", "probe", "precision_for"]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ A backend is created once per session (loading: find or build its artifact, dese
 bench show about it. Backends that can also decode, resize, colour and count on their device implement
 `DeviceRenderer` besides; the pipeline asks `isinstance(backend, DeviceRenderer)`, never `hasattr`. Backends created
 with `max_batch` > 1 implement `BatchRunner`: one engine call for several requests, each with its own output size.
+A `DeviceRenderer` that batches implements `BatchRenderer` too: several whole requests (`RenderJob`s) on the device
+with one network call, each giving what `render` gives it alone.
 """
 
 from __future__ import annotations
@@ -107,3 +109,29 @@ class BatchRunner(ABC):
     @abstractmethod
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
         """The uint8 class map of each input (len(inputs) ≤ max_batch), in order; the batch's spans go to `spans`."""
+
+
+@dataclass(frozen=True, eq=False)
+class RenderJob:
+    """One request for `BatchRenderer.render_batch`: the arguments `DeviceRenderer.render` takes."""
+
+    source: EncodedJpeg | np.ndarray  # a plain JPEG (when the renderer decodes JPEGs) or upright RGB pixels
+    opacity: float
+    out_size: tuple[int, int]  # (height, width) of the class map the network's output is upsampled to
+    display: tuple[int, int]  # (height, width) of the pictures shown
+
+
+class BatchRenderer(DeviceRenderer):
+    """The optional capability: several whole requests on the device, the network run once for all of them.
+
+    Each job gives what `render` gives it alone, whatever else rides in the batch: every step after the network bit
+    for bit; the batched network matches the single one as far as the device's kernels for another batch size round
+    alike (cuDNN may pick other algorithms). Every job must be one that `renders` accepts.
+    """
+
+    max_batch: int
+
+    @abstractmethod
+    def render_batch(self, jobs: list[RenderJob], spans: SpanRecorder) -> list[Rendered | Exception]:
+        """Each job's result in order (len(jobs) ≤ max_batch); a job refused on its own (an upload its decoder
+        rejects) gets that error in its place and the others still render; the batch's spans go to `spans`."""

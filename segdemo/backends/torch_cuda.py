@@ -14,6 +14,7 @@ kernels against ~1300: about 1.7× faster replays).
 and colour conversion (Pillow's pixels) and the EXIF orientation applied, or one upload; Pillow-exact resize; both
 graphs; the class map at the image's size and its counts; the display-size picture, class map and overlay — and
 downloads those once, so the host only parses headers (a 12 MP phone photo never crosses to the host as pixels).
+`render_batch` does several such requests with one replay of a batch bucket's network graph and one download.
 
 Longer than our other modules on purpose: one class owns the CUDA graphs, the static buffers they replay over and
 the pinned buffers they share under one lock; the arithmetic is in torch_ops and the JPEG decoder in gpu_jpeg.
@@ -36,11 +37,12 @@ import numpy as np
 from ..artifacts import build_dir
 from ..classmap import nearest_indices
 from ..decode import EncodedJpeg, decode
+from ..errors import BadImageError
 from ..labels import palette
 from ..preprocess import ModelInput
 from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
-from .contract import Backend, BatchRunner, DeviceRenderer, LoadContext, Rendered
+from .contract import Backend, BatchRenderer, BatchRunner, LoadContext, Rendered, RenderJob
 from .gpu_jpeg import GpuJpegDecoder, checked_decoder
 from .torch_aot import PROGRAM, SCRIPT, compiled_network, describe, pixel_network
 from .torch_ops import (
@@ -81,7 +83,7 @@ def unavailable_reason() -> str | None:
     return torch_cuda_reason()
 
 
-class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
+class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     """CUDA-graph replays over static device buffers, fed and drained through pinned host memory."""
 
     name = "torch-cuda"
@@ -160,7 +162,6 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         self.post_pool = torch.cuda.graph_pool_handle()
         self.host_grid = torch.empty(2 * MAX_GRAPHED_SIDE, dtype=torch.float32, pin_memory=True)
         self.host_classes = torch.empty(MAX_GRAPHED_SIDE * MAX_GRAPHED_SIDE, dtype=torch.uint8, pin_memory=True)
-        self.host_counts = torch.empty(256, dtype=torch.int64, pin_memory=True)
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
         self.lut = torch.from_numpy(colour_table(palette(len(source.labels)))).to(self.cuda)
         self.blend_tables: dict[float, torch.Tensor] = {}
@@ -377,24 +378,22 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         return self.post[padded]
 
     def _upload_grid(self, entry: dict[str, Any], out_size: tuple[int, int], staged: bool = True) -> None:
-        """Sampling coordinates of `out_size` into the bucket graph's inputs: through the one pinned staging buffer
-        (asynchronous), or — when several images of a batch upload theirs in turn, which that buffer cannot hold —
-        from pageable memory, copied before returning."""
+        """Sampling coordinates of `out_size` into the bucket graph's inputs, asynchronously: through the one pinned
+        staging buffer, or — when several images of a batch upload theirs in turn, which that buffer cannot hold — a
+        pinned buffer of their own, which torch's caching host allocator keeps until its copy has run."""
         if entry.get("size") == out_size:  # still there from the bucket's previous request
             return
         entry["size"] = out_size
         out_h, out_w = out_size
         logit_h, logit_w = self.logits.shape[2:]
         width, height = entry["grid_x"].shape[0], entry["grid_y"].shape[0]
-        if not staged:
-            entry["grid_x"].copy_(self.torch.from_numpy(source_coordinates(logit_w, out_w, width)))
-            entry["grid_y"].copy_(self.torch.from_numpy(source_coordinates(logit_h, out_h, height)))
-            return
-        grid = self.host_grid.numpy()
+        pinned = self.host_grid if staged else \
+            self.torch.empty(width + height, dtype=self.torch.float32, pin_memory=True)
+        grid = pinned.numpy()
         grid[:width] = source_coordinates(logit_w, out_w, width)
         grid[width:width + height] = source_coordinates(logit_h, out_h, height)
-        entry["grid_x"].copy_(self.host_grid[:width], non_blocking=True)
-        entry["grid_y"].copy_(self.host_grid[width:width + height], non_blocking=True)
+        entry["grid_x"].copy_(pinned[:width], non_blocking=True)
+        entry["grid_y"].copy_(pinned[width:width + height], non_blocking=True)
 
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """Upload, replay the network and post-processing graphs, download; GPU stages become spans always."""
@@ -492,42 +491,124 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
         Pillow's pixels only by inverse-DCT rounding. Only the class map and the display pictures come back.
         """
         torch = self.torch
-        opacity = clamp_opacity(opacity)
-        if not self.renders(out_size):
-            raise ValueError(f"render makes class maps up to {MAX_GRAPHED_SIDE} px a side, not {out_size}")
+        job = RenderJob(source, opacity, out_size, display)
+        self._check_renders([job])
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True) as attrs:
-            events = self.events
             with torch.inference_mode(), torch.cuda.stream(self.stream):
                 host_start = time.perf_counter_ns()
-                events[0].record(self.stream)
+                self.events[0].record(self.stream)
                 image, host_image = self._device_image(source, spans)
-                size = tuple(image.shape[:2])
                 entry = self._post_graph(out_size)  # captured on the bucket's first request
                 self.pixels[0].copy_(resize_like_pil(image, self.input_size))
                 self._upload_grid(entry, out_size)
-                events[1].record(self.stream)
+                self.events[1].record(self.stream)
                 self._replay_network()
-                events[2].record(self.stream)
-                entry["graph"].replay()
-                computed = entry["classes"][:out_size[0], :out_size[1]]
-                classes = self._nearest(computed, size)  # a copy either way: the next replay reuses the pool
-                events[3].record(self.stream)
-                counts = class_counts(classes)
-                shown_map = self._nearest(computed, display)
-                shown = image if display == size else resize_like_pil(image, display)
-                blended = blend(shown, colourise(shown_map, self.lut), self._blend_table(opacity))
-                events[4].record(self.stream)
-                need_image = host_image is None or display != size
-                parts = self._download([classes, shown_map, blended] + ([shown] if need_image else []))
-                self.host_counts.copy_(counts, non_blocking=True)
-                events[5].record(self.stream)
-                events[5].synchronize()
-                arrays = [part.numpy() for part in parts]
-                counts = self.host_counts.numpy().copy()
+                self.events[2].record(self.stream)
+                maps = self._class_maps(entry, out_size, tuple(image.shape[:2]), display)
+                (rendered,) = self._render_and_download([(job, image, host_image, maps)])
             attrs.update(decoder=self.decoder_name if host_image is None else "host", bucket=list(bucket(out_size)),
                          out_size=list(out_size), display=list(display))
             self._device_spans(spans, host_start, ("prepare", "network", "postprocess", "render", "download"))
-        return Rendered(arrays[0], counts, arrays[3] if need_image else host_image, arrays[1], arrays[2], opacity)
+        return rendered
+
+    def render_batch(self, jobs: list[RenderJob], spans: SpanRecorder) -> list[Rendered | Exception]:
+        """Several requests as `render` does each, with one replay of the batch bucket's network graph: decode or
+        upload and resize each into the bucket's pixels, then per image its post-processing graph and pictures, and
+        one download of everything."""
+        torch = self.torch
+        self._check_renders(jobs)
+        entry = self._batch_graph(len(jobs))
+        if len(jobs) == 1 or entry is None:  # graphs not captured yet, or a backend reloaded without max_batch
+            return [self._render_or_refuse(job, spans) for job in jobs]
+        with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True, batch=len(jobs)) as attrs:
+            with torch.inference_mode(), torch.cuda.stream(self.stream):
+                host_start = time.perf_counter_ns()
+                self.events[0].record(self.stream)
+                images = self._device_images(jobs, spans)
+                ready = [i for i, image in enumerate(images) if not isinstance(image, Exception)]
+                if not ready:
+                    return images
+                posts = [self._post_graph(jobs[i].out_size) for i in ready]  # captured on a bucket's first request
+                for slot, i in enumerate(ready):
+                    entry["pixels"][slot].copy_(resize_like_pil(images[i][0], self.input_size))
+                self.events[1].record(self.stream)
+                entry["graph"].replay()
+                self.events[2].record(self.stream)
+                done = []
+                for slot, (i, post) in enumerate(zip(ready, posts, strict=True)):
+                    self.logits.copy_(entry["logits"][slot:slot + 1])
+                    self._upload_grid(post, jobs[i].out_size, staged=False)
+                    image, host_image = images[i]
+                    maps = self._class_maps(post, jobs[i].out_size, tuple(image.shape[:2]), jobs[i].display)
+                    done.append((jobs[i], image, host_image, maps))
+                rendered = self._render_and_download(done)
+            for i, result in zip(ready, rendered, strict=True):
+                images[i] = result
+            attrs.update(bucket=entry["size"], refused=len(jobs) - len(ready))
+            self._device_spans(spans, host_start, ("prepare", "network", "postprocess", "render", "download"))
+        return images
+
+    def _check_renders(self, jobs: list[RenderJob]) -> None:
+        for job in jobs:
+            if not self.renders(job.out_size):
+                raise ValueError(f"render makes class maps up to {MAX_GRAPHED_SIDE} px a side, not {job.out_size}")
+
+    def _render_or_refuse(self, job: RenderJob, spans: SpanRecorder) -> Rendered | Exception:
+        """`render`, or the error of an upload its decoder refuses (that request fails alone, as unbatched)."""
+        try:
+            return self.render(job.source, spans, job.opacity, job.out_size, job.display)
+        except BadImageError as exc:
+            return exc
+
+    def _device_images(self, jobs: list[RenderJob],
+                       spans: SpanRecorder) -> list[tuple[torch.Tensor, np.ndarray | None] | Exception]:
+        """Each job's `_device_image`, or the error of an upload its decoder refuses."""
+        images: list[tuple[torch.Tensor, np.ndarray | None] | Exception] = []
+        for job in jobs:
+            if images and self.jpeg_decoder is not None and isinstance(job.source, EncodedJpeg):
+                # nvJPEG's hardware engine writes its output before the work already queued on its stream has run,
+                # and that output may be a block the caching allocator just freed from a queued kernel (the
+                # previous image's colour conversion or resize): let the stream drain first.
+                self.stream.synchronize()
+            try:
+                images.append(self._device_image(job.source, spans))
+            except BadImageError as exc:
+                images.append(exc)
+        return images
+
+    def _class_maps(self, entry: dict[str, Any], out_size: tuple[int, int], size: tuple[int, int],
+                    display: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the post-processing graph of `entry` (its grid uploaded) over self.logits: the class map at the
+        image's size and at `display`, both copies, as the next replay overwrites the graph's output."""
+        entry["graph"].replay()
+        computed = entry["classes"][:out_size[0], :out_size[1]]
+        return self._nearest(computed, size), self._nearest(computed, display)
+
+    def _render_and_download(self, done: list[tuple[RenderJob, torch.Tensor, np.ndarray | None,
+                                                    tuple[torch.Tensor, torch.Tensor]]]) -> list[Rendered]:
+        """For each (job, device image, host image or None, class maps): counts, display picture and overlay on the
+        GPU, then one download of all of them and one wait; events 3–5 bracket the render and the download."""
+        torch = self.torch
+        self.events[3].record(self.stream)
+        parts, counts = [], []
+        for job, image, host_image, (classes, shown_map) in done:
+            counts.append(class_counts(classes))
+            same = job.display == tuple(image.shape[:2])
+            shown = image if same else resize_like_pil(image, job.display)
+            blended = blend(shown, colourise(shown_map, self.lut), self._blend_table(clamp_opacity(job.opacity)))
+            parts.append([classes, shown_map, blended] + ([] if same and host_image is not None else [shown]))
+        self.events[4].record(self.stream)
+        # The counts as bytes at the block's start (aligned for int64 again on the host), then every picture.
+        host = self._download([torch.stack(counts).view(torch.uint8)] + [part for image in parts for part in image])
+        self.events[5].record(self.stream)
+        self.events[5].synchronize()
+        host_counts, arrays = host[0].numpy().view(np.int64), iter(host[1:])
+        rendered = []
+        for index, ((job, _, host_image, _), image) in enumerate(zip(done, parts, strict=True)):
+            classes, shown_map, blended, *shown = (next(arrays).numpy() for _ in image)
+            rendered.append(Rendered(classes, host_counts[index], shown[0] if shown else host_image, shown_map,
+                                     blended, clamp_opacity(job.opacity)))
+        return rendered
 
     def _nearest(self, class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """classmap.restore_size on the device (always a new tensor)."""
@@ -621,7 +702,7 @@ class TorchCudaBackend(Backend, DeviceRenderer, BatchRunner):
                 self.jpeg_decoder.close()
             self.batch_graphs.clear()
             for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels",
-                         "post_pool", "host_grid", "host_classes", "host_counts", "events", "lut",
+                         "post_pool", "host_grid", "host_classes", "events", "lut",
                          "jpeg_decoder"):
                 setattr(self, attr, None)
             self.torch.cuda.empty_cache()
