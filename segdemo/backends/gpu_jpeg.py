@@ -80,8 +80,11 @@ class GpuJpegDecoder:
         self.decoders = []
 
 
-def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: bool) -> GpuJpegDecoder | None:
-    """The decoders that give Pillow's pixels for real JPEGs here, chained; None if there are none (or it is off)."""
+def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: bool,
+                    start: bool = True) -> GpuJpegDecoder | None:
+    """The decoders that give Pillow's pixels for real JPEGs here, chained; None if there are none (or it is off).
+    `compiled`: compile the colour conversion in `decoder.compiling`, a thread started here or (start=False) by the
+    caller."""
     if os.environ.get(GPU_DECODE_ENV, "1") == "0":
         return None
     import torch
@@ -105,7 +108,8 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: b
         # function until the compiled one has shown the same pixels.
         decoder.compiling = threading.Thread(target=decoder.compile_colour, args=(samples, device),
                                              name="segdemo jpeg compile")  # not a daemon: see torch_cuda
-        decoder.compiling.start()
+        if start:
+            decoder.compiling.start()
     return decoder
 
 

@@ -105,7 +105,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         self.input_size = source.input_size
         self.lock = threading.Lock()  # one set of static buffers: requests take turns
         self._closing = False  # set by close: background threads stop at their next step
-        self.compiling: threading.Thread | None = None  # the network's background torch.compile, while it runs
+        self.compiling: threading.Thread | None = None  # the background loading and compiling (see below)
         wanted = os.environ.get(COMPILE_ENV, "1") != "0" if compile is None else compile
         self.compiled = False  # whether the graphs replay compiled code (at once with AOT, else once compiled)
         self.package: dict[str, Any] | None = None
@@ -165,31 +165,29 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
         self.lut = torch.from_numpy(colour_table(palette(len(source.labels)))).to(self.cuda)
         self.blend_tables: dict[float, torch.Tensor] = {}
-        # Checking the GPU JPEG decoders against Pillow takes ~0.8 s; until it is done, uploads are decoded by
-        # Pillow on the host (the same pixels), so a long-lived session need not wait for it to be ready.
         self.jpeg_decoder: GpuJpegDecoder | None = None
-        self.checking = threading.Thread(target=self._check_decoder, args=(spans, wanted and long_lived),
-                                         name="segdemo jpeg check")  # started last, after the graph captures
         self.max_batch = max_batch
         self.batch_graphs: dict[int, dict[str, Any]] = {}  # batch bucket → its network graph, once captured
         if max_batch > 1:
             self.host_batch = torch.empty((batch_bucket(max_batch), height, width, 3), dtype=torch.uint8,
                                           pin_memory=True)
         if long_lived:
-            self.checking.start()
-        else:
-            self.checking.run()
-        if long_lived and (max_batch > 1 or wanted and not self.aot):
-            # Loading the program (5 s for b4), a graph per batch bucket, then tracing and code generation (15–80 s):
-            # requests replay the batch-1 graph meanwhile, one at a time. Not a daemon: interpreter shutdown in the
-            # middle of a compilation aborts the process.
-            self.compiling = threading.Thread(target=self._background, args=(spans, wanted and not self.aot),
-                                              name="segdemo network compile")
+            # The rest happens in one background thread, in this order: check the GPU JPEG decoders (~0.8 s; until
+            # then Pillow decodes, the same pixels), load the exported program (5 s for b4), capture a graph per
+            # batch bucket, compile the network (15–80 s) and then the JPEG colour conversion. Requests replay the
+            # batch-1 graph meanwhile. One thread, because torch's lazy imports (torch._dynamo) are not safe to
+            # race from two; not a daemon, because interpreter shutdown in the middle of a compilation aborts.
+            self.compiling = threading.Thread(target=self._background, args=(spans, wanted, wanted and not self.aot),
+                                              name="segdemo background load")
             self.compiling.start()
+        else:
+            self._check_decoder(spans, compile_colour=False)
 
     def _check_decoder(self, spans: SpanRecorder, compile_colour: bool) -> None:
+        """The checked GPU JPEG decoder into self.jpeg_decoder; its colour compilation is left for the caller to
+        start (decoder.compiling)."""
         with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
-            decoder = checked_decoder(self.cuda, self.torch.cuda.Stream(self.cuda), compile_colour)
+            decoder = checked_decoder(self.cuda, self.torch.cuda.Stream(self.cuda), compile_colour, start=False)
             attrs.update(decoder=decoder.name if decoder is not None else "Pillow (host)",
                          mean_difference_to_pillow=decoder.difference if decoder is not None else None)
         with self.lock:
@@ -275,8 +273,23 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         graph, _ = self._capture(lambda: logits.copy_(net(pixels)))
         return graph, logits
 
-    def _background(self, spans: SpanRecorder, compile: bool) -> None:
-        """Load the exported program, capture its graph for each batch bucket, then (if `compile`) compile."""
+    def _background(self, spans: SpanRecorder, compile_colour: bool, compile: bool) -> None:
+        """Check the JPEG decoders, load the exported program, capture its graph for each batch bucket, compile the
+        network (if `compile`), then start the JPEG colour compilation (if `compile_colour`)."""
+        try:
+            self._check_decoder(spans, compile_colour)
+        except Exception:  # noqa: BLE001 — Pillow keeps decoding uploads
+            log.exception("checking the GPU JPEG decoders failed; Pillow decodes uploads")
+        if self.max_batch > 1 or compile:
+            self._network_in_background(spans, compile)
+        decoder = self.jpeg_decoder
+        if decoder is not None and decoder.compiling is not None and not self._closing:
+            decoder.compiling.start()
+            decoder.compiling.join()  # part of this thread's work, so settle() covers it
+        log.info("%s: %s, batch graphs %s", BACKGROUND_DONE, "compiled" if self.compiled else "uncompiled",
+                 sorted(self.batch_graphs))
+
+    def _network_in_background(self, spans: SpanRecorder, compile: bool) -> None:
         try:
             program = self._exported()
             if self.max_batch > 1:
@@ -292,12 +305,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                     attrs["buckets"] = sorted(self.batch_graphs)
         except Exception:  # noqa: BLE001 — batches then run one image at a time
             log.exception("loading the exported program in the background failed; batches run image by image")
-            log.info("%s: uncompiled, no batch graphs", BACKGROUND_DONE)
             return
         if compile and not self._closing:
             self._compile_network(program)
-        log.info("%s: %s, batch graphs %s", BACKGROUND_DONE, "compiled" if self.compiled else "uncompiled",
-                 sorted(self.batch_graphs))
 
     def _compile_network(self, program: Callable) -> None:
         """torch.compile the network, then swap each CUDA graph (one image first, then the batch buckets) for a
@@ -666,14 +676,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     def settle(self, timeout: float | None = None) -> bool:
         """Wait for the background compilations of the network and the JPEG colour conversion (requests are slower
         until they are done)."""
-        if self.checking.ident is not None:
-            self.checking.join(timeout)
-        threads = [self.checking, self.compiling,
-                   self.jpeg_decoder.compiling if self.jpeg_decoder is not None else None]
-        for thread in threads[1:]:
-            if thread is not None:
-                thread.join(timeout)
-        return not any(thread is not None and thread.is_alive() for thread in threads)
+        if self.compiling is not None:
+            self.compiling.join(timeout)
+        return self.compiling is None or not self.compiling.is_alive()
 
     def facts(self) -> dict[str, Any]:
         cache = "; ".join([f"AOTInductor package {describe(self.package)}"] if self.package else [
@@ -692,9 +697,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     def close(self) -> None:
         """Drop graphs, network and buffers so the caching allocator can hand the memory back."""
         self._closing = True  # a background compilation stops at its next graph
-        for thread in (self.checking, self.compiling):
-            if thread is not None and thread.ident is not None and thread is not threading.current_thread():
-                thread.join()
+        if self.compiling is not None and self.compiling is not threading.current_thread():
+            self.compiling.join()
         with self.lock:
             self.post.clear()
             self.blend_tables.clear()
