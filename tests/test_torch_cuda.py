@@ -47,8 +47,7 @@ def cuda_sessions(build_dir):
         sessions["fp32"] = Session("random:b0", "torch-cuda", "fp32", build=build_dir)
     finally:
         del os.environ[torch_cuda.COMPILE_ENV]
-    assert not sessions["fp16"].backend.compiled, "the compiled network arrives in the background, not at start"
-    assert sessions["fp16"].settle(900)
+    assert sessions["fp16"].settle(900)  # the compiled network arrives in the background
     assert sessions["fp16"].backend.compiled and not sessions["fp32"].backend.compiled
     yield sessions
     for session in sessions.values():

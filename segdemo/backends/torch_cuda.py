@@ -115,7 +115,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             # fp32 means fp32: no TF32 in matmuls and convolutions, so parity matches ONNX Runtime's.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
+        # cuDNN's algorithm search for each convolution of b4 costs start-up time: the batch-1 graph a restart
+        # replays first takes cuDNN's heuristics; the background's graphs (batches, compiled) search.
+        torch.backends.cudnn.benchmark = False
         if wanted:
             # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
             # reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
@@ -290,6 +292,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                  sorted(self.batch_graphs))
 
     def _network_in_background(self, spans: SpanRecorder, compile: bool) -> None:
+        self.torch.backends.cudnn.benchmark = True  # see __init__
         try:
             program = self._exported()
             if self.max_batch > 1:
