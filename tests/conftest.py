@@ -64,6 +64,13 @@ def photo(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     return image
 
 
+def corrupt_keeping_size(path) -> None:
+    """Zero 64 bytes in the middle of a cached artifact: same size, so only its checksum can tell."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture()
 def photo_file(tmp_path):
     path = tmp_path / "photo.jpg"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -30,9 +29,11 @@ MAX_MEAN_DIFFERENCE = 0.5  # only the inverse DCT may round differently from lib
 class GpuJpegDecoder:
     """A chain of checked nvJPEG decoders; `decode` returns upright-to-be RGB on the device and who decoded it."""
 
-    def __init__(self, decoders: list, colour, tables: torch.Tensor, difference: float) -> None:
+    def __init__(self, decoders: list, colour, tables: torch.Tensor, difference: float,
+                 samples: list[tuple[torch.Tensor, tuple[int, int]]]) -> None:
+        """`samples`: planes of the check's sample JPEGs with their subsampling, kept for `compile_colour`."""
         self.decoders, self._colour, self._tables, self.difference = decoders, colour, tables, difference
-        self.compiling: threading.Thread | None = None  # the background compilation, while there is one
+        self.samples = samples
 
     @property
     def name(self) -> str:
@@ -53,10 +54,13 @@ class GpuJpegDecoder:
         last = self.decoders[-1]
         return self._colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, self._tables), last.name
 
-    def compile_colour(self, samples: list[tuple[torch.Tensor, tuple[int, int]]], device: torch.device) -> None:
+    def compile_colour(self, device: torch.device) -> None:
         """Compile the colour conversion on its own stream and switch to it once it matches the eager function on
-        `samples` (planes of the sample JPEGs, with their subsampling)."""
+        the sample planes. ~50 small integer ops, launched one by one, cost the host more than the decode; compiled
+        they are a few fused kernels. Takes seconds: callers run it beside requests, which use the eager function."""
         import torch
+
+        samples, self.samples = self.samples, []
 
         try:
             compiled = torch.compile(jpeg_planes_to_rgb, dynamic=True)
@@ -80,11 +84,9 @@ class GpuJpegDecoder:
         self.decoders = []
 
 
-def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: bool,
-                    start: bool = True) -> GpuJpegDecoder | None:
+def checked_decoder(device: torch.device, stream: torch.cuda.Stream) -> GpuJpegDecoder | None:
     """The decoders that give Pillow's pixels for real JPEGs here, chained; None if there are none (or it is off).
-    `compiled`: compile the colour conversion in `decoder.compiling`, a thread started here or (start=False) by the
-    caller."""
+    Its colour conversion is the eager function until the caller runs `compile_colour`."""
     if os.environ.get(GPU_DECODE_ENV, "1") == "0":
         return None
     import torch
@@ -101,15 +103,7 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream, compiled: b
     if not decoders:
         log.info("JPEGs are decoded by Pillow on the host")
         return None
-    decoder = GpuJpegDecoder(decoders, jpeg_planes_to_rgb, tables, worst)
-    if compiled:
-        # ~50 small integer ops, launched one by one, cost the host more than the decode; compiled they are a few
-        # fused kernels. Compiling takes seconds, so it happens beside the first requests, which use the eager
-        # function until the compiled one has shown the same pixels.
-        decoder.compiling = threading.Thread(target=decoder.compile_colour, args=(samples, device),
-                                             name="segdemo jpeg compile")  # not a daemon: see torch_cuda
-        if start:
-            decoder.compiling.start()
+    decoder = GpuJpegDecoder(decoders, jpeg_planes_to_rgb, tables, worst, samples)
     return decoder
 
 

@@ -122,10 +122,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             # Inductor fuses the ~1300 small kernels of b4 (LayerNorm with its fp32 casts, GELU, residual adds,
             # reshapes) to ~600: 6.6 → 3.7 ms on an H100. Its kernels are cached under build/.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(build_dir(build) / "torchinductor"))
-            if self._aot_wanted():
-                _inductor_config()
-        self.aot = wanted and self._aot_wanted()
+        self.aot = wanted and os.environ.get(AOT_ENV, "0") == "1"
         if self.aot:
+            _inductor_config()
             # Opt-in: the package loads in a second where it works, but aoti_load_package segfaulted on the H100
             # image (torch 2.11+cu130) — a crash no fallback can catch — so the exported program is the default.
             try:
@@ -183,13 +182,12 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                                               name="segdemo background load")
             self.compiling.start()
         else:
-            self._check_decoder(spans, compile_colour=False)
+            self._check_decoder(spans)
 
-    def _check_decoder(self, spans: SpanRecorder, compile_colour: bool) -> None:
-        """The checked GPU JPEG decoder into self.jpeg_decoder; its colour compilation is left for the caller to
-        start (decoder.compiling)."""
+    def _check_decoder(self, spans: SpanRecorder) -> None:
+        """The checked GPU JPEG decoder into self.jpeg_decoder (its colour conversion uncompiled)."""
         with spans.span("check gpu jpeg decoder", LOAD, backend=self.name) as attrs:
-            decoder = checked_decoder(self.cuda, self.torch.cuda.Stream(self.cuda), compile_colour, start=False)
+            decoder = checked_decoder(self.cuda, self.torch.cuda.Stream(self.cuda))
             attrs.update(decoder=decoder.name if decoder is not None else "Pillow (host)",
                          mean_difference_to_pillow=decoder.difference if decoder is not None else None)
         with self.lock:
@@ -226,10 +224,6 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             net.to(memory_format=torch.channels_last)
             return pixel_network(net, self.precision)
 
-    @staticmethod
-    def _aot_wanted() -> bool:
-        return os.environ.get(AOT_ENV, "0") == "1"
-
     def _startup_network(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
                          progress: Callable[[float, str], None] | None) -> Callable:
         """What the first graph replays: the exported program's batch-1 trace (TorchScript, loaded in C++ in under
@@ -244,24 +238,19 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             return self._exported()
 
     def _program_network(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
-                         progress: Callable[[float, str], None] | None) -> torch.nn.Module:
+                         progress: Callable[[float, str], None] | None) -> Callable:
         """The network from its exported program in build/compiled (no transformers), made on the first start; the
         transformers model directly if torch.export cannot trace it. Loaded once per backend."""
-        if self.eager_net is not None:
-            return self.eager_net
-        self.eager_net = self._load_program(source, spans, build, progress)
+        if self.eager_net is None:
+            try:
+                self.eager_net, self.program = compiled_network(
+                    source, self.precision, self.cuda, build, spans, lambda: self._eager_network(source, spans),
+                    progress, PROGRAM)
+            except Exception as exc:  # noqa: BLE001 — an untraceable model still runs, only its starts stay slow
+                log.warning("torch.export of the network failed (%s: %s); running the transformers model",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.eager_net = self._eager_network(source, spans)
         return self.eager_net
-
-    def _load_program(self, source: ModelSource, spans: SpanRecorder, build: Path | None,
-                      progress: Callable[[float, str], None] | None) -> torch.nn.Module:
-        try:
-            module, self.program = compiled_network(source, self.precision, self.cuda, build, spans,
-                                                    lambda: self._eager_network(source, spans), progress, PROGRAM)
-            return module
-        except Exception as exc:  # noqa: BLE001 — an untraceable model still runs, only its starts stay slow
-            log.warning("torch.export of the network failed (%s: %s); running the transformers model",
-                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-            return self._eager_network(source, spans)
 
     def _network_graph(self, net: Callable, pixels: torch.Tensor,
                        logits: torch.Tensor | None = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
@@ -277,17 +266,15 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
 
     def _background(self, spans: SpanRecorder, compile_colour: bool, compile: bool) -> None:
         """Check the JPEG decoders, load the exported program, capture its graph for each batch bucket, compile the
-        network (if `compile`), then start the JPEG colour compilation (if `compile_colour`)."""
+        network (if `compile`), then the JPEG colour conversion (if `compile_colour`)."""
         try:
-            self._check_decoder(spans, compile_colour)
+            self._check_decoder(spans)
         except Exception:  # noqa: BLE001 — Pillow keeps decoding uploads
             log.exception("checking the GPU JPEG decoders failed; Pillow decodes uploads")
         if self.max_batch > 1 or compile:
             self._network_in_background(spans, compile)
-        decoder = self.jpeg_decoder
-        if decoder is not None and decoder.compiling is not None and not self._closing:
-            decoder.compiling.start()
-            decoder.compiling.join()  # part of this thread's work, so settle() covers it
+        if compile_colour and self.jpeg_decoder is not None and not self._closing:
+            self.jpeg_decoder.compile_colour(self.cuda)
         log.info("%s: %s, batch graphs %s", BACKGROUND_DONE, "compiled" if self.compiled else "uncompiled",
                  sorted(self.batch_graphs))
 
