@@ -116,6 +116,15 @@ class Server:
             time.sleep(0.5)
         return False
 
+    def settle(self, backend: str, timeout: float = 900) -> None:
+        """Wait for the app's background work at start-up (torch-cuda: program, batch graphs, compilation), so the
+        bench times a settled app, as Session.settle does for in-process benches."""
+        if backend == "torch-cuda":
+            from ..backends.torch_cuda import BACKGROUND_DONE
+
+            if not self.wait_for(BACKGROUND_DONE, timeout):
+                log.warning("%s: background work not done after %.0f s; timing it anyway", self.name, timeout)
+
     def ready(self, first: str, extra: tuple, download: Path) -> Any:
         """Wait for the page, then retry a first predict until it succeeds; return the client."""
         from gradio_client import Client, handle_file
@@ -184,6 +193,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         first = images[names[0]]["paths"][0]
         floor_client = floor.ready(first, (), work / "client")
         app_client = app.ready(first, APP_EXTRA, work / "client")
+        app.settle(args.backend)
         log.info("bench --app: floor ready after %.1f s, app after %.1f s", floor.ready_s, app.ready_s)
         api, served = {}, {}
         for name in names:

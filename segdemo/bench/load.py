@@ -124,11 +124,7 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
 
     with Server(f"app-batch{max_batch}", argv, work, args.out) as server:
         server.ready(str(images[0][0]), (0.5, False), work / "downloads")
-        if args.backend == "torch-cuda":  # time the settled app, as the session runs are (Session.settle)
-            from ..backends.torch_cuda import BACKGROUND_DONE
-
-            if not server.wait_for(BACKGROUND_DONE, 900):
-                log.warning("%s: background work not done after 900 s; timing it anyway", server.name)
+        server.settle(args.backend)
         local = threading.local()
 
         def call(index: int) -> np.ndarray:
