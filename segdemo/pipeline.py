@@ -218,7 +218,13 @@ class Session:
         download of what is shown, plus the class map."""
         out_size = output_size(size, self.max_side)
         if batched is not None:
-            rendered = self.batcher.submit(backends.RenderJob(source, DEFAULT_OPACITY, out_size, shown), spans, batched)
+            job = backends.RenderJob(source, DEFAULT_OPACITY, out_size, shown)
+            try:  # decoding and resizing in this thread, beside the batch on the device
+                job = self.backend.prepare(job, spans)
+            except BaseException:
+                batched.release()  # it will not join a batch: none should wait for it
+                raise
+            rendered = self.batcher.submit(job, spans, batched)
         else:
             with self._engine(spans):
                 rendered = renderer.render(source, spans, DEFAULT_OPACITY, out_size, shown)

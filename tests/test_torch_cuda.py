@@ -314,6 +314,10 @@ def test_batched_requests_are_rendered_whole_on_the_gpu(batched_fp32, tmp_path):
         job = backends.RenderJob(session._decoded_or_jpeg(x, SpanRecorder(), backend), DEFAULT_OPACITY,
                                  output_size(image_size, session.max_side), shown)
         reference = backend.render_batch([job] * size, SpanRecorder())[0]  # the same bucket, no other request
+        # Prepared in this thread on a preparer's stream (as batched requests are), the same bits.
+        prepared = backend.render_batch([backend.prepare(job, SpanRecorder())] * size, SpanRecorder())[0]
+        assert np.array_equal(prepared.class_map, reference.class_map)
+        assert np.array_equal(prepared.display_overlay, reference.display_overlay)
         assert np.array_equal(result.class_map, reference.class_map), "a request's pixels changed with its batch"
         assert np.array_equal(result.display_map, reference.display_map)
         assert np.array_equal(result.display_image, reference.display_image)

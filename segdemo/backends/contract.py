@@ -115,7 +115,7 @@ class BatchRunner(ABC):
 class RenderJob:
     """One request for `BatchRenderer.render_batch`: the arguments `DeviceRenderer.render` takes."""
 
-    source: EncodedJpeg | np.ndarray  # a plain JPEG (when the renderer decodes JPEGs) or upright RGB pixels
+    source: Any  # a plain JPEG (EncodedJpeg, when the renderer decodes JPEGs), upright RGB pixels, or `prepare`'s
     opacity: float
     out_size: tuple[int, int]  # (height, width) of the class map the network's output is upsampled to
     display: tuple[int, int]  # (height, width) of the pictures shown
@@ -130,6 +130,12 @@ class BatchRenderer(DeviceRenderer):
     """
 
     max_batch: int
+
+    @abstractmethod
+    def prepare(self, job: RenderJob, spans: SpanRecorder) -> RenderJob:
+        """The job's work before the network (decode or upload, resize), done in the request's own thread beside
+        the batch on the device; returns the job `render_batch` takes (maybe the same). Raises BadImageError for an
+        upload its decoder refuses."""
 
     @abstractmethod
     def render_batch(self, jobs: list[RenderJob], spans: SpanRecorder) -> list[Rendered | Exception]:

@@ -30,10 +30,18 @@ class GpuJpegDecoder:
     """A chain of checked nvJPEG decoders; `decode` returns upright-to-be RGB on the device and who decoded it."""
 
     def __init__(self, decoders: list, colour, tables: torch.Tensor, difference: float,
-                 samples: list[tuple[torch.Tensor, tuple[int, int]]]) -> None:
-        """`samples`: planes of the check's sample JPEGs with their subsampling, kept for `compile_colour`."""
-        self.decoders, self._colour, self._tables, self.difference = decoders, colour, tables, difference
+                 samples: list[tuple[torch.Tensor, tuple[int, int]]], colours: list | None = None) -> None:
+        """`samples`: planes of the check's sample JPEGs with their subsampling, kept for `compile_colour`;
+        `colours`: a twin's one-item list shared with its original, so both switch to the compiled conversion."""
+        self.decoders, self._tables, self.difference = decoders, tables, difference
+        self._colours = colours if colours is not None else [colour]
         self.samples = samples
+
+    def twin(self, device: torch.device) -> GpuJpegDecoder:
+        """The same checked kinds with nvJPEG handles of their own, for another thread (handles and decode states
+        are not shared); the colour conversion is shared, compiled or not."""
+        return GpuJpegDecoder([type(planar)(device) for planar in self.decoders], None, self._tables,
+                              self.difference, [], self._colours)
 
     @property
     def name(self) -> str:
@@ -50,9 +58,10 @@ class GpuJpegDecoder:
             except RuntimeError as exc:  # e.g. a progressive file on the JPEG engines
                 log.debug("%s refused the upload (%s); trying the next decoder", planar.name, exc)
                 continue
-            return self._colour(planes, jpeg.header.sampling, self._tables), planar.name
+            return self._colours[0](planes, jpeg.header.sampling, self._tables), planar.name
         last = self.decoders[-1]
-        return self._colour(last.planes(jpeg.data, height, width), jpeg.header.sampling, self._tables), last.name
+        return self._colours[0](last.planes(jpeg.data, height, width), jpeg.header.sampling, self._tables), \
+            last.name
 
     def compile_colour(self, device: torch.device) -> None:
         """Compile the colour conversion on its own stream and switch to it once it matches the eager function on
@@ -75,7 +84,7 @@ class GpuJpegDecoder:
             log.warning("compiled JPEG colour conversion not used (%s: %s)", type(exc).__name__,
                         str(exc).splitlines()[0][:200] if str(exc) else "")
             return
-        self._colour = compiled
+        self._colours[0] = compiled
         log.info("JPEG colour conversion compiled; requests use it from now on")
 
     def close(self) -> None:

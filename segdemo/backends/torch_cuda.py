@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..artifacts import build_dir
 from ..classmap import nearest_indices
-from ..decode import EncodedJpeg, decode
+from ..decode import EncodedJpeg
 from ..errors import BadImageError
 from ..labels import palette
 from ..preprocess import ModelInput
@@ -44,6 +45,7 @@ from ..spans import INFERENCE, LOAD, SpanRecorder
 from ..visuals import blend_table, clamp_opacity, colour_table
 from .contract import Backend, BatchRenderer, BatchRunner, LoadContext, Rendered, RenderJob
 from .gpu_jpeg import GpuJpegDecoder, checked_decoder
+from .gpu_prepare import Prepared, Preparers, device_image
 from .torch_aot import PROGRAM, SCRIPT, compiled_network, describe, pixel_network
 from .torch_ops import (
     blend,
@@ -51,7 +53,6 @@ from .torch_ops import (
     class_counts,
     colourise,
     gather_nearest,
-    orient,
     resize_like_pil,
     source_coordinates,
     upsample_argmax,
@@ -168,6 +169,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         self.blend_tables: dict[float, torch.Tensor] = {}
         self.jpeg_decoder: GpuJpegDecoder | None = None
         self.max_batch = max_batch
+        # Batched requests decode and resize in their own threads (`prepare`), beside the batch the GPU is running.
+        self.preparers = Preparers(self.cuda, self.input_size) if max_batch > 1 else None
         self.batch_graphs: dict[int, dict[str, Any]] = {}  # batch bucket → its network graph, once captured
         if max_batch > 1:
             self.host_batch = torch.empty((batch_bucket(max_batch), height, width, 3), dtype=torch.uint8,
@@ -195,6 +198,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                 decoder.close()
             elif not self._closing:
                 self.jpeg_decoder = decoder
+                if decoder is not None and self.preparers is not None:
+                    self.preparers.use_decoder(decoder)
 
     @property
     def decoder_name(self) -> str:
@@ -499,7 +504,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                 self.events[0].record(self.stream)
                 image, host_image = self._device_image(source, spans)
                 entry = self._post_graph(out_size)  # captured on the bucket's first request
-                self.pixels[0].copy_(resize_like_pil(image, self.input_size))
+                self.pixels[0].copy_(self._network_input(source, image))
                 self._upload_grid(entry, out_size)
                 self.events[1].record(self.stream)
                 self._replay_network()
@@ -530,7 +535,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                     return images
                 posts = [self._post_graph(jobs[i].out_size) for i in ready]  # captured on a bucket's first request
                 for slot, i in enumerate(ready):
-                    entry["pixels"][slot].copy_(resize_like_pil(images[i][0], self.input_size))
+                    entry["pixels"][slot].copy_(self._network_input(jobs[i].source, images[i][0]))
                 self.events[1].record(self.stream)
                 entry["graph"].replay()
                 self.events[2].record(self.stream)
@@ -547,6 +552,21 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             attrs.update(bucket=entry["size"], refused=len(jobs) - len(ready))
             self._device_spans(spans, host_start, ("prepare", "network", "postprocess", "render", "download"))
         return images
+
+    def prepare(self, job: RenderJob, spans: SpanRecorder) -> RenderJob:
+        """Decode or upload, orient and resize the job's picture on a stream of its own in the calling thread
+        (batched backends; others leave it to `render`)."""
+        if self.preparers is None or isinstance(job.source, Prepared):
+            return job
+        self._check_renders([job])
+        return replace(job, source=self.preparers.prepare(job.source, spans))
+
+    def _network_input(self, source: EncodedJpeg | np.ndarray | Prepared, image: torch.Tensor) -> torch.Tensor:
+        """The network's input pixels of a job: made by `prepare` already, or resized now."""
+        if isinstance(source, Prepared):
+            source.pixels.record_stream(self.torch.cuda.current_stream(self.cuda))
+            return source.pixels
+        return resize_like_pil(image, self.input_size)
 
     def _check_renders(self, jobs: list[RenderJob]) -> None:
         for job in jobs:
@@ -618,25 +638,13 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         columns = _device_nearest(class_map.shape[1], size[1], self.cuda)
         return gather_nearest(class_map, rows, columns)
 
-    def _device_image(self, source: EncodedJpeg | np.ndarray,
+    def _device_image(self, source: EncodedJpeg | np.ndarray | Prepared,
                       spans: SpanRecorder) -> tuple[torch.Tensor, np.ndarray | None]:
         """Upright uint8 H×W×3 on the GPU, and the host's copy (None when it was decoded here)."""
-        if isinstance(source, EncodedJpeg):
-            if self.jpeg_decoder is not None:
-                with spans.span("decode", INFERENCE, bytes=len(source.data)) as attrs:
-                    try:
-                        image, attrs["decoder"] = self.jpeg_decoder.decode(source)
-                    except RuntimeError as exc:  # Pillow accepted the header; let it judge the file
-                        log.info("nvJPEG refused the upload (%s); decoding it on the host", exc)
-                    else:
-                        attrs["orientation"] = source.header.orientation
-                        return orient(image, source.header.orientation), None
-            with spans.span("decode", INFERENCE):
-                source = decode(source.data)
-        with spans.span("upload", INFERENCE, size=list(source.shape[:2])):
-            pinned = self.torch.empty(source.shape, dtype=self.torch.uint8, pin_memory=True)
-            pinned.numpy()[...] = source  # the one host copy; the upload below is asynchronous
-            return pinned.to(self.cuda, non_blocking=True), source
+        if isinstance(source, Prepared):  # made on a preparer's stream: the allocator must wait for ours too
+            source.image.record_stream(self.torch.cuda.current_stream(self.cuda))
+            return source.image, source.host_image
+        return device_image(source, spans, self.cuda, self.jpeg_decoder)
 
     def _blend_table(self, opacity: float) -> torch.Tensor:
         if opacity not in self.blend_tables:
@@ -694,10 +702,12 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             self.blend_tables.clear()
             if self.jpeg_decoder is not None:
                 self.jpeg_decoder.close()
+            if self.preparers is not None:
+                self.preparers.close()
             self.batch_graphs.clear()
             for attr in ("network_graph", "net", "eager_net", "logits", "pixels", "host_pixels",
                          "post_pool", "host_grid", "host_classes", "events", "lut",
-                         "jpeg_decoder"):
+                         "jpeg_decoder", "preparers"):
                 setattr(self, attr, None)
             self.torch.cuda.empty_cache()
 

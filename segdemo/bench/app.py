@@ -51,8 +51,9 @@ def run_app_bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- servers
 
 
-def serve_floor(port: int) -> None:
-    """The floor: the app's endpoint shape doing nothing (run in its own process by `measure`)."""
+def serve_floor(port: int, concurrency: int = 1, queue: int = 16) -> None:
+    """The floor: the app's endpoint shape doing nothing (run in its own process by `measure`, and by `bench --load`
+    with the app's concurrency and queue)."""
     import gradio as gr
 
     with gr.Blocks(title="segdemo bench floor") as blocks:
@@ -60,8 +61,8 @@ def serve_floor(port: int) -> None:
         image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
         run = gr.Button("Segment", variant="primary")
         overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
-        run.click(lambda path: path, [image], [overlay], api_name="segment", concurrency_limit=1)
-    blocks.queue(max_size=16)
+        run.click(lambda path: path, [image], [overlay], api_name="segment", concurrency_limit=concurrency)
+    blocks.queue(max_size=queue)
     blocks.launch(server_name="127.0.0.1", server_port=port, max_file_size="25mb")
 
 

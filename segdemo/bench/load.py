@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SegdemoError
 from ..spans import percentile
+from .app import READY_S
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +46,64 @@ def make_set(folder: Path) -> list[tuple[Path, tuple[int, int]]]:
     return out
 
 
-def _drive(clients: int, requests: int, call, check) -> dict[str, Any]:
-    """`clients` threads × `requests` calls of call(index) → answer; check(index, answer) → None or why it is wrong."""
-    latencies, failures, wrong = [], [], []
-    lock = threading.Lock()
+class _Tally:
+    """What the clients of one run saw: latencies (ms), failures and wrong answers (thread-safe)."""
 
-    def client(c: int) -> None:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.wrong: list[str] = []
+        self.lock = threading.Lock()
+
+    def client(self, c: int, requests: int, call, check) -> None:
+        """Client `c`: `requests` calls of call(index) → answer, each checked by check(index, answer)."""
         for k in range(requests):
             index = (c + k) % len(SIDES)
             start = time.perf_counter()
             try:
                 answer = call(index)
             except Exception as exc:  # noqa: BLE001 — counted and reported, the run goes on
-                with lock:
-                    failures.append(f"{type(exc).__name__}: {str(exc)[:160]}")
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {str(exc)[:160]}")
                 continue
             elapsed = (time.perf_counter() - start) * 1e3
             why = check(index, answer)
-            with lock:
-                latencies.append(elapsed)
+            with self.lock:
+                self.latencies.append(elapsed)
                 if why:
-                    wrong.append(why)
+                    self.wrong.append(why)
 
+    def merge(self, other: tuple[list[float], list[str], list[str]]) -> None:
+        self.latencies += other[0]
+        self.failures += other[1]
+        self.wrong += other[2]
+
+    def summary(self, clients: int, requests: int, wall: float) -> dict[str, Any]:
+        done = len(self.latencies)
+        return {"clients": clients, "requests": clients * requests, "answered": done,
+                "failures": len(self.failures), "failure_examples": self.failures[:3],
+                "wrong_answers": len(self.wrong), "wrong_examples": self.wrong[:3], "wall_s": round(wall, 2),
+                "throughput_per_s": round(done / wall, 1) if wall else 0.0,
+                **{f"p{q}_ms": round(percentile(self.latencies, q), 1) if self.latencies else None
+                   for q in (50, 95, 99)}}
+
+
+def _drive(clients: int, requests: int, call, check) -> dict[str, Any]:
+    """`clients` threads of this process × `requests` calls of call(index) → answer; check(index, answer) → None
+    or why it is wrong."""
+    tally = _Tally()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - start
-    done = len(latencies)
-    return {"clients": clients, "requests": clients * requests, "answered": done, "failures": len(failures),
-            "failure_examples": failures[:3], "wrong_answers": len(wrong), "wrong_examples": wrong[:3],
-            "wall_s": round(wall, 2), "throughput_per_s": round(done / wall, 1) if wall else 0.0,
-            **{f"p{q}_ms": round(percentile(latencies, q), 1) if latencies else None for q in (50, 95, 99)}}
+        list(pool.map(lambda c: tally.client(c, requests, call, check), range(clients)))
+    return tally.summary(clients, requests, time.perf_counter() - start)
 
 
-def _checker(expected: list[np.ndarray]):
+def _checker(expected: list[np.ndarray], sizes_only: bool = False):
     def check(index: int, class_map: np.ndarray) -> str | None:
         if class_map.shape != expected[index].shape:
             return f"image {index}: answer of size {class_map.shape}, its image is {expected[index].shape}"
+        if sizes_only:
+            return None
         agreement = float((class_map == expected[index]).mean())
         return None if agreement >= AGREEMENT else f"image {index}: {agreement:.4f} agreement with its own map"
     return check
@@ -108,35 +132,117 @@ def _batch_sizes(session: Any) -> dict[str, float]:
     return {"mean": round(float(np.mean(sizes)), 2), "max": int(max(sizes))} if sizes else {"mean": 1.0, "max": 1}
 
 
-def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]], max_batch: int,
-             work: Path) -> dict[str, Any]:
-    """The load against the real app (`python app.py`) through one gradio_client Client per client thread."""
-    import sys
+def client_processes(clients: int, asked: int = 0) -> int:
+    """Processes the app's clients run in: gradio_client's work is Python under one GIL, so 32 client threads in one
+    process time the client, not the app; `asked` > 0 overrides (default: 4 clients a process, half the cores)."""
+    if asked > 0:
+        return min(asked, clients)
+    return max(1, min(clients // 4, (os.cpu_count() or 1) // 2))
 
-    from gradio_client import Client, handle_file
+
+def _answer(kind: str, client: Any, path: str) -> np.ndarray:
+    """One request through gradio_client: the app's class map (its classes PNG), or the floor's echoed image."""
+    from gradio_client import handle_file
+    from PIL import Image
 
     from ..visuals import read_class_map
+
+    if kind == "floor":
+        with Image.open(client.predict(handle_file(path), api_name="/segment")) as image:
+            return np.zeros(image.size[::-1], np.uint8)  # the floor echoes the upload: only its size is checked
+    return read_class_map(client.predict(handle_file(path), 0.5, False, api_name="/segment")[1])
+
+
+def _client_process(url: str, kind: str, paths: list[str], expected_file: str, first: int, count: int,
+                    requests: int, warmup: int, download: str, barrier: Any, results: Any) -> None:
+    """One process of `count` clients (threads, one gradio_client Client each): warm up, meet the others at the
+    barrier, then the timed requests; puts (latencies, failures, wrong) on `results`."""
+    from gradio_client import Client
+
+    def run(tally: _Tally, number: int, check) -> None:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda k: tally.client(first + k, number, lambda i: _answer(kind, clients[k], paths[i]),
+                                                 check), range(count)))
+
+    try:
+        with np.load(expected_file) as saved:
+            expected = [saved[str(i)] for i in range(len(saved.files))]
+        clients = [Client(url, verbose=False, download_files=download, analytics_enabled=False)
+                   for _ in range(count)]
+        run(_Tally(), warmup, lambda i, a: None)
+    except Exception as exc:  # noqa: BLE001 — the parent hears why instead of waiting out the barrier
+        barrier.abort()
+        results.put(([], [f"client process: {type(exc).__name__}: {exc}"], []))
+        return
+    barrier.wait(timeout=READY_S)
+    tally = _Tally()
+    try:
+        run(tally, requests, _checker(expected, sizes_only=kind == "floor"))
+    finally:
+        results.put((tally.latencies, tally.failures, tally.wrong))
+
+
+def _drive_processes(url: str, kind: str, images: list[tuple[Path, tuple[int, int]]], expected: list[np.ndarray],
+                     args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """args.clients clients spread over client processes, all starting together after their warm-up."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    count = client_processes(args.clients, args.client_processes)
+    expected_file = work / f"expected-{kind}.npz"
+    np.savez(expected_file, **{str(i): m for i, m in enumerate(expected)})
+    barrier, results = context.Barrier(count + 1), context.Queue()
+    shares = [args.clients // count + (1 if p < args.clients % count else 0) for p in range(count)]
+    processes = []
+    for p, share in enumerate(shares):
+        process = context.Process(target=_client_process, daemon=True, name=f"load client {p}", args=(
+            url, kind, [str(path) for path, _ in images], str(expected_file), sum(shares[:p]), share, args.requests,
+            max(1, args.warmup), str(work / "downloads"), barrier, results))
+        process.start()
+        processes.append(process)
+    try:
+        barrier.wait(timeout=READY_S)
+    except threading.BrokenBarrierError:
+        why = results.get(timeout=5)[1] if not results.empty() else [f"not all ready after {READY_S} s"]
+        raise SegdemoError(f"load: the client processes could not start their run ({why[0]})") from None
+    start, tally = time.perf_counter(), _Tally()
+    for _ in processes:
+        tally.merge(results.get(timeout=READY_S))
+    wall = time.perf_counter() - start
+    for process in processes:
+        process.join(timeout=30)
+    return {**tally.summary(args.clients, args.requests, wall), "client_processes": count}
+
+
+def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]], max_batch: int,
+             work: Path, front_ends: int = 1, kind: str = "app") -> dict[str, Any]:
+    """The load against the real app (`python app.py`, or the floor: a do-nothing Gradio app) through gradio_client
+    clients spread over client processes."""
+    import sys
+
+    from gradio_client import Client
+
+    from ..webapp import AppConfig
     from .app import Server
 
     def argv(port: int) -> list[str]:
+        if kind == "floor":
+            config = AppConfig()
+            return [sys.executable, "-c", f"from segdemo.bench.app import serve_floor; "
+                    f"serve_floor({port}, {config.workers}, {config.queue_size})"]
         return [sys.executable, "app.py", "--model", args.model, "--backend", args.backend, "--port", str(port),
-                "--max-batch", str(max_batch)] + (["--build-dir", str(args.build_dir)] if args.build_dir else [])
+                "--precision", args.precision,
+                "--max-batch", str(max_batch)] + (["--front-ends", str(front_ends)] if front_ends > 1 else []) \
+            + (["--build-dir", str(args.build_dir)] if args.build_dir else [])
 
-    with Server(f"app-batch{max_batch}", argv, work, args.out) as server:
-        server.ready(str(images[0][0]), (0.5, False), work / "downloads")
+    name = "floor" if kind == "floor" else f"app-batch{max_batch}-fe{front_ends}"
+    extra = () if kind == "floor" else (0.5, False)
+    with Server(name, argv, work, args.out) as server:
+        server.ready(str(images[0][0]), extra, work / "downloads")
         server.settle(args.backend)
-        local = threading.local()
-
-        def call(index: int) -> np.ndarray:
-            if not hasattr(local, "client"):
-                local.client = Client(server.url, verbose=False, download_files=str(work / "downloads"),
-                                      analytics_enabled=False)
-            result = local.client.predict(handle_file(str(images[index][0])), 0.5, False, api_name="/segment")
-            return read_class_map(result[1])
-
-        expected = [call(i) for i in range(len(images))]
-        _drive(args.clients, max(1, args.warmup), call, lambda i, a: None)
-        run = _drive(args.clients, args.requests, call, _checker(expected))
+        client = Client(server.url, verbose=False, download_files=str(work / "downloads"), analytics_enabled=False)
+        expected = [_answer(kind, client, str(path)) for path, _ in images]  # one at a time
+        run = _drive_processes(server.url, kind, images, expected, args, work)
     run["ready_s"] = round(server.ready_s, 1)
     return run
 
@@ -148,19 +254,34 @@ def run_load_bench(args: argparse.Namespace) -> int:
         work = Path(folder)
         images = make_set(work / "images")
         results: dict[str, Any] = {"model": args.model, "backend": args.backend, "clients": args.clients,
-                                   "requests_per_client": args.requests, "max_batch": args.max_batch, "runs": {}}
+                                   "requests_per_client": args.requests, "max_batch": args.max_batch,
+                                   "front_ends": args.front_ends, "runs": {}}
         targets = [t for t in args.load_targets.split(",") if t]
+        unknown = set(targets) - {"session", "app", "floor"}
+        if unknown:
+            raise SegdemoError(f"--load-targets takes session, app and floor, not {', '.join(sorted(unknown))}")
         for target in targets:
-            for batch in (1, args.max_batch):
-                label = f"{target}, max batch {batch}"
+            for batch, front_ends in _runs(target, args.max_batch, args.front_ends):
+                label = "floor" if target == "floor" else f"{target}, max batch {batch}" + (
+                    f", {front_ends} front ends" if front_ends > 1 else "")
                 log.info("load: %s", label)
-                run = session_load(args, images, batch) if target == "session" else app_load(args, images, batch, work)
+                run = session_load(args, images, batch) if target == "session" else \
+                    app_load(args, images, batch, work, front_ends, kind=target)
                 results["runs"][label] = run
                 print(f"{label}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
                       f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong", flush=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return 0
+
+
+def _runs(target: str, max_batch: int, front_ends: int) -> list[tuple[int, int]]:
+    """(max batch, front ends) of each run of a target: unbatched first (the baseline), then batched, then the
+    app's several front ends; the floor runs once."""
+    if target == "floor":
+        return [(1, 1)]
+    runs = [(1, 1), (max_batch, 1)] if max_batch > 1 else [(1, 1)]
+    return runs + ([(max_batch, front_ends)] if target == "app" and front_ends > 1 else [])
 
 
 def table(results: dict[str, Any]) -> str:
