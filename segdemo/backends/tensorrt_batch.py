@@ -143,7 +143,7 @@ class TensorRTBatchRunner:
                 layer_spans(spans, self.network, profilers[0], starts[1], self.name)
                 layer_spans(spans, self.post, profilers[1], starts[2], self.name)
             return [self.host_classes[start:start + h * w].numpy().reshape(h, w).copy()
-                    for start, (h, w) in zip(offsets, (x.out_size for x in inputs), strict=False)]
+                    for start, (h, w) in zip(offsets[:-1], (x.out_size for x in inputs), strict=True)]
 
     def _enqueue_post(self, index: int, out_size: tuple[int, int], offset: int) -> bool:
         """Bind image `index`'s logits, out_size and class map slot to the post context and enqueue it."""
