@@ -80,6 +80,7 @@ class EngineSpec:
     key: str
     plan: Path
     profile: dict[str, dict[str, list[int]]]  # input name → min/opt/max: shape values or dimensions
+    role: str = "fused"  # which graph: "fused", or the batched pair's "batched network" and "post-processing"
 
 
 def engine_spec(onnx_file: Path, precision: str = "fp32", backend: str = "tensorrt-rtx", build: Path | None = None,
@@ -102,12 +103,12 @@ def batch_specs(onnx_file: Path, network: Path, input_size: tuple[int, int], max
     profile = batch_profile(input_size, max_batch)
     network_graph, post_graph = ensure_tensorrt_batched_onnx(network, onnx_file, precision, progress)
     build = build if build is not None else onnx_file.parent.parent
-    return (plan_spec(network_graph, precision, profile, backend, build, targets),
-            plan_spec(post_graph, "fp32", PROFILE, backend, build, targets))
+    return (plan_spec(network_graph, precision, profile, backend, build, targets, "batched network"),
+            plan_spec(post_graph, "fp32", PROFILE, backend, build, targets, "post-processing"))
 
 
 def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int]]], backend: str, build: Path,
-              targets: list[str] | None) -> EngineSpec:
+              targets: list[str] | None, role: str = "fused") -> EngineSpec:
     """The plan of a graph TensorRT builds from: its key covers the graph's bytes, the TensorRT flavour and version,
     the target, the precision, the optimisation profile and the build settings."""
     fl = flavour(backend)
@@ -118,7 +119,7 @@ def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int
     }
     key = engine_cache.engine_key(parts)
     return EngineSpec(fl, trt, graph, parts, key, engine_cache.plan_path(build_dir(build), graph, fl.module, key),
-                      profile)
+                      profile, role)
 
 
 def _check_precision(precision: str) -> None:
@@ -201,6 +202,7 @@ def _sidecar(spec: EngineSpec, onnx_file: Path, precision: str, seconds: float) 
         "precision": precision,
         "target": parts["target"],
         "profile": spec.profile,
+        "graph": spec.role,
         "onnx": {"file": graph.name, "bytes": graph.stat().st_size, "sha256": parts["onnx_sha256"],
                  "fused_fp32": onnx_file.name},
         "build_seconds": round(seconds, 2),

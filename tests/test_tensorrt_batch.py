@@ -153,6 +153,23 @@ def test_a_corrupt_batched_plan_is_rebuilt(graphs, tmp_path, which):
     assert all(e.cache_hit for e in ensure_batch_engines(fused, network, SIZE, 4, "fp32", RTX, copy))
 
 
+def test_triton_export_takes_the_fused_plan_not_a_batched_one(graphs, tmp_path):
+    """Every plan's sidecar names the fused graph it derives from; only the fused plan serves Triton's model."""
+    from segdemo.triton.repository import find_plan
+
+    build, fused, network = graphs
+    plans = [ensure_engine(fused, "fp32", RTX, build), *ensure_batch_engines(fused, network, SIZE, 4, "fp32", RTX,
+                                                                            build)]
+    assert [p.sidecar["graph"] for p in plans] == ["fused", "batched network", "post-processing"]
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for age, plan in enumerate(plans):  # as full TensorRT would write them, the batched ones newest
+        meta = {**plan.sidecar, "backend": "tensorrt", "built_at": f"2026-01-0{age + 1}"}
+        (engines / plan.plan.name).write_bytes(b"plan")
+        engine_cache.write_sidecar(engines / plan.plan.name, meta)
+    assert find_plan(fused, "fp32", tmp_path)[0].name == plans[0].plan.name
+
+
 def test_loader_discards_a_plan_tensorrt_will_not_deserialise(graphs, source, monkeypatch):
     """The loader's side of the batched plans, up to deserialisation. No GPU here, so TensorRT-RTX cannot deserialise;
     a stand-in deserialiser refuses the network plan once (as TensorRT refuses a plan of another version) and accepts

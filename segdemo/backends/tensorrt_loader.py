@@ -104,7 +104,8 @@ def load_plan(plan: Path, backend: str = "tensorrt", spans: SpanRecorder | None 
 
 
 class EngineLoader:
-    """Finds or builds the plan of one fused graph for one TensorRT flavour, deserialises it and checks it."""
+    """Finds or builds the plan of one fused graph (or the two of its batched graphs) for one TensorRT flavour,
+    deserialises it and checks it."""
 
     def __init__(self, onnx_file: Path, backend: str, build: Path | None = None, targets: list[str] | None = None,
                  progress: ProgressFn | None = None, min_agreement: float | None = None,
