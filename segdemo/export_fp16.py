@@ -42,34 +42,49 @@ def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
 
     fp16 converts the network; both precisions get TensorRT's layout of the upsampling (see channels_first_upsampling).
     """
-    path = tensorrt_graph_path(fp32_file, precision)
+
+    def make() -> tuple[bytes, dict]:
+        import onnx
+
+        model = onnx.load(str(fp32_file))
+        rewrites = channels_first_upsampling(model)
+        if precision == "fp16":
+            model = convert(model)
+        data = model.SerializeToString()
+        _report(progress, 0.5, f"checking the {precision} graph against fp32 on ONNX Runtime")
+        return data, {"source": fp32_file.name, "precision": precision, "channels_first_rewrites": rewrites,
+                      "onnxruntime_check": onnx_agreement(fp32_file, data)}
+
+    return derived_graph(tensorrt_graph_path(fp32_file, precision), precision, make, progress)
+
+
+def derived_graph(path: Path, precision: str, make: Callable[[], tuple[bytes, dict]],
+                  progress: ProgressFn | None = None) -> tuple[Path, bool]:
+    """Return (path, cache_hit) of a graph TensorRT builds from, made once under a lock by `make` → (bytes, facts).
+
+    The facts, with the conversion settings, go to a sidecar written before the graph; an `onnxruntime_check` among
+    them (agreement with the fp32 fused graph) is logged, loudly below MIN_AGREEMENT.
+    """
     if cached := _cached(path):
         return cached, True
     with lock_for(path):
         if cached := _cached(path):  # made by another process meanwhile
             return cached, True
-        import onnx
-
         start = time.perf_counter()
         _report(progress, 0.0, f"preparing the {precision} graph for TensorRT")
-        model = onnx.load(str(fp32_file))
-        rewrites = channels_first_upsampling(model)
-        if precision == "fp16":
-            model = convert(model)
-        meta = {"source": fp32_file.name, "precision": precision, "channels_first_rewrites": rewrites}
-        data = model.SerializeToString()
-        _report(progress, 0.5, f"checking the {precision} graph against fp32 on ONNX Runtime")
-        check = onnx_agreement(fp32_file, data)
+        data, meta = make()
+        check = meta.get("onnxruntime_check")
         meta.update(
             converter=f"onnxruntime.transformers.float16 {_ort_version()}" if precision == "fp16" else None,
             fp32_ops=list(FP32_OPS), fp32_node_prefixes=list(FP32_NODE_PREFIXES),
-            onnxruntime_check=check, seconds=round(time.perf_counter() - start, 2),
+            seconds=round(time.perf_counter() - start, 2),
         )
         write_sidecar(path, meta)
         atomic_write(path, data)  # last: the graph's presence means its sidecar is complete
-        level = logging.WARNING if check["agreement"] < MIN_AGREEMENT else logging.INFO
-        log.log(level, "%s graph %s: %.3f %% pixel agreement with fp32 on ONNX Runtime (%.1f s)",
-                precision, path.name, check["agreement"] * 100, meta["seconds"])
+        if check is not None:
+            level = logging.WARNING if check["agreement"] < MIN_AGREEMENT else logging.INFO
+            log.log(level, "%s graph %s: %.3f %% pixel agreement with fp32 on ONNX Runtime (%.1f s)",
+                    precision, path.name, check["agreement"] * 100, meta["seconds"])
         _report(progress, 1.0, f"{precision} graph ready")
     return path, False
 

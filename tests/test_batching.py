@@ -73,8 +73,10 @@ def test_a_lone_request_does_not_wait_for_the_window(build_dir):
 
 
 def test_a_backend_without_batches_refuses_max_batch(build_dir):
-    with pytest.raises(SegdemoError, match="has no option max_batch"):
-        backends.create("tensorrt-rtx", build_dir / "missing.onnx", None, max_batch=4)
+    # Every local backend batches (TensorRT's plans: tests/test_tensorrt_batch.py); a Triton server batches by its
+    # model's own config, so the triton backend takes no max_batch — refused before any connection is tried.
+    with pytest.raises(SegdemoError, match="'triton://127.0.0.1:1/segformer' has no option max_batch — it takes"):
+        backends.create("triton://127.0.0.1:1/segformer", build_dir / "missing.onnx", None, max_batch=4)
 
 
 COLOURS = palette(20)

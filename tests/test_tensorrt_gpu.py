@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from segdemo import backends, engine_cache
+from segdemo.backends import LoadContext
 from segdemo.backends.tensorrt import TensorRTRunner
 from segdemo.backends.tensorrt_loader import EngineLoader
 from segdemo.engine_build import PROFILE
-from segdemo.export import ensure_onnx
+from segdemo.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
 from segdemo.export_fp16 import run_onnx
 from segdemo.model_source import resolve
+from segdemo.pipeline import Session
 from segdemo.preprocess import ModelInput
 from segdemo.spans import LAYER, SpanRecorder
+
+from .conftest import photo
 
 pytestmark = pytest.mark.gpu
 
@@ -136,3 +141,95 @@ def test_facts_describe_the_engine_cache_entry(name, tiny):
         facts = backend.facts()
         assert str(backend.artifact.plan) in facts["Engine"] and facts["Engine key"].startswith("`")
         assert facts["Device memory"].endswith(" MB") and "agreement" in facts["Accuracy guard"]
+
+
+# Batching (max_batch > 1): the batched network plan and the per-image post-processing plan.
+
+MIXED = ((7, 5), (300, 1000), (512, 512), (2048, 1536))  # output sizes riding in one batch
+
+
+def create_batched(name: str, tiny, max_batch: int = 4, precision: str = "fp32"):
+    context = LoadContext(resolve("random:tiny"), tiny.parent.parent)
+    return backends.create(name, tiny, SpanRecorder(), context, precision=precision, max_batch=max_batch)
+
+
+@pytest.fixture(scope="module")
+def batched(name, tiny):
+    backend = create_batched(name, tiny)
+    yield backend
+    backend.close()
+
+
+def test_batched_engine_gives_each_image_its_pixels_alone(name, tiny, batched):
+    """fp32: every image of a batch with mixed output sizes gets exactly what it gets alone (a batch of one, which is
+    also what `run` gives), and what the unbatched plan and ONNX Runtime give."""
+    inputs = [ModelInput(pixels(seed), size, size) for seed, size in enumerate(MIXED)]
+    spans = SpanRecorder()
+    together = batched.run_batch(inputs, spans)
+    (run,) = [s for s in spans.spans if s.name == "tensorrt run"]
+    assert run.attrs["batch"] == 4 and run.attrs["network_ms"] > 0
+    assert {"gpu upload", "gpu network", "gpu postprocess", "gpu download"} <= {s.name for s in spans.spans}
+    with backends.create(name, tiny, SpanRecorder(), precision="fp32") as single:
+        for model_input, ours in zip(inputs, together, strict=True):
+            size = model_input.out_size
+            assert ours.shape == size and ours.dtype == np.uint8
+            alone = batched.run_batch([model_input], SpanRecorder())[0]
+            assert np.array_equal(ours, alone), f"{size}: the pixels changed with the batch"
+            assert np.array_equal(batched.run(model_input, SpanRecorder()), alone), "run is not a batch of one"
+            fused = single.run(model_input, SpanRecorder())
+            print(f"\n{name} {size}: batched vs unbatched plan {(ours == fused).mean() * 100:.4f} %")
+            assert (ours == fused).mean() >= 0.999
+            assert (ours == run_onnx(tiny, model_input.pixels, size)[0]).mean() >= 0.999
+
+
+def test_batch_profile_read_back_from_the_engines(name, tiny, batched):
+    shapes = [tuple(d) for d in batched.loaded.engine.get_tensor_profile_shape(INPUT_IMAGE, 0)]
+    assert shapes == [(1, 512, 512, 3), (4, 512, 512, 3), (4, 512, 512, 3)]
+    post = batched.loaded.post.engine
+    assert [list(v) for v in post.get_tensor_profile_values(0, INPUT_SIZE)] == list(PROFILE["out_size"].values())
+    assert "up to 4 requests" in batched.facts()["Batching"]
+    eight = create_batched(name, tiny, max_batch=8)
+    try:
+        assert eight.artifact.plan != batched.artifact.plan and eight.loaded.post.artifact.cache_hit
+        assert [tuple(d) for d in eight.loaded.engine.get_tensor_profile_shape(INPUT_IMAGE, 0)][2][0] == 8
+        outputs = eight.run_batch([ModelInput(pixels(k), (64, 48), (64, 48)) for k in range(8)], SpanRecorder())
+        assert [m.shape for m in outputs] == [(64, 48)] * 8
+    finally:
+        eight.close()
+
+
+def test_second_batched_load_is_a_cache_hit(name, tiny, batched):
+    with create_batched(name, tiny) as again:
+        assert again.artifact.cache_hit and again.loaded.post.artifact.cache_hit
+        assert again.artifact.plan == batched.artifact.plan
+        accuracy = again.artifact.sidecar["accuracy"]
+        assert accuracy["engine_agreement"] is not None, "the first load measures the pair against ONNX Runtime"
+
+
+def test_batched_fp16_accuracy_is_recorded(name, tiny):
+    with create_batched(name, tiny, precision="fp16") as backend:
+        agreement = backend.artifact.sidecar["accuracy"]["engine_agreement"]
+        assert agreement is not None and 0 <= agreement <= 1
+        assert backend.precision == ("fp16" if agreement >= 0.99 else "fp32")
+        assert backend.loaded.post.precision == "fp32"  # post-processing stays fp32, as in the fused fp16 graph
+
+
+def test_batched_layer_spans(name, batched):
+    spans = SpanRecorder()
+    batched.run(ModelInput(pixels(), (480, 640), (480, 640)), spans, detailed=True)
+    layers = [s for s in spans.spans if s.category == LAYER]
+    assert layers and all(s.duration_ns >= 0 for s in layers)
+
+
+def test_session_batches_requests_on_tensorrt(name, tiny):
+    """The pipeline's batcher on the TensorRT backend: batches form, hold several output sizes, change no pixels."""
+    sizes = (("astronaut", (300, 400)), ("coffee", (512, 512)), ("chelsea", (700, 500)), ("rocket", (256, 384)))
+    images = [photo(n, s) for n, s in sizes] * 3
+    with Session("random:tiny", name, "fp32", build=tiny.parent.parent, max_batch=4, batch_window_ms=50) as session:
+        alone = [session.segment(image).class_map for image in images]
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(session.segment, images))
+    batches = [[s.attrs for s in r.spans.spans if s.name == "batch"][0] for r in together]
+    assert max(b["size"] for b in batches) > 1, f"no batch formed: {batches}"
+    for single, result in zip(alone, together, strict=True):
+        assert np.array_equal(result.class_map, single), "a request's pixels changed with the batch it rode in"

@@ -1,7 +1,9 @@
 """TensorRT backend (`tensorrt`; `tensorrt-rtx` subclasses it): a loader finds and checks the plan, a runner runs it.
 
 `TensorRTRunner` binds one deserialised engine (one execution context, its stream, device buffers, CUDA events) and
-runs requests on it; it can be made from a prebuilt plan file alone. Loading lives in `tensorrt_loader`.
+runs requests on it; it can be made from a prebuilt plan file alone. With max_batch > 1 the backend loads the
+batched graphs' two plans instead and `tensorrt_batch.TensorRTBatchRunner` runs them, every request included, so a
+request's pixels do not depend on the batch it rides in. Loading lives in `tensorrt_loader`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import numpy as np
 from ..errors import SegdemoError
 from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..preprocess import ModelInput
-from ..spans import INFERENCE, LAYER, LOAD, SpanRecorder
-from .contract import Backend
+from ..spans import INFERENCE, LOAD, SpanRecorder
+from .contract import Backend, BatchRunner
+from .tensorrt_batch import TensorRTBatchRunner
 from .tensorrt_loader import EngineLoader, LoadedEngine, load_plan
+from .tensorrt_timing import attach_profiler, device_spans, layer_profiler, layer_spans
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
+    from ..engine_build import Engine
     from ..export_fp16 import ProgressFn
+    from ..model_source import ModelSource
     from . import LoadContext
 
 BACKEND = "tensorrt"
@@ -49,20 +53,6 @@ def unavailable_reason(backend: str = BACKEND) -> str | None:
         supported = ", ".join(f"{n[2:-1]}.{n[-1]}" for n in rtx_targets(trt))
         return f"compute capability {gpu.cc} not supported ({gpu.name}; TensorRT-RTX runs on {supported})"
     return torch_cuda_reason()  # device buffers are torch CUDA tensors
-
-
-def _layer_profiler(trt: ModuleType) -> Any:
-    """An IProfiler collecting (layer, ms); made here because its base class lives in the TensorRT module."""
-
-    class Profiler(trt.IProfiler):
-        def __init__(self) -> None:
-            trt.IProfiler.__init__(self)
-            self.layers: list[tuple[str, float]] = []
-
-        def report_layer_time(self, layer_name: str, ms: float) -> None:
-            self.layers.append((layer_name, ms))
-
-    return Profiler()
 
 
 class TensorRTRunner:
@@ -156,31 +146,17 @@ class TensorRTRunner:
             return self.host_classes[:count].numpy().reshape(height, width).copy()
 
     def _attach_profiler(self) -> Any:
-        """IProfiler on the context; with enqueue_emits_profile off, enqueue stays asynchronous."""
+        """IProfiler on the context for the next launch (see tensorrt_timing.attach_profiler)."""
         if self._profiler is None:
-            self._profiler = _layer_profiler(self._trt)
-        self._profiler.layers = []
-        self.context.enqueue_emits_profile = False
-        self.context.profiler = self._profiler
-        return self._profiler
+            self._profiler = layer_profiler(self._trt)
+        return attach_profiler(self.context, self._profiler)
 
     def _device_spans(self, spans: SpanRecorder, device_ms: list[float], enqueued_ns: int, done_ns: int,
                       profiler: Any) -> None:
-        """CUDA-event times as spans on the host clock: the stream's work ends when synchronize returned."""
-        total_ns = int(sum(device_ms) * 1e6)
-        start = max(enqueued_ns, done_ns - total_ns)
-        names = ("upload", "execute", "download")
-        execute_start = start + int(device_ms[0] * 1e6)
-        for name, ms in zip(names, device_ms, strict=True):
-            spans.add_device(f"gpu {name}", INFERENCE, start, int(ms * 1e6), backend=self.name)
-            start += int(ms * 1e6)
+        """CUDA-event times as spans on the host clock, and the layers' when profiled."""
+        starts = device_spans(spans, ("upload", "execute", "download"), device_ms, enqueued_ns, done_ns, self.name)
         if profiler is not None:
-            self.context.report_to_profiler()  # layer timing of the launch that just finished
-            cursor = execute_start
-            for layer, ms in profiler.layers:
-                spans.add_device(layer, LAYER, cursor, int(ms * 1e6), backend=self.name)
-                cursor += int(ms * 1e6)
-            self.context.profiler = None  # back to unprofiled launches
+            layer_spans(spans, self.context, profiler, starts[1], self.name)
 
     def close(self) -> None:
         """Drop context, engine and buffers (in that order: the context uses the engine); safe to call twice."""
@@ -191,20 +167,23 @@ class TensorRTRunner:
             self.loaded.engine = None
 
 
-class TensorRTBackend(Backend):
-    """Deserialized once per process; every request reuses one execution context, its buffers and its stream."""
+class TensorRTBackend(Backend, BatchRunner):
+    """Deserialized once per process; every request reuses one execution context, its buffers and its stream (with
+    `max_batch` > 1: the batched network's and the post-processing's contexts)."""
 
     name = BACKEND
     device = "cuda"
 
     def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", build: Path | None = None,
                  targets: list[str] | None = None, progress: ProgressFn | None = None,
-                 min_agreement: float | None = None) -> None:
+                 min_agreement: float | None = None, source: ModelSource | None = None, max_batch: int = 1) -> None:
         reason = unavailable_reason(self.name)
         if reason:
             raise SegdemoError(f"backend '{self.name}' cannot run here: {reason} — use --backend auto")
-        loader = EngineLoader(onnx_file, self.name, build, targets, progress, min_agreement)
-        self.loaded, self.runner = loader.load(precision, spans, TensorRTRunner)
+        self.max_batch = max_batch
+        loader = EngineLoader(onnx_file, self.name, build, targets, progress, min_agreement, source, max_batch)
+        bind = TensorRTBatchRunner if max_batch > 1 else TensorRTRunner
+        self.loaded, self.runner = loader.load(precision, spans, bind)
         # What the app, the bench and the tests read: the precision actually run (after any accuracy fallback).
         self.precision, self.notes, self.artifact = self.loaded.precision, self.loaded.notes, self.loaded.artifact
         self.device_memory_bytes = self.runner.device_memory_bytes
@@ -212,6 +191,12 @@ class TensorRTBackend(Backend):
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """The class map of `model_input` from the engine; `detailed` adds per-layer spans."""
         return self.runner.run(model_input, spans, detailed)
+
+    def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        """Each input's class map: one engine call with max_batch > 1, else one run per input."""
+        if isinstance(self.runner, TensorRTBatchRunner):
+            return self.runner.run_batch(inputs, spans)
+        return [self.runner.run(model_input, spans) for model_input in inputs]
 
     def close(self) -> None:
         """Release the context, the engine and the buffers (safe to call twice)."""
@@ -222,18 +207,39 @@ class TensorRTBackend(Backend):
         meta = self.artifact.sidecar
         accuracy = meta.get("accuracy", {})
         agreement = accuracy.get("engine_agreement")
-        return {
-            "Engine": f"`{self.artifact.plan}` ({self.artifact.plan.stat().st_size / 1e6:.1f} MB, "
-                      f"{'cache hit' if self.artifact.cache_hit else 'built now'})",
+        facts = {
+            "Engine": _plan_fact(self.artifact),
             "Engine key": f"`{meta.get('key', '?')[:16]}…` ({meta.get('tensorrt', '?')}, target {meta.get('target')})",
             "Build time": f"{meta.get('build_seconds', '?')} s, {meta.get('built_at', '?')}",
             "Device memory": f"{self.device_memory_bytes / 1e6:.1f} MB",
             "Accuracy guard": accuracy.get("status", "?") + (
                 f" — engine agreement {agreement * 100:.2f} %" if isinstance(agreement, float) else ""),
         }
+        if self.loaded.post is not None:
+            batch = meta.get("profile", {}).get(INPUT_IMAGE, {})
+            facts["Batching"] = (f"up to {self.max_batch} requests per run (network plan's batch profile "
+                                 f"{batch.get('min', ['?'])[0]}–{batch.get('max', ['?'])[0]}, optimised for "
+                                 f"{batch.get('opt', ['?'])[0]}; post-processing per image: "
+                                 f"{_plan_fact(self.loaded.post.artifact)})")
+        return facts
+
+
+def _plan_fact(artifact: Engine) -> str:
+    return (f"`{artifact.plan}` ({artifact.plan.stat().st_size / 1e6:.1f} MB, "
+            f"{'cache hit' if artifact.cache_hit else 'built now'})")
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
-           targets: list[str] | None = None, min_agreement: float | None = None) -> TensorRTBackend:
-    """`targets`: TensorRT-RTX compute capabilities to build for; `min_agreement`: the fp16 accuracy bar."""
-    return TensorRTBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement)
+           targets: list[str] | None = None, min_agreement: float | None = None,
+           max_batch: int = 1) -> TensorRTBackend:
+    """`targets`: TensorRT-RTX compute capabilities to build for; `min_agreement`: the fp16 accuracy bar;
+    `max_batch` > 1: the batched graphs' plans (exported once beside the fused graph; needs context.source)."""
+    return TensorRTBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement,
+                           *batch_options(context, max_batch))
+
+
+def batch_options(context: LoadContext, max_batch: int) -> tuple[ModelSource | None, int]:
+    """(source, max_batch) for the loader, refused before anything loads when batching lacks the model."""
+    if max_batch > 1 and context.source is None:
+        raise ValueError("batching exports the batched graph from the model: pass a LoadContext with source=")
+    return context.source if max_batch > 1 else None, max_batch

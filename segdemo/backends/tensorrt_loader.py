@@ -2,7 +2,9 @@
 
 `EngineLoader.load` finds or builds the cached plan, deserialises it (rebuilding once if it will not load), has a
 runner bind it, and on the plan's first load checks it against ONNX Runtime fp32 — an fp16 plan below the bar is
-replaced by the fp32 one. `load_plan` deserialises a bare plan file, for runners tested against prebuilt plans.
+replaced by the fp32 one. With `max_batch` > 1 it loads the two plans of the batched graphs instead: the network
+with a batch profile, and the per-image post-processing beside it (`LoadedEngine.post`). `load_plan` deserialises a
+bare plan file, for runners tested against prebuilt plans.
 """
 
 from __future__ import annotations
@@ -13,20 +15,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from .. import engine_cache
 from ..artifacts import lock_for
-from ..engine_build import Engine, ensure_engine
+from ..engine_build import Engine, ensure_batch_engines, ensure_engine
 from ..errors import SegdemoError
 from ..export import INPUT_SIZE
+from ..export_batched import ensure_batched_onnx
 from ..export_fp16 import MIN_AGREEMENT, PROBE_OUT_SIZE, ProgressFn, probe_image, probe_reference
 from ..preprocess import ModelInput
 from ..spans import LOAD, SpanRecorder
 from ..trt_flavour import flavour
 from ..trt_logging import trt_logger
+
+if TYPE_CHECKING:
+    from ..model_source import ModelSource
 
 log = logging.getLogger("segdemo")
 
@@ -43,6 +49,8 @@ class LoadedEngine:
     max_out: tuple[int, int]  # the largest (height, width) output the plan's optimisation profile allows
     artifact: Engine | None = None  # the cache entry (plan + sidecar); None for a bare plan file
     notes: list[str] = field(default_factory=list)  # what the user should know (an accuracy fallback)
+    max_batch: int = 1  # > 1: this is the batched network's engine, `post` its per-image post-processing
+    post: LoadedEngine | None = None
 
 
 class Runner(Protocol):
@@ -96,33 +104,64 @@ def load_plan(plan: Path, backend: str = "tensorrt", spans: SpanRecorder | None 
 
 
 class EngineLoader:
-    """Finds or builds the plan of one fused graph for one TensorRT flavour, deserialises it and checks it."""
+    """Finds or builds the plan of one fused graph (or the two of its batched graphs) for one TensorRT flavour,
+    deserialises it and checks it."""
 
     def __init__(self, onnx_file: Path, backend: str, build: Path | None = None, targets: list[str] | None = None,
-                 progress: ProgressFn | None = None, min_agreement: float | None = None) -> None:
+                 progress: ProgressFn | None = None, min_agreement: float | None = None,
+                 source: ModelSource | None = None, max_batch: int = 1) -> None:
+        """`source` and `max_batch` > 1: load the batched graphs' plans (exported from `source` once)."""
         self.onnx_file, self.name = onnx_file, backend
         self.options = {"build": build, "targets": targets, "progress": progress}
         self.min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
+        if max_batch > 1 and source is None:
+            raise ValueError("batching exports the batched graph from the model: pass source=")
+        self.source, self.max_batch = source, max_batch
         self.trt, self.runtime = runtime_for(backend)  # one runtime for every plan this loader deserialises
 
     def deserialize(self, precision: str, spans: SpanRecorder) -> LoadedEngine:
-        """Find or build the plan and deserialise it, rebuilding once if it will not load."""
+        """Find or build the plan (with max_batch > 1: both batched plans) and deserialise it, rebuilding once if it
+        will not load."""
+        if self.max_batch == 1:
+            ((engine, artifact),) = self._deserialize_all(
+                lambda force: [ensure_engine(self.onnx_file, precision, self.name, force=force, **self.options)],
+                precision, spans)
+            return LoadedEngine(self.name, self.trt, self.runtime, engine, precision,
+                                profile_max(engine, artifact.sidecar), artifact)
+        build = self.options["build"]
+        with spans.span("batched onnx export", LOAD, max_batch=self.max_batch):
+            network, _ = ensure_batched_onnx(self.source, build if build is not None else self.onnx_file.parent.parent)
+        (engine, artifact), (post_engine, post_artifact) = self._deserialize_all(
+            lambda force: list(ensure_batch_engines(self.onnx_file, network, self.source.input_size, self.max_batch,
+                                                    precision, self.name, force=force, **self.options)),
+            precision, spans)
+        post = LoadedEngine(self.name, self.trt, self.runtime, post_engine, post_artifact.sidecar["precision"],
+                            profile_max(post_engine, post_artifact.sidecar), post_artifact)
+        return LoadedEngine(self.name, self.trt, self.runtime, engine, precision, post.max_out, artifact,
+                            max_batch=self.max_batch, post=post)
+
+    def _deserialize_all(self, ensure: Callable[[bool], list[Engine]], precision: str,
+                         spans: SpanRecorder) -> list[tuple[Any, Engine]]:
+        """(engine, cache entry) of each plan `ensure(force)` finds or builds; a plan that will not deserialise is
+        discarded and everything is built again, once."""
         for attempt in range(2):
             with spans.span("engine cache", LOAD, backend=self.name, precision=precision) as attrs:
-                artifact = ensure_engine(self.onnx_file, precision, self.name, force=attempt > 0, **self.options)
-                attrs.update(cache_hit=artifact.cache_hit, plan=artifact.plan.name,
-                             bytes=artifact.plan.stat().st_size)
-            engine = deserialize(self.runtime, artifact.plan, self.name, spans)
-            if engine is not None:
-                break
-            with lock_for(artifact.plan):
-                engine_cache.invalidate(artifact.plan, "TensorRT could not deserialize it (truncated, corrupt, or "
-                                                       "built by another version)")
-        else:
-            raise SegdemoError(f"{self.name} cannot load the engine it just built ({artifact.plan.name}) — check "
-                               f"the TensorRT log above, or use --backend onnxruntime")
-        return LoadedEngine(self.name, self.trt, self.runtime, engine, precision,
-                            profile_max(engine, artifact.sidecar), artifact)
+                artifacts = ensure(attempt > 0)
+                attrs.update(cache_hit=all(a.cache_hit for a in artifacts), plan=artifacts[0].plan.name,
+                             bytes=sum(a.plan.stat().st_size for a in artifacts))
+                if len(artifacts) > 1:
+                    attrs.update(plans=[a.plan.name for a in artifacts])
+            engines = [deserialize(self.runtime, a.plan, self.name, spans) for a in artifacts]
+            if None not in engines:
+                return list(zip(engines, artifacts, strict=True))
+            for engine, artifact in zip(engines, artifacts, strict=True):
+                if engine is None:
+                    with lock_for(artifact.plan):
+                        engine_cache.invalidate(artifact.plan, "TensorRT could not deserialize it (truncated, "
+                                                               "corrupt, or built by another version)")
+        failed = [a.plan.name for e, a in zip(engines, artifacts, strict=True) if e is None]
+        raise SegdemoError(f"{self.name} cannot load the engine it just built ({', '.join(failed)}) — check "
+                           f"the TensorRT log above, or use --backend onnxruntime")
 
     def load(self, precision: str, spans: SpanRecorder, bind: Callable[[LoadedEngine], R]) -> tuple[LoadedEngine, R]:
         """Deserialise, `bind` (make the runner), guard accuracy; an fp16 plan below the bar gives way to fp32.

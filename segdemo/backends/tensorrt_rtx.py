@@ -26,6 +26,9 @@ class TensorRTRTXBackend(tensorrt.TensorRTBackend):
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
-           targets: list[str] | None = None, min_agreement: float | None = None) -> TensorRTRTXBackend:
-    """`targets`: compute capabilities to build for (e.g. ["sm86"]); `min_agreement`: the fp16 accuracy bar."""
-    return TensorRTRTXBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement)
+           targets: list[str] | None = None, min_agreement: float | None = None,
+           max_batch: int = 1) -> TensorRTRTXBackend:
+    """`targets`: compute capabilities to build for (e.g. ["sm86"]); `min_agreement`: the fp16 accuracy bar;
+    `max_batch` > 1: the batched graphs' plans (as tensorrt.create)."""
+    return TensorRTRTXBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement,
+                              *tensorrt.batch_options(context, max_batch))

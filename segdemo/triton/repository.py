@@ -145,8 +145,11 @@ def find_plan(onnx_file: Path, precision: str, build: Path) -> tuple[Path, dict]
         except (OSError, ValueError):
             continue
         plan = sidecar.with_suffix(".plan")
+        # The batched pair's plans (graph "batched network", "post-processing") serve --max-batch sessions, not
+        # Triton; sidecars from before they existed have no "graph" and are fused plans.
         if (meta.get("backend") == "tensorrt" and meta.get("precision") == precision and plan.is_file()
-                and (meta.get("onnx") or {}).get("fused_fp32") == onnx_file.name):
+                and (meta.get("onnx") or {}).get("fused_fp32") == onnx_file.name
+                and meta.get("graph", "fused") == "fused"):
             found.append((str(meta.get("built_at", "")), plan, meta))
     if not found:
         return None
