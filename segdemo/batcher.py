@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
+
+# The dispatcher feeds the device in short steps between waits, and each time it takes the GIL back it queues behind
+# the request threads' Python (decoding, legends, the web server) — up to the 5 ms default switch interval a turn.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Batcher:
         self._count_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._numbers = itertools.count(1)
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide: set once, by the first batcher
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._serve, name="segdemo batcher", daemon=True)
         self._thread.start()
 

@@ -311,12 +311,14 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         start = time.perf_counter()
         try:
             _inductor_config()
-            # Batch 1 is compiled for its static shape; the first batch bucket then makes dynamo recompile with a
-            # dynamic batch dimension (automatic dynamic shapes), which every larger bucket reuses: two compilations.
-            compiled = torch.compile(program)
+            # Every bucket compiled for its own static shape (~25 s each for b4): a dynamic batch dimension, which
+            # dynamo would choose at the second shape, gave 2.5× slower kernels (H200, b4 fp16, batch 16: 32.4 ms
+            # against 13.1 ms static). Batch 1 first (a lone visitor), then the largest buckets (a crowd).
+            compiled = torch.compile(program, dynamic=False)
             stream = torch.cuda.Stream(self.cuda)
             targets = [(0, self.pixels, self.logits)] + [
-                (size, entry["pixels"], entry["logits"]) for size, entry in sorted(self.batch_graphs.items())]
+                (size, entry["pixels"], entry["logits"])
+                for size, entry in sorted(self.batch_graphs.items(), reverse=True)]
             for size, pixels, logits in targets:
                 sample = torch.randint(0, 256, pixels.shape, dtype=torch.uint8, device=self.cuda)
                 with torch.inference_mode(), torch.cuda.stream(stream):
@@ -534,8 +536,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                 if not ready:
                     return images
                 posts = [self._post_graph(jobs[i].out_size) for i in ready]  # captured on a bucket's first request
-                for slot, i in enumerate(ready):
-                    entry["pixels"][slot].copy_(self._network_input(jobs[i].source, images[i][0]))
+                torch.stack([self._network_input(jobs[i].source, images[i][0]) for i in ready],
+                            out=entry["pixels"][: len(ready)])
                 self.events[1].record(self.stream)
                 entry["graph"].replay()
                 self.events[2].record(self.stream)
