@@ -108,22 +108,23 @@ class Server:
         self.show_log()
         return SegdemoError(f"{self.name} ({shlex.join(self.argv)}): {why} — its log is above")
 
-    def wait_for(self, text: str, timeout: float) -> bool:
-        """Wait until the server's log has a line containing `text` (e.g. background work done); False on timeout."""
+    def wait_for(self, text: str, timeout: float, count: int = 1) -> bool:
+        """Wait until `count` lines of the server's log contain `text` (e.g. background work done, once per front
+        end); False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if text in self.log_file.read_text(errors="replace"):
+            if self.log_file.read_text(errors="replace").count(text) >= count:
                 return True
             time.sleep(0.5)
         return False
 
-    def settle(self, backend: str, timeout: float = 900) -> None:
-        """Wait for the app's background work at start-up (torch-cuda: program, batch graphs, compilation), so the
-        bench times a settled app, as Session.settle does for in-process benches."""
+    def settle(self, backend: str, timeout: float = 900, front_ends: int = 1) -> None:
+        """Wait for the app's background work at start-up (torch-cuda: program, batch graphs, compilation) in each
+        front end, so the bench times a settled app, as Session.settle does for in-process benches."""
         if backend == "torch-cuda":
             from ..backends.torch_cuda import BACKGROUND_DONE
 
-            if not self.wait_for(BACKGROUND_DONE, timeout):
+            if not self.wait_for(BACKGROUND_DONE, timeout, front_ends):
                 log.warning("%s: background work not done after %.0f s; timing it anyway", self.name, timeout)
 
     def ready(self, first: str, extra: tuple, download: Path) -> Any:
