@@ -28,6 +28,8 @@ from .contract import Backend, BatchRunner, LoadContext
 
 log = logging.getLogger("segdemo")
 
+SPIN_ENV = "SEGDEMO_ORT_SPIN"  # "0": batched sessions never spin (force_spinning_stop is the default)
+
 
 def unavailable_reason() -> str | None:
     return missing("onnxruntime", purpose="the CPU backend")
@@ -91,9 +93,13 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         if self.batched:
-            # Two sessions run in turn (network, then post-processing): threads that spin after one has finished
-            # take the cores the other needs (b4 on 2 cores: 59 → 110 ms a request with spinning).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # Two sessions run in turn (network, then post-processing): threads still spinning after one has
+            # finished take the cores the other needs (b4 on 2 cores: 59 → 110 ms a request). They spin within a
+            # run (fast hand-offs between its nodes) and stop when it returns; SEGDEMO_ORT_SPIN=0 never spins.
+            if os.environ.get(SPIN_ENV, "1") == "0":
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            else:
+                options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
