@@ -160,6 +160,9 @@ class FrontDoor:
         self.upstream_host = upstream_host
         self.repinned: OrderedDict[str, str] = OrderedDict()  # stale pin → the pin its visitor got instead
         self._turn = 0
+        # asyncio drops its own reference to a connection's task when the visitor disconnects; the task still has the
+        # front end's side to finish, and without this reference the garbage collector would end it mid-await.
+        self._handlers: set[asyncio.Task] = set()
 
     def route(self, pin: str | None, skip: frozenset[int] = frozenset()) -> Upstream | None:
         """The front end for a visitor's pin: its own while live; else where that pin was moved; else the least
@@ -190,6 +193,10 @@ class FrontDoor:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) else "unknown"
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             try:
                 head = parse_request_head(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S))

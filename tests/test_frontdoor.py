@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import subprocess
 import sys
@@ -205,6 +206,41 @@ def test_proxy_pins_moves_and_refuses_between_real_sockets():
         assert none.startswith(b"HTTP/1.1 503 ") and none.endswith(NONE_LIVE.encode() + b"\n")
         proxy.close()
         servers[0].close()
+
+    asyncio.run(scenario())
+
+
+def test_a_visitor_who_hangs_up_leaves_no_orphaned_connection():
+    """The front end's side of a request whose visitor hung up is finished, not dropped by the garbage collector
+    mid-await (asyncio keeps no reference to a server's connection task once its client is gone)."""
+    async def scenario():
+        problems = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: problems.append(context["message"]))
+        answered = asyncio.Event()
+
+        async def slow(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.5)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+            answered.set()
+
+        server = await asyncio.start_server(slow, "127.0.0.1", 0)
+        up = Upstream(0, server.sockets[0].getsockname()[1], 1, live=True)
+        proxy = await FrontDoor([up]).start("127.0.0.1", 0)
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.sockets[0].getsockname()[1])
+        writer.write(_get())
+        await writer.drain()
+        writer.close()  # hangs up before the answer
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            gc.collect()
+        await asyncio.wait_for(answered.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert not problems and up.active == 0
+        proxy.close()
+        server.close()
 
     asyncio.run(scenario())
 
