@@ -6,11 +6,11 @@ import argparse
 import sys
 
 # Before anything touches CUDA: on ZeroGPU the `spaces` package must be imported first (a no-op elsewhere).
-from segdemo.hosting import gpu_function  # isort: skip
+from segdemo.hosting import gpu_function, on_zero_gpu  # isort: skip
 
 import gradio as gr
 
-from segdemo import engine_page
+from segdemo import engine_page, frontends
 from segdemo import response as r
 from segdemo import webapp as w
 from segdemo.cli import setup_logging
@@ -61,7 +61,17 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
     p.add_argument("--max-batch", type=int, default=env.max_batch,
                    help="requests that reach the engine together share one call, up to this many (default 1: off; "
                         "16 suits a GPU serving many visitors)")
+    p.add_argument("--front-ends", type=int, default=env.front_ends,
+                   help="serve through this many copies of the app, each its own process and engine, behind one port "
+                        "with a sticky proxy (default 1)")
+    p.add_argument("--public", action="store_true", default=env.public,
+                   help="treat the app as public though bound to loopback (it is behind a reverse proxy)")
+    p.add_argument("--front-end-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     args = p.parse_args(argv)
+    if not 1 <= args.front_ends <= frontends.MAX_FRONT_ENDS:
+        p.error(f"--front-ends must be between 1 and {frontends.MAX_FRONT_ENDS}, not {args.front_ends}")
+    if args.front_ends > 1 and on_zero_gpu():
+        p.error("--front-ends above 1 does not work on ZeroGPU, where the spaces package needs the app's own process")
     if args.max_batch < 1:
         p.error(f"--max-batch must be at least 1, not {args.max_batch}")
     if args.display_side < 64:
@@ -263,6 +273,8 @@ def create(argv: list[str] | None = None) -> tuple[w.AppConfig, gr.Blocks]:
     """The app for these arguments (default: the command line), its session loading in the background."""
     setup_logging()
     config = parse_args(argv)
+    if config.front_end_index is not None:
+        frontends.exit_with_supervisor()
     blocks = build(w.Demo(config).start())
     blocks.queue(max_size=config.queue_size)
     return config, blocks
@@ -275,7 +287,12 @@ def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
 
 
 # Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the
-# Blocks; `python app.py [options]` builds and launches it the same way.
+# Blocks; `python app.py [options]` builds and launches it the same way — except with --front-ends above 1, where
+# this process only supervises copies of the app behind one port and builds nothing itself.
+config = parse_args(sys.argv[1:])
+if __name__ == "__main__" and config.front_ends > 1:
+    setup_logging()
+    sys.exit(frontends.serve(config, __file__))
 config, demo = create(sys.argv[1:])
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 BUILDS_OFF = ("engine builds are turned off on this public app (each takes minutes of the whole machine and swaps "
               "the engine under other visitors) — its operator can allow them with --allow-build or "
               "SEGDEMO_ALLOW_BUILD=1")
+BUILDS_SPLIT = ("engine builds are turned off with --front-ends above 1, because a build would swap the engine of only "
+                "the front end that got the request — build it with `python -m segdemo build` and restart the app")
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
+QUEUE_MIN = 64  # Gradio's queue, whatever --max-batch: 32 visitors at once must never be told the app is busy
 IMAGE_MB = 25  # image uploads (Gradio's own limit is raised for videos)
 LIVE_SECONDS = 120  # default per-visitor live stream on a public app
 LIVE_FPS = 30  # the browser sends at most this many webcam frames a second (one at a time: never ahead of results)
@@ -73,6 +76,9 @@ class AppConfig:
     video_seconds: float = APP_LIMITS.seconds
     video_mb: int = APP_LIMITS.bytes // 2**20
     max_batch: int = 1  # > 1: requests reaching the engine together share one call (Session's batcher)
+    front_ends: int = 1  # > 1: `python app.py` supervises that many copies of the app behind one port (frontends)
+    public: bool = False  # public though bound to loopback: behind a reverse proxy (ours with --front-ends, or yours)
+    front_end_index: int | None = None  # set by the supervisor in each copy it starts; None when serving alone
 
     @property
     def workers(self) -> int:
@@ -81,22 +87,33 @@ class AppConfig:
 
     @property
     def queue_size(self) -> int:
-        """Requests Gradio keeps waiting beyond those in flight; more are told the app is busy."""
-        return max(16, 4 * self.workers)
+        """Events Gradio keeps waiting beyond those in flight; more are told the app is busy.
+
+        At least QUEUE_MIN, so 32 visitors at once (each with a request and its follow-up step) all wait their turn.
+        """
+        return max(QUEUE_MIN, 4 * self.workers)
 
     @property
-    def public(self) -> bool:
-        """Whether visitors other than the operator reach this app: a non-loopback bind, a share link, a Space."""
-        return self.host not in LOOPBACK or self.share or bool(os.environ.get("SPACE_ID"))
+    def is_public(self) -> bool:
+        """Whether visitors other than the operator reach this app: a non-loopback bind, a share link, a Space, or
+        --public (loopback behind a reverse proxy)."""
+        return self.public or self.host not in LOOPBACK or self.share or bool(os.environ.get("SPACE_ID"))
+
+    @property
+    def builds_refused(self) -> str | None:
+        """Why engine builds from the page and API are refused here, or None where they are allowed."""
+        if self.front_end_index is not None:
+            return BUILDS_SPLIT
+        return BUILDS_OFF if self.is_public and not self.allow_build else None
 
     @property
     def builds_allowed(self) -> bool:
-        return self.allow_build or not self.public
+        return self.builds_refused is None
 
     @property
     def live_time_limit(self) -> int | None:
         """Seconds of live stream per visitor: limited on a public app only (and not at all with 0)."""
-        return self.live_seconds if self.public and self.live_seconds > 0 else None
+        return self.live_seconds if self.is_public and self.live_seconds > 0 else None
 
     @property
     def video_limits(self) -> VideoLimits:
@@ -124,6 +141,8 @@ class AppConfig:
             video_seconds=float(env.get("SEGDEMO_VIDEO_SECONDS", cls.video_seconds)),
             video_mb=int(env.get("SEGDEMO_VIDEO_MB", cls.video_mb)),
             max_batch=int(env.get("SEGDEMO_MAX_BATCH", cls.max_batch)),
+            front_ends=int(env.get("SEGDEMO_FRONT_ENDS", cls.front_ends)),
+            public=env.get("SEGDEMO_PUBLIC", "").lower() in ("1", "true", "yes"),
         )
 
 
@@ -206,8 +225,8 @@ class Demo:
         """(Re)build the TensorRT plan of the session's graph; a TensorRT session then reloads it."""
         from .engine_build import default_backend, ensure_engine
 
-        if not self.config.builds_allowed:
-            raise SegdemoError(BUILDS_OFF)
+        if self.config.builds_refused:
+            raise SegdemoError(self.config.builds_refused)
         session = self.wait(timeout=0)
         serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
         flavour = serving or default_backend()
@@ -306,7 +325,9 @@ def example_files(folder: Path | None = None) -> list[str]:
     paths = []
     for name in EXAMPLE_PHOTOS:
         path = target / f"{name}.jpg"
-        if not path.is_file():
-            Image.fromarray(getattr(data, name)()).save(path, quality=92)
+        if not path.is_file():  # written whole, then renamed: copies of the app (--front-ends) start together
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            Image.fromarray(getattr(data, name)()).save(partial, format="JPEG", quality=92)
+            os.replace(partial, path)
         paths.append(str(path))
     return paths

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,15 @@ def photo_file(tmp_path):
     return path
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,8 +95,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(build_dir, log, *args: str, env: dict[str, str] | None = None):
-    """`python app.py --model random:tiny` on a free loopback port (plus `args`); yields its URL."""
+def app_process(build_dir, log, *args: str, env: dict[str, str] | None = None):
+    """`python app.py --model random:tiny` on a free loopback port (plus `args`); yields (process, URL) once the
+    page answers."""
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("w") as fh:
@@ -107,13 +118,20 @@ def running_app(build_dir, log, *args: str, env: dict[str, str] | None = None):
                 time.sleep(0.5)
         else:
             pytest.fail(f"app did not come up:\n{log.read_text()}")
-        yield url
+        yield proc, url
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def running_app(build_dir, log, *args: str, env: dict[str, str] | None = None):
+    """`python app.py --model random:tiny` on a free loopback port (plus `args`); yields its URL."""
+    with app_process(build_dir, log, *args, env=env) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")

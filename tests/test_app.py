@@ -82,6 +82,16 @@ def test_full_overlay_before_any_result_is_a_clear_error(app_url):
         Client(app_url, verbose=False).predict(0.5, api_name="/full_overlay")
 
 
+def test_one_front_end_is_gradio_itself(app_url):
+    """The default, --front-ends 1: no proxy in front, so no affinity cookie (tests/test_frontends.py has several)."""
+    import urllib.request
+
+    from segdemo.frontdoor import COOKIE
+
+    with urllib.request.urlopen(app_url + "config", timeout=30) as answer:
+        assert COOKIE not in str(answer.headers.get_all("Set-Cookie")) and json.loads(answer.read())["version"]
+
+
 def test_detailed_request_has_layer_spans(client, photo_file):
     from gradio_client import handle_file
 
