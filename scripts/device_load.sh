@@ -16,7 +16,7 @@ if [ "${LOAD:-1}" = 1 ]; then
     timeout "${LOAD_TIMEOUT:-400}" python3 -m segdemo bench --load --load-targets "${TARGETS:-floor,app}" \
         --model random:b4 --backend torch-cuda --precision fp16 --clients 32 --requests "${REQUESTS:-10}" \
         --max-batch 16 --front-ends "${FRONT_ENDS:-1}" --warmup 1 --out "$OUT/load" 2>&1 | grep -v Warning \
-        | grep -v " INFO " | tail -20
+        | grep -v " INFO " | tail -40; cp "$OUT/load/load.json" "$OUT/load.json" 2>/dev/null
 fi
 if [ "${NETWORK:-0}" = 1 ]; then
     timeout "${NETWORK_TIMEOUT:-300}" python3 scripts/diag_network.py 2>&1 | grep -v Warning | grep -v " INFO " | tail -20

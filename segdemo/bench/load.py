@@ -268,6 +268,7 @@ def run_load_bench(args: argparse.Namespace) -> int:
                 run = session_load(args, images, batch) if target == "session" else \
                     app_load(args, images, batch, work, front_ends, kind=target)
                 results["runs"][label] = run
+                (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")  # each run as it ends
                 print(f"{label}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
                       f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong", flush=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")
