@@ -239,7 +239,8 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
     extra = () if kind == "floor" else (0.5, False)
     with Server(name, argv, work, args.out) as server:
         server.ready(str(images[0][0]), extra, work / "downloads")
-        server.settle(args.backend, front_ends=front_ends)
+        if kind == "app":  # the floor has no background work (and never logs its end)
+            server.settle(args.backend, front_ends=front_ends)
         client = Client(server.url, verbose=False, download_files=str(work / "downloads"), analytics_enabled=False)
         expected = [_answer(kind, client, str(path)) for path, _ in images]  # one at a time
         run = _drive_processes(server.url, kind, images, expected, args, work)
