@@ -258,16 +258,18 @@ def run_load_bench(args: argparse.Namespace) -> int:
                                    "requests_per_client": args.requests, "max_batch": args.max_batch,
                                    "front_ends": args.front_ends, "runs": {}}
         targets = [t for t in args.load_targets.split(",") if t]
-        unknown = set(targets) - {"session", "app", "floor"}
+        unknown = set(targets) - {"session", "app", "floor", "front-ends"}
         if unknown:
-            raise SegdemoError(f"--load-targets takes session, app and floor, not {', '.join(sorted(unknown))}")
+            raise SegdemoError(f"--load-targets takes session, app, floor and front-ends, not "
+                               f"{', '.join(sorted(unknown))}")
         for target in targets:
             for batch, front_ends in _runs(target, args.max_batch, args.front_ends):
-                label = "floor" if target == "floor" else f"{target}, max batch {batch}" + (
+                kind = "app" if target == "front-ends" else target
+                label = "floor" if target == "floor" else f"{kind}, max batch {batch}" + (
                     f", {front_ends} front ends" if front_ends > 1 else "")
                 log.info("load: %s", label)
                 run = session_load(args, images, batch) if target == "session" else \
-                    app_load(args, images, batch, work, front_ends, kind=target)
+                    app_load(args, images, batch, work, front_ends, kind=kind)
                 results["runs"][label] = run
                 (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")  # each run as it ends
                 print(f"{label}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
@@ -279,9 +281,11 @@ def run_load_bench(args: argparse.Namespace) -> int:
 
 def _runs(target: str, max_batch: int, front_ends: int) -> list[tuple[int, int]]:
     """(max batch, front ends) of each run of a target: unbatched first (the baseline), then batched, then the
-    app's several front ends; the floor runs once."""
+    app's several front ends; the floor runs once, "front-ends" only the last of the app's."""
     if target == "floor":
         return [(1, 1)]
+    if target == "front-ends":  # only the app's run with several front ends
+        return [(max_batch, front_ends)]
     runs = [(1, 1), (max_batch, 1)] if max_batch > 1 else [(1, 1)]
     return runs + ([(max_batch, front_ends)] if target == "app" and front_ends > 1 else [])
 
