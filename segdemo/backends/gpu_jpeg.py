@@ -72,7 +72,7 @@ class GpuJpegDecoder:
         samples, self.samples = self.samples, []
 
         try:
-            compiled = torch.compile(jpeg_planes_to_rgb, dynamic=True)
+            compiled = _compiled_colour()
             stream = torch.cuda.Stream(device)
             with torch.inference_mode(), torch.cuda.stream(stream):
                 for planes, sampling in samples:
@@ -150,6 +150,16 @@ def _difference_to_pillow(planar, tables: torch.Tensor,
         samples.append((planes, header.sampling))
         worst = max(worst, float(np.abs(got.astype(np.int16) - pillow).mean()))
     return worst, samples
+
+
+@lru_cache(maxsize=1)
+def _compiled_colour():
+    """One compiled colour conversion per process: dynamo keeps its compilations on the function's code, and each
+    torch.compile wrapper adds its own, so a second session's wrapper (a reloaded backend, the load bench's batched
+    run) counted towards dynamo's recompile limit and could fall back to launching ~50 kernels an image."""
+    import torch
+
+    return torch.compile(jpeg_planes_to_rgb, dynamic=True)
 
 
 @lru_cache(maxsize=1)
