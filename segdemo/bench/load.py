@@ -54,9 +54,12 @@ class _Tally:
         self.failures: list[str] = []
         self.wrong: list[str] = []
         self.lock = threading.Lock()
+        self._answers: list[tuple[Any, list]] = []  # (check, [(index, answer)]) of each client, checked later
 
     def client(self, c: int, requests: int, call, check) -> None:
-        """Client `c`: `requests` calls of call(index) → answer, each checked by check(index, answer)."""
+        """Client `c`: `requests` calls of call(index) → answer, each checked by check(index, answer) once all
+        are made (checking in the clients' threads would take the GIL from a session under test)."""
+        answers = []
         for k in range(requests):
             index = (c + k) % len(SIDES)
             start = time.perf_counter()
@@ -67,11 +70,16 @@ class _Tally:
                     self.failures.append(f"{type(exc).__name__}: {str(exc)[:160]}")
                 continue
             elapsed = (time.perf_counter() - start) * 1e3
-            why = check(index, answer)
             with self.lock:
                 self.latencies.append(elapsed)
-                if why:
-                    self.wrong.append(why)
+            answers.append((index, answer))
+        self._answers.append((check, answers))
+
+    def check(self) -> None:
+        """Check the answers of every client (after the timed run)."""
+        for check, answers in self._answers:
+            self.wrong += [why for index, answer in answers if (why := check(index, answer))]
+        self._answers = []
 
     def merge(self, other: tuple[list[float], list[str], list[str]]) -> None:
         self.latencies += other[0]
@@ -95,7 +103,9 @@ def _drive(clients: int, requests: int, call, check) -> dict[str, Any]:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda c: tally.client(c, requests, call, check), range(clients)))
-    return tally.summary(clients, requests, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    tally.check()
+    return tally.summary(clients, requests, wall)
 
 
 def _checker(expected: list[np.ndarray], sizes_only: bool = False):
@@ -178,6 +188,7 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
     tally = _Tally()
     try:
         run(tally, requests, _checker(expected, sizes_only=kind == "floor"))
+        tally.check()
     finally:
         results.put((tally.latencies, tally.failures, tally.wrong))
 
