@@ -1,0 +1,54 @@
+"""`segdemo bench --load`: the session and the floor under concurrent clients (the app's runs start `python app.py`,
+as tests/test_frontends.py does); answers are checked per image, wrong ones counted, client processes for servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from segdemo.bench.load import SIDES, _drive, _runs, client_processes
+
+
+def test_wrong_answers_are_counted_and_failures_reported():
+    expected = [np.full(side, i % 3, np.uint8) for i, side in enumerate(SIDES)]
+
+    def call(index: int) -> np.ndarray:
+        if index == 2:
+            raise RuntimeError("engine fault")
+        return expected[index] if index != 3 else expected[4]  # image 3 gets another image's answer
+
+    def check(index: int, answer: np.ndarray) -> str | None:
+        return None if np.array_equal(answer, expected[index]) else f"image {index}: not its answer"
+
+    run = _drive(len(SIDES), 1, call, check)  # client c asks for image c once
+    assert run["answered"] == len(SIDES) - 1 and run["failures"] == 1
+    assert run["failure_examples"] == ["RuntimeError: engine fault"]
+    assert run["wrong_answers"] == 1 and run["wrong_examples"] == ["image 3: not its answer"]
+
+
+def test_runs_and_client_processes():
+    assert _runs("session", 8, 4) == [(1, 1), (8, 1)]
+    assert _runs("app", 8, 4) == [(1, 1), (8, 1), (8, 4)]
+    assert _runs("front-ends", 8, 4) == [(8, 4)] and _runs("floor", 8, 4) == [(1, 1)]
+    assert client_processes(32, 3) == 3 and client_processes(2, 8) == 2
+    assert 1 <= client_processes(32) <= max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_load_smoke_run_of_the_session_and_the_floor(tmp_path, build_dir):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "segdemo", "bench", "--load", "--load-targets", "session,floor", "--model",
+         "random:tiny", "--backend", "onnxruntime", "--build-dir", str(build_dir), "--clients", "3", "--requests",
+         "2", "--max-batch", "2", "--warmup", "1", "--client-processes", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads((out / "load.json").read_text())["runs"]
+    assert set(runs) == {"session, max batch 1", "session, max batch 2", "floor"}
+    for run in runs.values():
+        assert run["answered"] == 6 and run["failures"] == 0 and run["wrong_answers"] == 0, run
+    assert runs["floor"]["client_processes"] == 2
+    assert "| session, max batch 2 |" in result.stdout
