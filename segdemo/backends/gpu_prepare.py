@@ -79,9 +79,18 @@ class Preparers:
             self._free.put(slot)
 
     def use_decoder(self, decoder: GpuJpegDecoder) -> None:
-        """Give every slot a twin of the checked decoder (nvJPEG handles are not shared between threads)."""
-        for slot in self.slots:
-            old, slot.decoder = slot.decoder, decoder.twin(self.device)
+        """Give every slot a twin of the checked decoder (nvJPEG handles are not shared between threads): all of
+        them or, if one cannot be made, none (a request's pixels must not depend on the slot it gets)."""
+        twins: list[GpuJpegDecoder] = []
+        try:
+            for _ in self.slots:
+                twins.append(decoder.twin(self.device))
+        except Exception:
+            for twin in twins:
+                twin.close()
+            raise
+        for slot, twin in zip(self.slots, twins, strict=True):
+            old, slot.decoder = slot.decoder, twin
             if old is not None:
                 old.close()
 
@@ -98,9 +107,9 @@ class Preparers:
                     spans.span("prepare", INFERENCE, on_device=True) as attrs:
                 image, host_image = device_image(source, spans, self.device, decoder)
                 pixels = resize_like_pil(image, self.input_size)
-                slot.stream.synchronize()
                 attrs["decoder"] = decoder.name if decoder is not None and host_image is None else "host"
         finally:
+            slot.stream.synchronize()  # also after an error: the slot's next decode needs an idle stream
             self._free.put(slot)
         return Prepared(image, host_image, pixels, attrs["decoder"])
 

@@ -197,9 +197,13 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             if self._closing and decoder is not None:
                 decoder.close()
             elif not self._closing:
-                self.jpeg_decoder = decoder
                 if decoder is not None and self.preparers is not None:
-                    self.preparers.use_decoder(decoder)
+                    try:  # batched requests decode with twins of it: all of them or none uses the GPU decoder
+                        self.preparers.use_decoder(decoder)
+                    except Exception:
+                        decoder.close()
+                        raise
+                self.jpeg_decoder = decoder
 
     @property
     def decoder_name(self) -> str:
