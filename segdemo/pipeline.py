@@ -82,9 +82,9 @@ class Session:
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
             self._context = backends.LoadContext(self.source, build, progress, long_lived=warm_up != "off")
-            options = {"max_batch": max_batch} if max_batch > 1 else {}
+            self._options = {"max_batch": max_batch} if max_batch > 1 else {}  # kept for reload_backend
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
-                                           precision=backends.precision_for(name, precision), **options)
+                                           precision=backends.precision_for(name, precision), **self._options)
             self._batch_renders = isinstance(self.backend, backends.BatchRenderer)  # batches of whole requests
             self.batcher = self._batcher(max_batch, batch_window_ms)
             self._warm_thread = self._start_warm_up(warm_up)
@@ -295,7 +295,8 @@ class Session:
         Backends close under their own lock, so a request still running on the old one finishes first.
         """
         old = self.backend
-        self.backend = backends.create(old.name, self.onnx_file, self.load_spans, self._context, precision=precision)
+        self.backend = backends.create(old.name, self.onnx_file, self.load_spans, self._context, precision=precision,
+                                       **self._options)  # batching too: the batcher runs on the new backend
         old.close()
 
     def settle(self, timeout: float | None = None) -> bool:

@@ -142,3 +142,13 @@ def test_a_batch_function_that_raises_fails_every_request_of_its_batch():
         batcher.close()
     assert calls == [3]
     assert all(isinstance(r, RuntimeError) and str(r) == "device fault" for r in results)
+
+
+def test_a_reloaded_backend_still_batches(build_dir):
+    with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=2, batch_window_ms=50) as session:
+        session.reload_backend("fp32")  # what the Engine tab's rebuild does
+        assert session.backend.max_batch == 2 and session.backend.batched is not None
+        images = [photo("coffee", (200, 300)), photo("rocket", (256, 384))]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(session.segment, images))
+        assert [r.class_map.shape for r in results] == [(200, 300), (256, 384)]
