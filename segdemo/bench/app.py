@@ -10,7 +10,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SegdemoError
+from ..frontends import free_port
 from . import app_report as report
 from .app_browser import browser_unavailable, time_browser
 from .facts import cpu_name, gpu_name
@@ -70,9 +70,7 @@ class Server:
     """A Gradio server in a subprocess on 127.0.0.1, its output in a log file; leaving the `with` ends it."""
 
     def __init__(self, name: str, argv: Callable[[int], list[str]], work: Path, keep: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.name, self.url, self.keep = name, f"http://127.0.0.1:{self.port}/", keep
         self.log_file = work / f"{name}.log"
         self.argv = argv(self.port)
