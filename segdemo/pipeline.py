@@ -155,7 +155,9 @@ class Session:
                     return
                 log.info("warm-up done in the background: %.1f ms", (time.perf_counter() - start) * 1e3)
 
-        thread = threading.Thread(target=run, name="segdemo warm-up", daemon=True)
+        # Not a daemon: a process that exits mid-warm-up (an imported app.py, a short script) must wait for this one
+        # inference; a daemon thread inside ONNX Runtime at exit aborts the process ("terminate called ...").
+        thread = threading.Thread(target=run, name="segdemo warm-up", daemon=False)
         thread.start()
         ready.wait()
         return thread

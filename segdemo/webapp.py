@@ -178,7 +178,9 @@ class Demo:
             if self._started:
                 return
             self._started = True
-        threading.Thread(target=self._load, name="session-load", daemon=True).start()
+        # Not a daemon: a process that exits mid-load (an imported app.py) waits for it instead of aborting inside
+        # ONNX Runtime or torch ("terminate called without an active exception").
+        threading.Thread(target=self._load, name="session-load", daemon=False).start()
 
     def _load(self) -> None:
         cfg = self.config

@@ -76,6 +76,24 @@ def test_background_warm_up_is_ready_at_once_and_first_request_waits_for_it(buil
         assert "warm-up" not in [s.name for s in cold.load_spans.spans]
 
 
+EXIT_DURING_WARM_UP = """
+import sys
+from segdemo.pipeline import Session
+Session("random:b0", "onnxruntime", build=sys.argv[1], warm_up="background")  # exits while it warms up
+print("exiting")
+"""
+
+
+def test_process_exiting_during_the_background_warm_up_exits_cleanly(build_dir):
+    """A short script (or an imported app.py) that ends while the warm-up runs inside ONNX Runtime must not abort
+    ("terminate called without an active exception", exit -6): it waits for that one inference."""
+    for _ in range(3):  # the warm-up of b0 outlasts the script's end; before the fix most runs aborted
+        done = subprocess.run([sys.executable, "-c", EXIT_DURING_WARM_UP, str(build_dir)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+        assert done.stdout.strip() == "exiting"
+
+
 def test_bad_warm_up_mode_is_refused(build_dir):
     with pytest.raises(ValueError, match="warm_up must be one of"):
         Session("random:tiny", "onnxruntime", build=build_dir, warm_up="later")
