@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
     && export PYTHONPATH=/tmp/site:.${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/env.txt"; nproc | tee -a "$OUT/env.txt"
 if [ "${SESSION:-1}" = 1 ]; then
-    timeout "${SESSION_TIMEOUT:-300}" py-spy record -r 100 -f raw -o "$OUT/spy-session.txt" --nonblocking -- \
+    timeout "${SESSION_TIMEOUT:-300}" py-spy record -r 100 -f raw -o "$OUT/spy-session.txt" --nonblocking ${SPY_ARGS:-} -- \
         python3 scripts/diag_session_load.py ${SESSION_ARGS:-} 2>&1 | grep -v Warning | tail -30 | tee "$OUT/session.txt"
 fi
 if [ "${LOAD:-1}" = 1 ]; then
