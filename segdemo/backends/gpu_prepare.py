@@ -105,11 +105,13 @@ class Preparers:
             decoder = slot.decoder
             with torch.inference_mode(), torch.cuda.stream(slot.stream), \
                     spans.span("prepare", INFERENCE, on_device=True) as attrs:
-                image, host_image = device_image(source, spans, self.device, decoder)
-                pixels = resize_like_pil(image, self.input_size)
+                try:
+                    image, host_image = device_image(source, spans, self.device, decoder)
+                    pixels = resize_like_pil(image, self.input_size)
+                finally:  # inside the span (it times the GPU work), and after an error too: the slot's next
+                    slot.stream.synchronize()  # decode needs an idle stream
                 attrs["decoder"] = decoder.name if decoder is not None and host_image is None else "host"
         finally:
-            slot.stream.synchronize()  # also after an error: the slot's next decode needs an idle stream
             self._free.put(slot)
         return Prepared(image, host_image, pixels, attrs["decoder"])
 
