@@ -1,9 +1,11 @@
 """What the `--front-ends` proxy costs per request (diagnosis for issue 14): a do-nothing Gradio app (the floor)
 reached directly and through segdemo's FrontDoor, in alternating rounds of gradio_client clients in their own
-processes; reports requests/s, p50 and, for the proxy, its event loop's CPU time and connections per request."""
+processes; reports requests/s, p50 and, for the proxy (on asyncio's own event loop and on uvloop's), its event
+loop's CPU time and connections per request."""
 
 import argparse
 import asyncio
+import importlib.util
 import multiprocessing
 import statistics
 import subprocess
@@ -78,22 +80,28 @@ def round_(url: str, image: str, door_cpu=None) -> dict:
             "connections": (CountingDoor.connections - conn0) / n}
 
 
-def main() -> None:
-    image = str(make_set(Path("/tmp/diag-proxy"))[0][0])
-    floor_port, door_port = free_port(), free_port()
-    floor = subprocess.Popen([sys.executable, "-c", f"from segdemo.bench.app import serve_floor; "
-                              f"serve_floor({floor_port}, 1, 64)"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    loop = asyncio.new_event_loop()
+def door_on(loop: asyncio.AbstractEventLoop, port: int, upstream: int) -> tuple[int, object]:
+    """A FrontDoor to `upstream` on `port`, served by `loop` in a thread; (port, a reader of that thread's CPU s)."""
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    door = CountingDoor([Upstream(0, floor_port, live=True)])
-    asyncio.run_coroutine_threadsafe(door.start("127.0.0.1", door_port), loop).result()
+    door = CountingDoor([Upstream(0, upstream, live=True)])
+    asyncio.run_coroutine_threadsafe(door.start("127.0.0.1", port), loop).result()
 
     async def thread_cpu() -> float:
         return time.thread_time()
 
-    def door_cpu() -> float:
-        return asyncio.run_coroutine_threadsafe(thread_cpu(), loop).result()
+    return port, lambda: asyncio.run_coroutine_threadsafe(thread_cpu(), loop).result()
 
+
+def main() -> None:
+    image = str(make_set(Path("/tmp/diag-proxy"))[0][0])
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, "-c", f"from segdemo.bench.app import serve_floor; "
+                              f"serve_floor({floor_port}, 1, 64)"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    doors = {"asyncio": door_on(asyncio.new_event_loop(), free_port(), floor_port)}
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        doors["uvloop"] = door_on(uvloop.new_event_loop(), free_port(), floor_port)
     try:
         from gradio_client import Client
 
@@ -108,11 +116,12 @@ def main() -> None:
                 time.sleep(1)
         for r in range(args.rounds):
             direct = round_(f"http://127.0.0.1:{floor_port}/", image)
-            proxied = round_(f"http://127.0.0.1:{door_port}/", image, door_cpu)
-            print(f"round {r + 1}: direct {direct['per_s']:.1f}/s p50 {direct['p50']:.1f} ms | through the proxy "
-                  f"{proxied['per_s']:.1f}/s p50 {proxied['p50']:.1f} ms ({proxied['per_s'] / direct['per_s']:.2f}×), "
-                  f"proxy CPU {proxied['cpu_ms']:.2f} ms and {proxied['connections']:.1f} connections a request",
-                  flush=True)
+            print(f"round {r + 1}: direct {direct['per_s']:.1f}/s p50 {direct['p50']:.1f} ms", flush=True)
+            for name, (port, door_cpu) in doors.items():
+                proxied = round_(f"http://127.0.0.1:{port}/", image, door_cpu)
+                print(f"  through the proxy on {name}: {proxied['per_s']:.1f}/s p50 {proxied['p50']:.1f} ms "
+                      f"({proxied['per_s'] / direct['per_s']:.2f}× direct), proxy CPU {proxied['cpu_ms']:.2f} ms and "
+                      f"{proxied['connections']:.1f} connections a request", flush=True)
     finally:
         floor.terminate()
         floor.wait(timeout=20)

@@ -152,3 +152,29 @@ def test_a_reloaded_backend_still_batches(build_dir):
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(session.segment, images))
         assert [r.class_map.shape for r in results] == [(200, 300), (256, 384)]
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_ort_spinning_is_the_operators_choice(build_dir, monkeypatch, max_batch):
+    """Batched sessions stop spinning when a run returns; SEGDEMO_ORT_SPIN=0 keeps every session from spinning
+    (a small model under many visitors on a few cores); unbatched ones spin by default (large models need it)."""
+    from segdemo.backends.onnxruntime_cpu import SPIN_ENV
+
+    def entries(env: str | None) -> tuple[str, str]:
+        if env is None:
+            monkeypatch.delenv(SPIN_ENV, raising=False)
+        else:
+            monkeypatch.setenv(SPIN_ENV, env)
+        with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=max_batch, warm_up="off") as session:
+            options = session.backend.session.get_session_options()
+            return tuple(entry(options, key) for key in ("session.intra_op.allow_spinning",
+                                                         "session.force_spinning_stop"))
+
+    def entry(options, key: str) -> str:
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:  # "SessionOptions does not have configuration with key": ONNX Runtime's default
+            return ""
+
+    assert entries(None) == (("", "1") if max_batch > 1 else ("", ""))
+    assert entries("0") == ("0", "")
