@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -218,3 +219,41 @@ def test_video_tab_returns_a_playable_mp4_and_the_share_chart(app_url, browser, 
     page.wait_for_function("document.body.innerText.includes(\"'holiday.mp4' is not a video file FFmpeg can read\")",
                            timeout=60_000)
     page.close()
+
+
+def test_two_visitors_use_the_app_through_the_front_ends_proxy(browser, build_dir, photo_file, tmp_path):
+    """`--front-ends 2`: each browser visitor is pinned to one copy by the proxy's cookie, and everything a page does —
+    upload, the queue's event stream, the follow-up step, re-blending from gr.State, the files — works through it."""
+    from segdemo.frontdoor import COOKIE
+
+    from .conftest import running_app
+    from .test_frontends import _wait_for
+
+    log = tmp_path / "app.log"
+    with running_app(build_dir, log, "--front-ends", "2", "--backend", "onnxruntime") as url:
+        _wait_for(log, lambda text: len(re.findall(r"front end \d ready", text)) == 2, 180)
+        pins = []
+        for visitor in range(2):
+            context = browser.new_context(viewport={"width": 1400, "height": 1100})
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_function("(() => { const b = document.querySelector('#banner');"
+                                   " return b && !b.innerText.includes('Starting:'); })()", timeout=300_000)
+            page.locator("input[type=file]").first.set_input_files(str(photo_file))
+            page.get_by_role("button", name="Segment").click()
+            page.locator("#overlay img").wait_for(state="visible", timeout=120_000)
+            page.locator("#legend table.segdemo-legend tbody tr").first.wait_for(timeout=60_000)
+            page.locator("#hover .segdemo-hover[data-ready='1']").wait_for(timeout=30_000)
+            before = page.locator("#overlay img").get_attribute("src")
+            number = page.get_by_label("number input for Overlay opacity")  # re-blends from this visitor's gr.State
+            number.fill("1")
+            number.press("Enter")
+            page.wait_for_function(
+                "before => { const i = document.querySelector('#overlay img'); return i && i.src !== before; }",
+                arg=before, timeout=30_000)
+            assert page.evaluate("() => document.querySelector('#overlay img').naturalWidth") > 0
+            (cookie,) = [c for c in context.cookies() if c["name"] == COOKIE]
+            pins.append(cookie["value"].split(".")[0])
+            page.screenshot(path=str(tmp_path / f"visitor-{visitor}.png"), full_page=True)
+            context.close()
+        assert sorted(pins) == ["0", "1"], f"the two visitors should be spread over both front ends: {pins}"
