@@ -248,10 +248,9 @@ def test_two_visitors_use_the_app_through_the_front_ends_proxy(browser, build_di
             number = page.get_by_label("number input for Overlay opacity")  # re-blends from this visitor's gr.State
             number.fill("1")
             number.press("Enter")
-            page.wait_for_function(
-                "before => { const i = document.querySelector('#overlay img'); return i && i.src !== before; }",
-                arg=before, timeout=30_000)
-            assert page.evaluate("() => document.querySelector('#overlay img').naturalWidth") > 0
+            page.wait_for_function(  # the re-blended overlay is downloaded and decoded through the proxy too
+                "before => { const i = document.querySelector('#overlay img');"
+                " return i && i.src !== before && i.complete && i.naturalWidth > 0; }", arg=before, timeout=30_000)
             (cookie,) = [c for c in context.cookies() if c["name"] == COOKIE]
             pins.append(cookie["value"].split(".")[0])
             page.screenshot(path=str(tmp_path / f"visitor-{visitor}.png"), full_page=True)
