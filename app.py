@@ -269,15 +269,13 @@ def build(demo: w.Demo) -> gr.Blocks:
     return blocks
 
 
-def create(argv: list[str] | None = None) -> tuple[w.AppConfig, gr.Blocks]:
-    """The app for these arguments (default: the command line), its session loading in the background."""
-    setup_logging()
-    config = parse_args(argv)
+def create(config: w.AppConfig) -> gr.Blocks:
+    """The app for `config`, its session loading in the background."""
     if config.front_end_index is not None:
         frontends.exit_with_supervisor()
     blocks = build(w.Demo(config).start())
     blocks.queue(max_size=config.queue_size)
-    return config, blocks
+    return blocks
 
 
 def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
@@ -289,11 +287,11 @@ def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
 # Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the
 # Blocks; `python app.py [options]` builds and launches it the same way — except with --front-ends above 1, where
 # this process only supervises copies of the app behind one port and builds nothing itself.
+setup_logging()
 config = parse_args(sys.argv[1:])
 if __name__ == "__main__" and config.front_ends > 1:
-    setup_logging()
     sys.exit(frontends.serve(config, __file__))
-config, demo = create(sys.argv[1:])
+demo = create(config)
 
 if __name__ == "__main__":
     launch(config, demo)
