@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 
 # Before anything touches CUDA: on ZeroGPU the `spaces` package must be imported first (a no-op elsewhere).
 from segdemo.hosting import gpu_function, on_zero_gpu  # isort: skip
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from segdemo import engine_page, frontends
 from segdemo import response as r
 from segdemo import webapp as w
+from segdemo.appconfig import AppConfig
+from segdemo.bodylimit import BodyLimit
 from segdemo.cli import setup_logging
 from segdemo.errors import SegdemoError
 from segdemo.gradio_parts import ImageUpload, LiveOverlay, hover_view
@@ -38,8 +43,8 @@ AFTER_OVERLAY_PAINT = """(state) => new Promise(resolve => {
 CSS = ".segdemo-legend td, .segdemo-legend th {padding: 2px 8px} .segdemo-legend {font-size: 0.92em}"
 
 
-def parse_args(argv: list[str] | None = None) -> w.AppConfig:
-    env = w.AppConfig.from_env()
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    env = AppConfig.from_env()
     p = argparse.ArgumentParser(description="segdemo web app (options also read from SEGDEMO_* variables)")
     p.add_argument("--model", default=env.model, help=f"hub id, local directory or {', '.join(PRESETS)}")
     p.add_argument("--backend", default=env.backend, help="auto or a backend name")
@@ -66,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
                         "with a sticky proxy (default 1)")
     p.add_argument("--public", action="store_true", default=env.public,
                    help="treat the app as public though bound to loopback (it is behind a reverse proxy)")
+    p.add_argument("--image-mb", type=int, default=env.image_mb,
+                   help="largest image a visitor may send, MB, by any way in (default 25)")
+    p.add_argument("--image-mp", type=int, default=env.image_mp,
+                   help="largest image a visitor may send, megapixels (default 64)")
+    p.add_argument("--session-minutes", type=float, default=env.session_minutes,
+                   help="a visitor's results are kept this long after their last request (default 30)")
+    p.add_argument("--max-sessions", type=int, default=env.max_sessions,
+                   help="visitors whose results are kept at once; the least recently active go first (default 500)")
     p.add_argument("--front-end-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     args = p.parse_args(argv)
     if not 1 <= args.front_ends <= frontends.MAX_FRONT_ENDS:
@@ -74,48 +87,54 @@ def parse_args(argv: list[str] | None = None) -> w.AppConfig:
         p.error("--front-ends above 1 does not work on ZeroGPU, where the spaces package needs the app's own process")
     if args.max_batch < 1:
         p.error(f"--max-batch must be at least 1, not {args.max_batch}")
+    for name in ("image_mb", "image_mp", "session_minutes", "max_sessions"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
     if args.display_side < 64:
         p.error(f"--display-side must be at least 64 px, not {args.display_side}")
-    return w.AppConfig(**vars(args))
+    return AppConfig(**vars(args))
 
 
 def build(demo: w.Demo) -> gr.Blocks:
-    def segment(image, opacity, detailed):
+    def segment(image, opacity, detailed, visitor, request: gr.Request):
         if not demo.ready:
             gr.Info("The model is still loading; your image runs as soon as it is ready.")
         try:
-            result = demo.segment(image, detailed)
+            visitor = demo.visitor(visitor, request)
+            response = demo.answer(image, opacity, detailed, visitor)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        response = r.respond(result, opacity)
-        return str(response.overlay), str(response.classes), result.legend_json(), \
-            r.timings(result, demo.session), response
+        visitor.last = response
+        return str(response.overlay), str(response.classes), response.legend_json(), \
+            r.timings(response, demo.session), visitor
 
-    def details(response):
-        session, result = demo.session, response.result
+    def details(visitor):
+        session, response = demo.session, visitor.last
         if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
-            return (str(r.view_file(response)), r.hover_html(response), r.legend_html(result),
-                    str(r.legend_file(response)), r.status_line(result), *(gr.skip(),) * 4, result.legend_json(),
-                    gr.skip())
+            return (str(r.view_file(response)), r.hover_html(response), r.legend_html(response),
+                    str(r.legend_file(response)), r.status_line(response), *(gr.skip(),) * 4,
+                    response.legend_json(), gr.skip())
         summary = session.history.summary()
-        return (str(r.view_file(response)), r.hover_html(response), r.legend_html(result),
-                str(r.legend_file(response)), r.status_line(result),
-                timeline_figure(session.load_spans.spans, result.spans.spans), summary_figure(summary),
-                r.summary_rows(summary), r.trace_file(session, result, response.folder), result.legend_json(),
-                r.timings(result, session))
+        return (str(r.view_file(response)), r.hover_html(response), r.legend_html(response),
+                str(r.legend_file(response)), r.status_line(response),
+                timeline_figure(session.load_spans.spans, response.spans.spans), summary_figure(summary),
+                r.summary_rows(summary), r.trace_file(session, response), response.legend_json(),
+                r.timings(response, session))
 
-    def reblend(response, opacity):
-        if response is None:
+    def reblend(visitor, opacity, request: gr.Request):
+        if visitor is None or visitor.last is None:
             return gr.skip(), gr.skip()
-        overlay = r.reblend(response, opacity)
+        try:
+            response = demo.kept(visitor, request)
+            overlay = r.reblend(response, opacity)
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
         return str(overlay), r.hover_html(response, overlay)
 
-    def full_overlay(response, opacity):
-        if response is None:
-            raise gr.Error("segment an image first: the full-size overlay is made from the last result")
+    def full_overlay(visitor, opacity, request: gr.Request):
         try:
-            return str(r.full_overlay_file(response, opacity))
-        except SegdemoError as exc:  # e.g. the upload it is decoded from again has been cleaned up
+            return str(demo.full_overlay(visitor, request, opacity))
+        except SegdemoError as exc:  # none yet, expired, or another client's session
             raise gr.Error(str(exc)) from None
 
     def live(frame, opacity, request: gr.Request):
@@ -127,41 +146,47 @@ def build(demo: w.Demo) -> gr.Blocks:
             return gr.skip(), gr.skip(), gr.skip()
         return done.jpeg, w.live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
 
-    def video(path, opacity, progress=gr.Progress()):
+    def video(path, opacity, visitor, request: gr.Request, progress=gr.Progress()):
         def report(done, total):
             progress(done / total, desc=f"{done} / {total} frames")
 
         try:
-            result = demo.segment_video(path, opacity, report)
+            visitor = demo.visitor(visitor, request)
+            result = demo.segment_video(path, opacity, report, visitor)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
         files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
         return (str(result.path), w.video_status(result), result.figure(), str(files["csv"]), str(files["json"]),
-                str(files["profiling"]))
+                str(files["profiling"]), visitor)
 
     def startup():
         return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
 
-    def engine():
-        return engine_page.engine_markdown(demo), engine_page.engine_rows(demo)
+    def engine(request: gr.Request):
+        demo.saw(request.headers)
+        return (engine_page.engine_markdown(demo), engine_page.engine_rows(demo),
+                gr.update(interactive=not demo.builds_refused))
 
-    def build_engine(precision, progress=gr.Progress()):
+    def build_engine(precision, request: gr.Request, progress=gr.Progress()):
+        demo.saw(request.headers)
         try:
             message = demo.build_engine(precision, lambda fraction, text: progress(fraction, desc=text))
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return message, *engine()
+        return message, *engine(request)[:2]
 
     # delete_cache: Gradio's copies of results older than an hour are removed every hour (long-running Spaces).
     with gr.Blocks(title="segdemo — SegFormer semantic segmentation", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
         banner = gr.Markdown(demo.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)
-        state = gr.State()
+        # A visitor: their folder's key and last result (files on disk, no pixels); it and the files expire.
+        state = gr.State(time_to_live=demo.config.session_seconds, delete_callback=demo.visitors.release)
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column(scale=1):
                     image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
+                    image.max_bytes = demo.config.image_limits.bytes
                     run = gr.Button("Segment", variant="primary")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                     gr.Examples(w.example_files(demo.build), inputs=[image], label="Example photographs")
@@ -195,6 +220,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             with gr.Row():
                 camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam",
                                      elem_id="camera")
+                camera.max_bytes = demo.config.image_limits.bytes
                 live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
             live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
             live_readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.",
@@ -229,7 +255,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
             with gr.Row():
                 build_precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
-                build_button = gr.Button("Build / rebuild engine", interactive=demo.config.builds_allowed)
+                build_button = gr.Button("Build / rebuild engine", interactive=not demo.builds_refused)
             build_result = gr.Markdown()
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
@@ -238,7 +264,7 @@ def build(demo: w.Demo) -> gr.Blocks:
         video = gpu_function(video, seconds=VIDEO_GPU_SECONDS)
         # Requests share the session's one engine slot (Session._engine); decoding and encoding run beside it, so
         # several requests are in flight while one at a time is in the engine.
-        segment_event = run.click(segment, [image, opacity, detailed],
+        segment_event = run.click(segment, [image, opacity, detailed, state],
                                   [overlay, classes_file, legend_json, timings_json, state],
                                   api_name="segment", api_description=w.SEGMENT_API_DOC,
                                   concurrency_limit=demo.config.workers, concurrency_id="requests",
@@ -257,31 +283,46 @@ def build(demo: w.Demo) -> gr.Blocks:
                       stream_every=1 / w.LIVE_FPS, time_limit=demo.config.live_time_limit,
                       concurrency_limit=w.LIVE_VIEWERS, concurrency_id="live", api_visibility="private",
                       show_progress="hidden")
-        video_run.click(video, [video_in, video_opacity],
-                        [video_out, video_md, share_plot, shares_csv, shares_json, video_trace],
+        video_run.click(video, [video_in, video_opacity, state],
+                        [video_out, video_md, share_plot, shares_csv, shares_json, video_trace, state],
                         api_name="segment_video", api_description=w.VIDEO_API_DOC, concurrency_limit=1,
                         concurrency_id="video")
-        engine_tab.select(engine, None, [engine_md, ladder], api_visibility="private")
+        engine_tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
         # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
         build_button.click(build_engine, [build_precision], [build_result, engine_md, ladder],
                            api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,
                            concurrency_id="build")
+        blocks.unload(lambda request: demo.visitors.end_session(request.session_hash))  # the tab closed
     return blocks
 
 
-def create(config: w.AppConfig) -> gr.Blocks:
-    """The app for `config`, its session loading in the background."""
+def create(config: AppConfig) -> tuple[gr.Blocks, w.Demo]:
+    """The app for `config` and the demo it serves, its session loading in the background."""
     if config.front_end_index is not None:
         frontends.exit_with_supervisor()
-    blocks = build(w.Demo(config).start())
+    served = w.Demo(config).start()
+    blocks = build(served)
     blocks.queue(max_size=config.queue_size)
-    return blocks
+    return blocks, served
 
 
-def launch(config: w.AppConfig, blocks: gr.Blocks) -> None:
+def launch(config: AppConfig, blocks: gr.Blocks, served: w.Demo) -> None:
+    # Bodies are bounded before Gradio reads them (an image inline as a data: URL in JSON had no limit); only the
+    # visitors' folders are served besides Gradio's own cache; sessions are capped (their state is small).
+    limit = Middleware(BodyLimit, limit=config.body_bytes, upload_limit=config.upload_mb * 2**20)
+    logging.getLogger("segdemo.app").info("visitors' files in %s (each removed when its visitor leaves or after %g "
+                                          "minutes idle; all at exit)", served.visitors.root, config.session_minutes)
+    # SIGTERM (a supervisor, a container stop) ends the app as Ctrl-C does: the server closes and the visitors' files
+    # are removed, instead of the process dying where it stands.
+    signal.signal(signal.SIGTERM, _interrupt)
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share,
                   max_file_size=f"{config.upload_mb}mb", css=CSS, footer_links=["api", "gradio"],
-                  allowed_paths=[str(r.DOWNLOADS), str(w.VIDEOS)])
+                  allowed_paths=[str(served.visitors.root)], state_session_capacity=config.max_sessions,
+                  app_kwargs={"middleware": [limit]})
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the
@@ -291,7 +332,7 @@ setup_logging()
 config = parse_args(sys.argv[1:])
 if __name__ == "__main__" and config.front_ends > 1:
     sys.exit(frontends.serve(config, __file__))
-demo = create(config)
+demo, served = create(config)
 
 if __name__ == "__main__":
-    launch(config, demo)
+    launch(config, demo, served)

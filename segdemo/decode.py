@@ -17,9 +17,19 @@ log = logging.getLogger(__name__)
 
 MAX_PIXELS = 64_000_000  # 64 MP: well above phone photos, far below a decompression bomb
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# Pillow is asked for these readers only: EPS/PS/PDF readers run Ghostscript, and rarely used formats are attack
+# surface a photo demo does not need (the JPEG reader also opens phones' multi-picture JPEGs, as format MPO).
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 ORIENTATION = 0x0112  # the EXIF tag
 SAMPLINGS = {(1, 1), (2, 1), (2, 2)}  # luma (horizontal, vertical) factors of 4:4:4, 4:2:2, 4:2:0
 TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height (every portrait phone photo: 6)
+
+
+def open_image(fp: Any, formats: tuple[str, ...] = FORMATS) -> Image.Image:
+    """Pillow's open with only the accepted formats' readers tried (never EPS, PDF, … whatever the file says)."""
+    Image.init()  # registers every reader (Pillow preloads only a few), so each name in `formats` is known
+    return Image.open(fp, formats=list(formats))
 
 
 def decode(source: Any) -> np.ndarray:
@@ -91,7 +101,7 @@ def plain_jpeg(data: bytes) -> JpegHeader | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(io.BytesIO(data), ("JPEG",)) as img:
                 width, height = img.size
                 factors = [tuple(layer[1:3]) for layer in getattr(img, "layer", [])]  # (h, v) per component
                 plain = (img.format == "JPEG" and img.mode == "RGB" and len(factors) == 3
@@ -113,7 +123,7 @@ def _from_bytes(data: bytes, what: str) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL only warns between 1× and 2× its own pixel limit; we check sizes ourselves below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(io.BytesIO(data)) as img:
                 _check_size(img.size, what)
                 frames = getattr(img, "n_frames", 1)
                 if frames > 1:
@@ -124,7 +134,7 @@ def _from_bytes(data: bytes, what: str) -> np.ndarray:
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(f"{what} is not an image in a format Pillow can read (PNG, JPEG, WebP, …)") from None
+        raise BadImageError(f"{what} is not an image in an accepted format ({FORMAT_NAMES})") from None
     except Image.DecompressionBombError:
         raise BadImageError(
             f"{what} declares far more pixels than allowed (a decompression bomb?); "

@@ -45,9 +45,9 @@ def engine_markdown(demo: Demo) -> str:
     if config.front_end_index is not None:
         builds = (f"turned off: this is front end {config.front_end_index} of several (`--front-ends`), and a build "
                   f"would swap only its engine — build with `python -m segdemo build` and restart the app")
-    elif not config.builds_allowed:
+    elif demo.builds_refused:
         builds = "turned off on this public app — its operator can allow them with `--allow-build`"
     else:
-        builds = "allowed (public app started with `--allow-build`)" if config.is_public else "allowed (loopback only)"
+        builds = "allowed (public app started with `--allow-build`)" if demo.is_public else "allowed (loopback only)"
     lines.append(f"**Engine builds from this page:** {builds}")
     return "  \n".join(lines)

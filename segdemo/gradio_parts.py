@@ -16,12 +16,19 @@ class ImageUpload(gr.Image):
     """
 
     is_template = True  # render with gr.Image's own front end (no custom component bundle)
+    # The largest image accepted inline as a data: URL, checked before decoding. Set on the instance, not through
+    # __init__: Gradio builds a component's front-end config from its constructor's signature.
+    max_bytes: int | None = None
 
     def preprocess(self, payload):  # type: ignore[override]
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.split(",", 1)[1])
+            encoded = payload.url.split(",", 1)[-1]
+            if self.max_bytes is not None and len(encoded) * 3 // 4 > self.max_bytes:
+                raise gr.Error(f"the image is {len(encoded) * 3 / 4 / 2**20:.1f} MB; images are limited to "
+                               f"{self.max_bytes / 2**20:.0f} MB")
+            return base64.b64decode(encoded)
         return payload.path
 
 

@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import html
 import json
-import tempfile
-import threading
+import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
+from .classmap import LegendEntry
+from .decode import decode
+from .errors import BadImageError, SegdemoError
 from .pipeline import Segmentation, Session
-from .spans import INFERENCE
+from .spans import INFERENCE, SpanRecorder
 from .trace import write_trace
-from .visuals import clamp_opacity, class_map_png, jpeg_bytes, png_bytes
+from .visuals import clamp_opacity, class_map_png, colour_mask, jpeg_bytes, overlay, png_bytes, read_class_map
+
+EXPIRED = ("this result has expired (a visitor's results are kept for a while after their last request) — "
+           "segment the image again")
 
 
-def status_line(result: Segmentation) -> str:
+class ResultExpiredError(SegdemoError):
+    """The files a follow-up needs are gone: the visitor's folder aged out or was released."""
+
+
+def status_line(result: Segmentation | Response) -> str:
     """Backend, precision, size, time — and the random-weights notice where it applies."""
     info = result.info
     height, width = info["image_size"]
@@ -33,7 +45,7 @@ def status_line(result: Segmentation) -> str:
     return line
 
 
-def legend_html(result: Segmentation, limit: int = 40) -> str:
+def legend_html(result: Segmentation | Response, limit: int = 40) -> str:
     """Swatch, name and share of each class present, largest first."""
     rows = []
     for entry in result.legend[:limit]:
@@ -48,7 +60,7 @@ def legend_html(result: Segmentation, limit: int = 40) -> str:
             f"<tbody>{''.join(rows)}{tail}</tbody></table>")
 
 
-def timings(result: Segmentation, session: Session) -> dict[str, Any]:
+def timings(result: Segmentation | Response, session: Session) -> dict[str, Any]:
     """Plain timing values for API clients: init, this request, and each of its spans (ms)."""
     return {
         "init_ms": round(session.init_ms, 2),
@@ -67,92 +79,122 @@ def summary_rows(summary: list[dict[str, Any]]) -> list[list[Any]]:
     return [[row[c] for c in SUMMARY_COLUMNS] for row in summary]
 
 
-DOWNLOADS = Path(tempfile.mkdtemp(prefix="segdemo-app-"))  # served to the browser: launch(allowed_paths=…)
-KEEP_FOLDERS = 256  # Gradio copies each returned file into its own cache, so only recent folders are kept here
-
-
-_PRUNE_LOCK = threading.Lock()  # requests and re-blends run concurrently; one prunes at a time
-
-
-def _fresh_folder() -> Path:
-    """A new folder for one response's files; the oldest beyond KEEP_FOLDERS are removed."""
-    import shutil
-
-    folder = Path(tempfile.mkdtemp(dir=DOWNLOADS))
-    with _PRUNE_LOCK:
-        old = sorted(DOWNLOADS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_FOLDERS]
-        for path in old:
-            shutil.rmtree(path, ignore_errors=True)
-    return folder
-
-
 _ENCODERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
 
 
 @dataclass
 class Response:
-    """One request's files: what the API returns at once, and what the page's follow-up step adds."""
+    """One result as a visitor's session keeps it: its files in the visitor's folder and the few facts shown with
+    it — no pixels in memory; re-blends and the full-size overlay are made from the files on demand."""
 
-    result: Segmentation
-    folder: Path
+    folder: Path  # this result's folder inside the visitor's own
+    legend: list[LegendEntry]
+    info: dict[str, Any]
+    spans: SpanRecorder
+    colours: np.ndarray  # the session's palette (shared, not copied)
     overlay: Path  # display-size JPEG
     classes: Path  # original-size palette PNG (pixel value = class id)
+    source: Path  # the image as it was sent (or its pixels, .npy), for the full-size overlay
+    display: Path  # the display-size picture and class map (.npz), for re-blends and the hover view
     view: Path | None = None  # display-size palette PNG: the colour mask, and the hover view's class ids
 
+    def legend_json(self) -> dict[str, Any]:
+        return {**self.info, "classes": [e.to_dict() for e in self.legend]}
 
-def respond(result: Segmentation, opacity: float) -> Response:
-    """Encode what the API answers with: the display overlay (JPEG) and the full-size class map (palette PNG).
 
-    Runs outside the engine slot: the next request's inference goes on meanwhile (see the spans).
-    """
-    folder = _fresh_folder()
+def respond(result: Segmentation, opacity: float, folder: Path, sent: Any = None) -> Response:
+    """Write what the API answers with into `folder`: the display overlay (JPEG), the full-size class map (palette
+    PNG) and what later steps are made from — `sent`, the image as the visitor sent it (path, bytes or pixels).
+    Runs outside the engine slot: the next request's inference goes on meanwhile."""
     spans = result.spans
+    sent = result.source if sent is None else sent
     overlay, classes = folder / "overlay.jpg", folder / "classes.png"
+    display, source = folder / "display.npz", _source_path(sent, folder)
 
     def encode_classes() -> None:
         with spans.span("encode classes.png", INFERENCE, size=list(result.class_map.shape)):
             classes.write_bytes(class_map_png(result.class_map, result.colours))
+        with spans.span("keep display pictures", INFERENCE, size=list(result.display_map.shape)):
+            np.savez(display, image=result.display_image, classes=result.display_map)
+            _keep_source(sent, result, source)
 
-    # The two encoders release the GIL: the class map's PNG is written beside the overlay's JPEG, not after it.
+    # The encoders release the GIL: the class map's PNG is written beside the overlay's JPEG, not after it.
     pending = _ENCODERS.submit(encode_classes)
     with spans.span("encode overlay", INFERENCE, size=list(result.display_map.shape)):
         overlay.write_bytes(jpeg_bytes(result.display_overlay(opacity)))
     pending.result()
-    return Response(result, folder, overlay, classes)
+    return Response(folder, result.legend, result.info, spans, result.colours, overlay, classes, source, display)
+
+
+def _source_path(source: Any, folder: Path) -> Path:
+    return folder / ("source.npy" if isinstance(source, np.ndarray) else "source")
+
+
+def _keep_source(source: Any, result: Segmentation, path: Path) -> None:
+    """The image as sent: a link to the upload where it can be (no copy), else its bytes or pixels."""
+    if isinstance(source, (str, Path)):
+        try:
+            os.link(source, path)
+        except OSError:
+            shutil.copyfile(source, path)
+    elif isinstance(source, (bytes, bytearray)):
+        path.write_bytes(source)
+    else:
+        np.save(path, result.image)
+
+
+def _display(response: Response) -> tuple[np.ndarray, np.ndarray]:
+    """The display-size picture and class map kept with the response."""
+    try:
+        with np.load(response.display) as kept:
+            return kept["image"], kept["classes"]
+    except OSError:
+        raise ResultExpiredError(EXPIRED) from None
 
 
 def view_file(response: Response) -> Path:
     """The display-size class map as a palette PNG (shown as the colour mask; the hover view reads its ids)."""
     if response.view is None:
-        result = response.result
-        with result.spans.span("encode view.png", INFERENCE, size=list(result.display_map.shape)):
-            response.view = response.folder / "view.png"
-            response.view.write_bytes(class_map_png(result.display_map, result.colours))
+        _, display_map = _display(response)
+        with response.spans.span("encode view.png", INFERENCE, size=list(display_map.shape)):
+            view = response.folder / "view.png"
+            view.write_bytes(class_map_png(display_map, response.colours))
+        response.view = view
     return response.view
 
 
 def reblend(response: Response, opacity: float) -> Path:
-    """The display overlay at another opacity (no inference), as a new JPEG file."""
-    path = _fresh_folder() / "overlay.jpg"
-    path.write_bytes(jpeg_bytes(response.result.display_overlay(opacity)))
+    """The display overlay at another opacity (no inference), as a JPEG beside the response's other files."""
+    opacity = round(clamp_opacity(opacity), 2)
+    path = response.folder / f"overlay-{opacity:.2f}.jpg"
+    image, display_map = _display(response)
+    path.write_bytes(jpeg_bytes(overlay(image, colour_mask(display_map, response.colours), opacity)))
     return path
 
 
 def full_overlay_file(response: Response, opacity: float) -> Path:
-    """overlay.png at the original size (made on demand: a 12 MP photo's takes seconds to encode)."""
-    path = response.folder / f"overlay-{clamp_opacity(opacity):.2f}.png"
+    """overlay.png at the original size, made on demand from the kept image and class map (seconds for 12 MP)."""
+    opacity = round(clamp_opacity(opacity), 2)
+    path = response.folder / f"overlay-{opacity:.2f}.png"
     if not path.is_file():
-        path.write_bytes(png_bytes(response.result.overlay(opacity)))
+        try:
+            image = np.load(response.source) if response.source.suffix == ".npy" else decode(response.source)
+            class_map = read_class_map(response.classes)
+        except (OSError, BadImageError):
+            raise ResultExpiredError(EXPIRED) from None
+        path.write_bytes(png_bytes(overlay(image, colour_mask(class_map, response.colours), opacity)))
     return path
 
 
 def legend_file(response: Response) -> Path:
-    return response.result.write_legend(response.folder / "legend.json")
+    path = response.folder / "legend.json"
+    path.write_text(json.dumps(response.legend_json(), indent=2) + "\n")
+    return path
 
 
-def trace_file(session: Session, result: Segmentation, folder: Path) -> str:
+def trace_file(session: Session, response: Response) -> str:
     """profiling.json (Chrome trace: load spans + this request) for Perfetto / chrome://tracing."""
-    return str(write_trace(folder / "profiling.json", session.trace_spans(result.spans), result.info))
+    return str(write_trace(response.folder / "profiling.json", session.trace_spans(response.spans), response.info))
 
 
 def file_url(path: Path) -> str:
@@ -166,14 +208,13 @@ def hover_html(response: Response, overlay: Path | None = None, limit: int = 40)
     One PNG of ids for every class: the browser highlights the class under the pointer itself, so no picture is
     encoded per class.
     """
-    result = response.result
-    entries = result.legend[:limit]
+    entries = response.legend[:limit]
     table = [[e.id, *(int(e.color[k:k + 2], 16) for k in (1, 3, 5)), e.name, round(e.share * 100, 1)]
              for e in entries]
     chips = "".join(
         f"<span class='chip' data-id='{e.id}'><i style='background:{e.color}'></i>{html.escape(e.name)} "
         f"{e.share * 100:.1f} %</span>" for e in entries)
-    height, width = result.display_map.shape
+    height, width = response.info["display_size"]
     return (f"<div class='segdemo-hover' data-classes='{html.escape(file_url(view_file(response)))}' "
             f"data-legend='{html.escape(json.dumps(table))}'>"
             f"<div class='stage'><img class='photo' alt='overlay' width='{width}' height='{height}' "

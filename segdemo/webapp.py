@@ -5,23 +5,24 @@ from __future__ import annotations
 import html
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .admission import PixelBudget, inspect_image
+from .appconfig import AppConfig
 from .artifacts import build_dir
 from .errors import ModelNotFoundError, SegdemoError
 from .hosting import on_zero_gpu
 from .live import LiveFrame, LiveStream, LiveStreams
 from .model_source import DEFAULT_MODEL, preset_for
 from .pipeline import Segmentation, Session
+from .response import Response, full_overlay_file, respond
 from .video import Progress, VideoResult, segment_video
-from .videofile import APP_LIMITS, VideoLimits, probe
-from .visuals import DISPLAY_SIDE
+from .videofile import probe
+from .visitors import Visitor, VisitorFolders, fingerprint
 
 log = logging.getLogger("segdemo.app")
 
@@ -42,108 +43,16 @@ VIDEO_API_DOC = (
     "class shares over time, shares.csv (frame, time_s, one column per class present), shares.json and the job's "
     "Chrome trace."
 )
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-BUILDS_OFF = ("engine builds are turned off on this public app (each takes minutes of the whole machine and swaps "
-              "the engine under other visitors) — its operator can allow them with --allow-build or "
-              "SEGDEMO_ALLOW_BUILD=1")
-BUILDS_SPLIT = ("engine builds are turned off with --front-ends above 1, because a build would swap the engine of only "
-                "the front end that got the request — build it with `python -m segdemo build` and restart the app")
+# A request carrying any of these came through a proxy: whoever runs it, visitors other than the operator may be
+# behind it, so the app treats itself as public from then on.
+FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
 EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
-QUEUE_MIN = 64  # Gradio's queue, whatever --max-batch: 32 visitors at once must never be told the app is busy
-IMAGE_MB = 25  # image uploads (Gradio's own limit is raised for videos)
-LIVE_SECONDS = 120  # default per-visitor live stream on a public app
+PIXEL_BUDGET = 2  # full-size images (at the pixel limit) decoded and segmented at once; more wait their turn
 LIVE_FPS = 30  # the browser sends at most this many webcam frames a second (one at a time: never ahead of results)
 LIVE_VIEWERS = 4  # live streams served at once; more visitors wait in the queue for a free one
-VIDEOS = Path(tempfile.mkdtemp(prefix="segdemo-videos-"))  # segmented videos (served: launch(allowed_paths=…))
-KEEP_VIDEOS = 8  # Gradio copies results into its own cache, so only the newest few folders are kept here
 
 
-@dataclass
-class AppConfig:
-    """Options of `python app.py`, each also settable through a SEGDEMO_* environment variable."""
-
-    model: str = DEFAULT_MODEL
-    backend: str = "auto"
-    precision: str = "auto"
-    build_dir: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 7860
-    share: bool = False
-    display_side: int = DISPLAY_SIDE
-    allow_build: bool = False  # engine builds from the page/API on a public app (always allowed on loopback)
-    live_seconds: int = LIVE_SECONDS  # a visitor's live stream on a public app (Gradio's time_limit); 0: no limit
-    video_seconds: float = APP_LIMITS.seconds
-    video_mb: int = APP_LIMITS.bytes // 2**20
-    max_batch: int = 1  # > 1: requests reaching the engine together share one call (Session's batcher)
-    front_ends: int = 1  # > 1: `python app.py` supervises that many copies of the app behind one port (frontends)
-    public: bool = False  # public though bound to loopback: behind a reverse proxy (ours with --front-ends, or yours)
-    front_end_index: int | None = None  # set by the supervisor in each copy it starts; None when serving alone
-
-    @property
-    def workers(self) -> int:
-        """Requests in flight at once (decoding, in the engine or its batch, encoding): enough to fill a batch."""
-        return max(4, 2 * self.max_batch)
-
-    @property
-    def queue_size(self) -> int:
-        """Events Gradio keeps waiting beyond those in flight; more are told the app is busy.
-
-        At least QUEUE_MIN, so 32 visitors at once (each with a request and its follow-up step) all wait their turn.
-        """
-        return max(QUEUE_MIN, 4 * self.workers)
-
-    @property
-    def is_public(self) -> bool:
-        """Whether visitors other than the operator reach this app: a non-loopback bind, a share link, a Space, or
-        --public (loopback behind a reverse proxy)."""
-        return self.public or self.host not in LOOPBACK or self.share or bool(os.environ.get("SPACE_ID"))
-
-    @property
-    def builds_refused(self) -> str | None:
-        """Why engine builds from the page and API are refused here, or None where they are allowed."""
-        if self.front_end_index is not None:
-            return BUILDS_SPLIT
-        return BUILDS_OFF if self.is_public and not self.allow_build else None
-
-    @property
-    def builds_allowed(self) -> bool:
-        return self.builds_refused is None
-
-    @property
-    def live_time_limit(self) -> int | None:
-        """Seconds of live stream per visitor: limited on a public app only (and not at all with 0)."""
-        return self.live_seconds if self.is_public and self.live_seconds > 0 else None
-
-    @property
-    def video_limits(self) -> VideoLimits:
-        return replace(APP_LIMITS, seconds=self.video_seconds, bytes=self.video_mb * 2**20)
-
-    @property
-    def upload_mb(self) -> int:
-        """Gradio's upload limit: images are held to IMAGE_MB by Demo.segment, videos need more."""
-        return max(IMAGE_MB, self.video_mb)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> AppConfig:
-        env = os.environ if environ is None else environ
-        return cls(
-            model=env.get("SEGDEMO_MODEL", cls.model),
-            backend=env.get("SEGDEMO_BACKEND", cls.backend),
-            precision=env.get("SEGDEMO_PRECISION", cls.precision),
-            build_dir=env.get("SEGDEMO_BUILD_DIR") or None,
-            host=env.get("SEGDEMO_HOST", env.get("GRADIO_SERVER_NAME", cls.host)),
-            port=int(env.get("SEGDEMO_PORT", env.get("GRADIO_SERVER_PORT", cls.port))),
-            share=env.get("SEGDEMO_SHARE", "").lower() in ("1", "true", "yes"),
-            display_side=int(env.get("SEGDEMO_DISPLAY_SIDE", cls.display_side)),
-            allow_build=env.get("SEGDEMO_ALLOW_BUILD", "").lower() in ("1", "true", "yes"),
-            live_seconds=int(env.get("SEGDEMO_LIVE_SECONDS", cls.live_seconds)),
-            video_seconds=float(env.get("SEGDEMO_VIDEO_SECONDS", cls.video_seconds)),
-            video_mb=int(env.get("SEGDEMO_VIDEO_MB", cls.video_mb)),
-            max_batch=int(env.get("SEGDEMO_MAX_BATCH", cls.max_batch)),
-            front_ends=int(env.get("SEGDEMO_FRONT_ENDS", cls.front_ends)),
-            public=env.get("SEGDEMO_PUBLIC", "").lower() in ("1", "true", "yes"),
-        )
 
 
 @dataclass
@@ -160,10 +69,32 @@ class Demo:
     _loading: threading.Lock = field(default_factory=threading.Lock)
     _started: bool = False
     live: LiveStreams = field(default_factory=LiveStreams)
+    proxied: bool = False  # a request came through a proxy (forwarded headers): the app is public from then on
+    visitors: VisitorFolders = field(init=False)
+    pixels: PixelBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.visitors = VisitorFolders(self.config.session_seconds, self.config.max_sessions)
+        self.pixels = PixelBudget(PIXEL_BUDGET * self.config.image_limits.pixels)
 
     @property
     def build(self) -> Path | None:
         return Path(self.config.build_dir) if self.config.build_dir else None
+
+    @property
+    def is_public(self) -> bool:
+        return self.config.is_public or self.proxied
+
+    @property
+    def builds_refused(self) -> str | None:
+        return self.config.refuse_builds(self.is_public)
+
+    def saw(self, headers: Any) -> None:
+        """Note a request's headers: one that came through a proxy makes the app public for the rest of its life."""
+        if not self.proxied and headers is not None and any(name in headers for name in FORWARDED_HEADERS):
+            self.proxied = True
+            log.warning("a request came through a proxy (forwarded headers): treating the app as public from now "
+                        "on%s", "" if self.config.allow_build else " — engine builds are refused (--allow-build)")
 
     def start(self) -> Demo:
         """Load the session in the background (on ZeroGPU: in the GPU worker, on its first request)."""
@@ -227,8 +158,8 @@ class Demo:
         """(Re)build the TensorRT plan of the session's graph; a TensorRT session then reloads it."""
         from .engine_build import default_backend, ensure_engine
 
-        if self.config.builds_refused:
-            raise SegdemoError(self.config.builds_refused)
+        if self.builds_refused:
+            raise SegdemoError(self.builds_refused)
         session = self.wait(timeout=0)
         serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
         flavour = serving or default_backend()
@@ -261,11 +192,52 @@ class Demo:
         """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
         if image is None:
             raise SegdemoError("no image was given — upload, paste or pick an example first")
-        if isinstance(image, (str, Path)) and Path(image).is_file() and Path(image).stat().st_size > IMAGE_MB * 2**20:
-            raise SegdemoError(f"the image is {Path(image).stat().st_size / 2**20:.0f} MB; uploads are limited to "
-                               f"{IMAGE_MB} MB")
+        facts = inspect_image(image, self.config.image_limits)  # before anything decodes it
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
-        return self.wait(timeout=900).segment(image, detailed=detailed)
+        session = self.wait(timeout=900)
+        with self.pixels.hold(facts.pixels):
+            return session.segment(image, detailed=detailed)
+
+    def answer(self, image: Any, opacity: float, detailed: bool, visitor: Visitor) -> Response:
+        """Segment one upload and write the visitor's result files (replacing their older ones)."""
+        if image is None:
+            raise SegdemoError("no image was given — upload, paste or pick an example first")
+        facts = inspect_image(image, self.config.image_limits)
+        self._begin_load()
+        session = self.wait(timeout=900)
+        with self.pixels.hold(facts.pixels):  # the full-size class map is written before the pixels are let go
+            result = session.segment(image, detailed=detailed)
+            return respond(result, opacity, self.visitors.result_folder(visitor), sent=image)
+
+    def visitor(self, visitor: Visitor | None, request: Any) -> Visitor:
+        """The request's visitor: the session's own, or a new one; refuses a session held by another client."""
+        self.saw(getattr(request, "headers", None))
+        owner = owner_of(request)
+        if visitor is None:
+            visitor = self.visitors.new_visitor(owner)
+            self.visitors.bind(getattr(request, "session_hash", None), visitor)
+            return visitor
+        if visitor.owner != owner:
+            raise SegdemoError("this session belongs to another browser — reload the page to start your own")
+        return visitor
+
+    def kept(self, visitor: Visitor | None, request: Any) -> Response:
+        """The visitor's last result, for a follow-up (re-blend, full-size overlay); one sentence when there is none."""
+        if visitor is None or visitor.last is None:
+            raise SegdemoError("segment an image first: the full-size overlay is made from your last result (results "
+                               f"are kept {self.config.session_minutes:g} minutes after your last request)")
+        self.visitor(visitor, request)
+        if not self.visitors.known(visitor):
+            raise SegdemoError(f"your last result has expired (results are kept {self.config.session_minutes:g} "
+                               "minutes after your last request) — segment the image again")
+        return visitor.last
+
+    def full_overlay(self, visitor: Visitor | None, request: Any, opacity: float) -> Path:
+        """The visitor's last result as a full-size overlay PNG, made now (within the pixel budget)."""
+        response = self.kept(visitor, request)
+        height, width = response.info["image_size"]
+        with self.pixels.hold(height * width):
+            return full_overlay_file(response, opacity)
 
     def live_frame(self, key: str, image: Any, opacity: float) -> tuple[LiveFrame | None, LiveStream | None]:
         """One webcam frame of visitor `key`: (the frame, or None if a newer one replaced it; the visitor's stream).
@@ -278,17 +250,28 @@ class Demo:
         stream = self.live.get(key, self.wait(timeout=0))
         if image is None:
             return None, stream
-        return stream.offer(image, opacity), stream
+        facts = inspect_image(image, self.config.image_limits)
+        with self.pixels.hold(facts.pixels):
+            return stream.offer(image, opacity), stream
 
-    def segment_video(self, path: Any, opacity: float, progress: Progress | None = None) -> VideoResult:
-        """Segment an uploaded video into a fresh folder; BadVideoError (one sentence) for unusable input."""
+    def segment_video(self, path: Any, opacity: float, progress: Progress | None = None,
+                      visitor: Visitor | None = None) -> VideoResult:
+        """Segment an uploaded video into a fresh folder of the visitor's; BadVideoError (one sentence) for unusable
+        input."""
         if path is None:
             raise SegdemoError("no video was given — upload one first")
         probe(path, self.config.video_limits)  # bad input is refused before waiting for the model
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         session = self.wait(timeout=900)
-        folder = fresh_video_folder()
+        folder = self.visitors.result_folder(visitor or self.visitors.new_visitor(""), "v")
         return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits, progress)
+
+
+def owner_of(request: Any) -> str:
+    """Who sent a Gradio request (its address and browser): follow-ups of a result must come from the same one."""
+    client = getattr(request, "client", None)
+    headers = getattr(request, "headers", None) or {}
+    return fingerprint(getattr(client, "host", None), headers.get("user-agent"))
 
 
 def live_readout(stream: LiveStream) -> str:
@@ -307,14 +290,6 @@ def video_status(result: VideoResult) -> str:
     if result.facts.get("random_weights"):
         line += " · ⚠️ random weights: masks are meaningless"
     return line
-
-
-def fresh_video_folder() -> Path:
-    """A new folder for one segmented video; the oldest beyond KEEP_VIDEOS are removed."""
-    folder = Path(tempfile.mkdtemp(dir=VIDEOS))
-    for old in sorted(VIDEOS.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_VIDEOS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def example_files(folder: Path | None = None) -> list[str]:

@@ -146,12 +146,13 @@ def test_bad_video_gives_one_sentence_and_app_keeps_serving(client, tmp_path, ph
 
 
 def test_an_image_over_the_upload_limit_is_refused(tmp_path):
+    from segdemo.admission import IMAGE_MB
     from segdemo.errors import SegdemoError
-    from segdemo.webapp import IMAGE_MB, AppConfig, Demo
+    from segdemo.webapp import AppConfig, Demo
 
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8" + bytes(IMAGE_MB * 2**20 + 10))
-    with pytest.raises(SegdemoError, match=f"uploads are limited to {IMAGE_MB} MB"):
+    with pytest.raises(SegdemoError, match=f"images are limited to {IMAGE_MB} MB"):
         Demo(AppConfig()).segment(str(big))
 
 
@@ -199,7 +200,8 @@ def _live_stream(url):
 
 
 def test_a_public_app_limits_each_visitors_live_stream(public_app, app_url):
-    from segdemo.webapp import LIVE_FPS, LIVE_SECONDS
+    from segdemo.appconfig import LIVE_SECONDS
+    from segdemo.webapp import LIVE_FPS
 
     public, loopback = _live_stream(public_app), _live_stream(app_url)
     assert public["time_limit"] == LIVE_SECONDS and loopback["time_limit"] is None

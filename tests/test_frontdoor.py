@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from segdemo.appconfig import BUILDS_SPLIT, AppConfig
 from segdemo.frontdoor import (
     COOKIE,
     MAX_HEAD,
@@ -26,7 +27,6 @@ from segdemo.frontdoor import (
     response_head,
 )
 from segdemo.frontends import child_argv, child_env
-from segdemo.webapp import BUILDS_SPLIT, AppConfig
 
 from .conftest import alive
 
@@ -124,7 +124,7 @@ def test_front_ends_get_the_parents_options_and_its_public_ness():
     assert "--allow-build" in argv and argv[argv.index("--max-batch") + 1] == "4"
     assert "--share" not in argv and argv[-9:] == ["--host", "127.0.0.1", "--port", "5555", "--front-ends", "1",
                                                    "--front-end-index", "1", "--public"]
-    assert "--public" not in _children_options(AppConfig(front_ends=2))  # a loopback parent has private children
+    assert "--public" in _children_options(AppConfig(front_ends=2))  # behind the proxy, every copy is public
     assert "--public" in _children_options(AppConfig(front_ends=2, public=True))
 
 

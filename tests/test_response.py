@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 from segdemo import response
 from segdemo.classmap import restore_size
 from segdemo.preprocess import resize_for_model
-from segdemo.visuals import colour_mask, overlay, read_class_map
+from segdemo.visuals import colour_mask, jpeg_bytes, overlay, read_class_map
 
 from .conftest import photo
 
@@ -51,7 +52,7 @@ def test_response_files_have_the_right_sizes(small_display, tmp_path):
     exif[0x0112] = 6  # stored 800×600, upright 600×800
     Image.fromarray(photo("coffee", (600, 800))).save(path, quality=90, exif=exif.tobytes())
     result = small_display.segment(path)
-    answer = response.respond(result, 0.5)
+    answer = response.respond(result, 0.5, tmp_path, sent=path)
     with Image.open(answer.overlay) as shown:
         assert (shown.format, shown.size) == ("JPEG", (240, 320))
     classes = read_class_map(answer.classes)
@@ -63,9 +64,24 @@ def test_response_files_have_the_right_sizes(small_display, tmp_path):
     markup = response.hover_html(answer)
     assert response.file_url(response.view_file(answer)) in markup and "data-legend=" in markup
     assert markup.count("class='chip'") == min(len(result.legend), 40)
+    # Re-blends come from the kept display pictures, exactly as from the result itself.
+    with Image.open(response.reblend(answer, 0.3)) as blended:
+        expected = Image.open(io.BytesIO(jpeg_bytes(result.display_overlay(0.3))))
+        assert np.array_equal(np.asarray(blended), np.asarray(expected))
+    with Image.open(response.full_overlay_file(answer, 0.3)) as full:
+        assert np.array_equal(np.asarray(full), result.overlay(0.3))
 
 
-def test_encoding_runs_while_the_next_request_is_in_the_engine(session_factory):
+def test_a_response_keeps_no_pixels_in_memory(small_display, tmp_path):
+    """What a visitor's session holds: paths and small facts; the pixels are in files."""
+    result = small_display.segment(photo("coffee", (600, 800)))
+    answer = response.respond(result, 0.5, tmp_path)
+    arrays = [v for v in vars(answer).values() if isinstance(v, np.ndarray)]
+    assert [a is result.colours for a in arrays] == [True]  # the session's palette, shared
+    assert np.array_equal(np.load(answer.source), result.image)
+
+
+def test_encoding_runs_while_the_next_request_is_in_the_engine(session_factory, tmp_path):
     """Two requests at once: the second enters the engine as soon as the first leaves it, not after its encoding."""
     session = session_factory("random:tiny")
     images = [photo("astronaut", (900, 1200)), photo("rocket", (900, 1200))]
@@ -74,7 +90,9 @@ def test_encoding_runs_while_the_next_request_is_in_the_engine(session_factory):
 
     def request(k: int) -> None:
         start.wait()
-        results[k] = response.respond(session.segment(images[k]), 0.5).result
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        results[k] = response.respond(session.segment(images[k]), 0.5, folder)
 
     threads = [threading.Thread(target=request, args=(k,)) for k in range(2)]
     for thread in threads:

@@ -227,3 +227,25 @@ def _outcome(session, image) -> object:
         return "ok"
     except SegdemoError as exc:
         return exc
+
+
+def test_an_output_size_over_the_bound_is_refused_and_the_next_request_works(session_factory, server):
+    """A client asking the Python model for 3000×3000 (≈5 GB of logits) gets an error naming the bound; the next
+    request is answered as usual."""
+    local = session_factory(MODEL).backend
+    with _backend(session_factory(MODEL), f"triton://{server.grpc_address}/segformer") as remote:
+        with pytest.raises(SegdemoError, match="each side 1 to 2048 pixels"):
+            remote.run(_input(photo("coffee"), (3000, 3000)), SpanRecorder())
+        model_input = _input(photo("coffee"), (2048, 700))
+        np.testing.assert_array_equal(remote.run(model_input, SpanRecorder()), local.run(model_input, SpanRecorder()))
+
+
+def test_the_python_models_bound_is_segdemos():
+    import re
+    from pathlib import Path
+
+    import segdemo.triton
+    from segdemo.preprocess import MAX_OUTPUT_SIDE
+
+    text = (Path(segdemo.triton.__file__).parent / "python_model.py").read_text()
+    assert int(re.search(r"^MAX_SIDE = (\d+)$", text, re.M).group(1)) == MAX_OUTPUT_SIDE

@@ -233,7 +233,7 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
 
     from gradio_client import Client
 
-    from ..webapp import AppConfig
+    from ..appconfig import AppConfig
     from .app import Server
 
     def argv(port: int) -> list[str]:

@@ -19,6 +19,11 @@ sys.path[:0] = [p for p in os.environ.get(PATH_ENV, "").split(os.pathsep) if p a
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+# segdemo's MAX_OUTPUT_SIDE (this file cannot import segdemo; a test keeps the two equal): every backend upsamples to
+# at most this many pixels a side, as the TensorRT profile does — a client's larger out_size would ask ONNX Runtime for
+# gigabytes (the logits of every class at every output pixel).
+MAX_SIDE = 2048
+
 
 class TritonPythonModel:
     """One ONNX Runtime session per model instance, created once."""
@@ -48,6 +53,9 @@ class TritonPythonModel:
     def _one(self, request):
         images = _array(request, "image")  # [B, H, W, 3] uint8
         sizes = _array(request, "out_size").astype(np.int64)  # [B, 2]
+        if sizes.ndim != 2 or sizes.shape[1] != 2 or (sizes < 1).any() or (sizes > MAX_SIDE).any():
+            raise ValueError(f"out_size must be (height, width) with each side 1 to {MAX_SIDE} pixels, not "
+                             f"{sizes.tolist()}")
         maps = [self.session.run(["classes"], {"image": images[i:i + 1], "out_size": sizes[i]})[0]
                 for i in range(images.shape[0])]
         if len({m.shape for m in maps}) > 1:
