@@ -1,8 +1,9 @@
 """Segmenting a video file: decode → segment → overlay → encode (H.264 MP4), with each class's share per frame.
 
-The file side (limits, probing, frames, the encoder) is `videofile`. Three stages overlap: a decoder thread, the
-engine (this thread, frames in batches through `segment_frames`) and an encoder thread, joined by short queues so
-memory stays bounded whatever the clip's length.
+The file side (limits, probing, frames, the encoder) is `videofile`. Three stages overlap: a decoder thread (reading
+the frames of the job's decoder child, where FFmpeg demuxes and decodes), the engine (this thread, frames in batches
+through `segment_frames`) and an encoder thread, joined by short queues so memory stays bounded whatever the clip's
+length.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ import numpy as np
 
 from .pipeline import Segmentation, Session
 from .spans import INFERENCE, SpanRecorder
-from .videofile import APP_LIMITS, BadVideoError, Encoder, VideoInfo, VideoLimits, av_module, even_size, frames, probe
+from .videofile import (
+    APP_LIMITS,
+    BadVideoError,
+    DecoderProcess,
+    Encoder,
+    VideoInfo,
+    VideoLimits,
+    av_module,
+    even_size,
+    open_video,
+)
 from .visuals import DEFAULT_OPACITY
 
 log = logging.getLogger("segdemo")
@@ -124,11 +135,20 @@ def segment_video(session: Session, source: str | Path, out: Path, opacity: floa
                   limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
                   spans: SpanRecorder | None = None, batch: int = BATCH) -> VideoResult:
     """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
-    av = av_module()
     spans = spans or SpanRecorder()
     start = time.perf_counter()
     with spans.span("probe", INFERENCE):
-        info = probe(source, limits)
+        child = open_video(source, limits)  # one child per job: it probes, then decodes
+    try:
+        return _segment(session, child, out, opacity, progress, spans, batch, start)
+    finally:
+        child.close()  # whatever happened: the child never outlives its job
+
+
+def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float, progress: Progress | None,
+             spans: SpanRecorder, batch: int, start: float) -> VideoResult:
+    av = av_module()
+    info, source = child.info, child.path
     out.parent.mkdir(parents=True, exist_ok=True)
     decoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
     encoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
@@ -140,7 +160,7 @@ def segment_video(session: Session, source: str | Path, out: Path, opacity: floa
     def decode() -> None:
         chunk: list[np.ndarray] = []
         try:
-            stream = frames(source, info)
+            stream = child.frames()
             while not stop.is_set():
                 with spans.span("decode", INFERENCE) as attrs:
                     while len(chunk) < batch and (frame := next(stream, None)) is not None:
@@ -181,6 +201,8 @@ def segment_video(session: Session, source: str | Path, out: Path, opacity: floa
                 break
     finally:
         stop.set()
+        if errors or reader.is_alive():
+            child.kill()  # a decoder still running is not needed any more (its reader then sees the pipe end)
         while reader.is_alive():  # unblock a decoder waiting on a full queue
             try:
                 decoded.get(timeout=0.1)
