@@ -1,26 +1,24 @@
 """Where a CPU host's serving time goes (diagnosis for issue 14): the CPU per request of a Gradio server — the floor
-(a do-nothing app) or the real app, in some modes — and of the `--front-ends` proxy in front of the floor (on
-asyncio's event loop, and on uvloop's where it is installed), in alternating rounds of gradio_client clients in their
-own processes. Server modes: "default"; "nospin" (SEGDEMO_ORT_SPIN=0); "plain" (uvicorn on asyncio + h11 even where
+(a do-nothing app) or the real app, in some modes — and of the `--front-ends` proxy (HAProxy, with the configuration
+the supervisor generates) in front of the floor, in alternating rounds of gradio_client clients in their own processes.
+Server modes: "default"; "nospin" (SEGDEMO_ORT_SPIN=0); "plain" (uvicorn on asyncio + h11 even where
 uvloop and httptools are installed, which it would pick: install them to compare)."""
 
 import argparse
-import asyncio
-import importlib.util
 import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from segdemo.bench.app import READY_S
 from segdemo.bench.load import make_set
-from segdemo.frontdoor import FrontDoor, Upstream
 from segdemo.frontends import free_port
+from segdemo.haproxy import ProxyConfig, executable, render
 
 PREFIX = {"default": "", "nospin": "", "plain": "import sys; sys.modules['uvloop'] = None; "
           "sys.modules['httptools'] = None; "}  # uvicorn falls back to asyncio and h11
@@ -32,14 +30,6 @@ SERVE = {
 }
 
 
-class CountingDoor(FrontDoor):
-    connections = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        CountingDoor.connections += 1
-        await super().handle(reader, writer)
-
-
 def process_cpu(pid: int) -> Callable[[], float]:
     """A reader of a process's user + system CPU seconds so far (all its threads)."""
     def read() -> float:
@@ -48,17 +38,14 @@ def process_cpu(pid: int) -> Callable[[], float]:
     return read
 
 
-def door_on(loop: asyncio.AbstractEventLoop, upstream: int) -> tuple[str, Callable[[], float]]:
-    """A FrontDoor to `upstream` served by `loop` in a thread: (its URL, a reader of that thread's CPU seconds)."""
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+def haproxy_on(upstream: int) -> tuple[str, subprocess.Popen]:
+    """haproxy, configured as the supervisor configures it, in front of 127.0.0.1:`upstream`: (its URL, process)."""
     port = free_port()
-    door = CountingDoor([Upstream(0, upstream, live=True)])
-    asyncio.run_coroutine_threadsafe(door.start("127.0.0.1", port), loop).result()
-
-    async def thread_cpu() -> float:
-        return time.thread_time()
-
-    return f"http://127.0.0.1:{port}/", lambda: asyncio.run_coroutine_threadsafe(thread_cpu(), loop).result()
+    cfg = Path(tempfile.mkdtemp(prefix="diag-haproxy-")) / "haproxy.cfg"
+    cfg.write_text(render(ProxyConfig("127.0.0.1", port, (upstream,))))
+    proc = subprocess.Popen([executable(), "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    return f"http://127.0.0.1:{port}/", proc
 
 
 def clients(url: str, extra: tuple, image: str, count: int, requests: int, out: multiprocessing.Queue) -> None:
@@ -95,14 +82,13 @@ def one_round(args: argparse.Namespace, url: str, extra: tuple, image: str, cpu:
         proc.start()
     for _ in procs:
         assert out.get(timeout=READY_S) == "ready"
-    cpu0, connections0, start = cpu(), CountingDoor.connections, time.perf_counter()
+    cpu0, start = cpu(), time.perf_counter()
     latencies = [t for _ in procs for t in out.get(timeout=READY_S)]
     wall, used = time.perf_counter() - start, cpu() - cpu0
     for proc in procs:
         proc.join()
     n = len(latencies)
-    return {"per_s": n / wall, "p50": statistics.median(latencies), "cpu_ms": used * 1e3 / n,
-            "connections": (CountingDoor.connections - connections0) / n}
+    return {"per_s": n / wall, "p50": statistics.median(latencies), "cpu_ms": used * 1e3 / n}
 
 
 def wait_ready(url: str) -> None:
@@ -148,23 +134,18 @@ def main() -> None:
             wait_ready(url)
         if "proxy" in targets:
             floor_port = next(port for target, port, _ in servers if target == "floor")
-            loops = {"asyncio": asyncio.new_event_loop}
-            if importlib.util.find_spec("uvloop"):
-                import uvloop
-
-                loops["uvloop"] = uvloop.new_event_loop
-            for name, new_loop in loops.items():
-                url, cpu = door_on(new_loop(), floor_port)
-                rows[f"proxy on {name}"] = (url, (), cpu)
+            url, proc = haproxy_on(floor_port)
+            servers.append(("proxy", 0, proc))
+            wait_ready(url)
+            rows["proxy haproxy"] = (url, (), process_cpu(proc.pid))
             if "floor" not in targets:  # started only to stand behind the proxy
                 rows = {label: row for label, row in rows.items() if not label.startswith("floor")}
         time.sleep(5)  # the app's background warm-up
         for r in range(args.rounds):
             for label, (url, extra, cpu) in rows.items():
                 got = one_round(args, url, extra, image, cpu)
-                proxied = f", {got['connections']:.1f} connections" if label.startswith("proxy") else ""
                 print(f"round {r + 1} {label:17s}: {got['per_s']:.1f}/s p50 {got['p50']:.1f} ms, CPU "
-                      f"{got['cpu_ms']:.1f} ms a request{proxied}", flush=True)
+                      f"{got['cpu_ms']:.1f} ms a request", flush=True)
     finally:
         for _, _, proc in servers:
             proc.terminate()

@@ -2,9 +2,9 @@
 
 One Gradio process spends tens of ms of CPU per request outside the engine (routing, upload, queue, event stream,
 file download), so on a many-core machine one process caps the app long before the GPU does. This supervisor starts
-N copies (`--front-ends 1`, each with its own session), serves the public address through frontdoor's sticky proxy,
-relays their output as `[frontend k] …`, restarts a copy that exits (with a backoff) and stops them all on SIGINT or
-SIGTERM. It builds no Demo and loads no model itself.
+N copies (`--front-ends 1`, each with its own session), serves the public address through HAProxy (configured by
+`haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy that exits (with a
+backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .frontdoor import COOKIE, FrontDoor, Upstream
+from .children import PR_SET_PDEATHSIG, Backoff, accepts, relay
+from .errors import SegdemoError
+from .haproxy import COOKIE, ProxyConfig, executable
+from .haproxy_process import HAProxy
 
 if TYPE_CHECKING:
     from .webapp import AppConfig
@@ -34,11 +37,8 @@ log = logging.getLogger("segdemo.frontends")
 MAX_FRONT_ENDS = 64
 SUPERVISOR_ENV = "SEGDEMO_SUPERVISOR_PID"  # tells a front end whose death it must not outlive
 SET_BY_SUPERVISOR = ("host", "port", "share", "front_ends", "public", "front_end_index")
-POLL_S = 0.25  # how often a starting (or refusing) front end's port is tried
+POLL_S = 0.25  # how often a starting front end's port is tried
 STOP_S = 10.0  # a front end's grace between SIGTERM and SIGKILL
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0  # restart delay, doubling while a front end keeps dying young
-STABLE_S = 60.0  # a front end that ran this long died of something new: restart it after the first delay again
-PR_SET_PDEATHSIG = 1
 
 
 def child_argv(config: AppConfig, script: str | Path, index: int, port: int) -> list[str]:
@@ -68,6 +68,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why `host`:`port` cannot be served now (None: it can), tried before haproxy is started on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as haproxy binds it
+            s.bind((host, port))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def exit_with_supervisor() -> None:
     """In a front end: end this process when its supervisor dies, even by SIGKILL (Linux; a no-op elsewhere)."""
     parent = os.environ.get(SUPERVISOR_ENV)
@@ -79,26 +100,6 @@ def exit_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def _accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    return True
-
-
-async def _relay(stream: asyncio.StreamReader, prefix: str) -> None:
-    """A front end's output, line by line, into this process's log."""
-    pending = b""
-    while data := await stream.read(65536):
-        *lines, pending = (pending + data).split(b"\n")
-        sys.stderr.write("".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines))
-        sys.stderr.flush()
-    if pending:
-        sys.stderr.write(f"{prefix}{pending.decode(errors='replace')}\n")
-
-
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
     """`sig` to a front end and anything it started (its own process group: e.g. torch.compile's workers)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -106,10 +107,11 @@ def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
 
 
 class FrontEnd:
-    """One copy of the app: started, relayed, watched and restarted until `stop`."""
+    """One copy of the app on its own loopback port (kept across restarts: it is in haproxy's configuration):
+    started, relayed, watched and restarted until `stop`."""
 
-    def __init__(self, index: int, config: AppConfig, script: str | Path, env: dict[str, str]) -> None:
-        self.upstream = Upstream(index)
+    def __init__(self, index: int, port: int, config: AppConfig, script: str | Path, env: dict[str, str]) -> None:
+        self.index, self.port = index, port
         self.config, self.script, self.env = config, script, env
         self._stop = asyncio.Event()
 
@@ -117,57 +119,46 @@ class FrontEnd:
         self._stop.set()
 
     async def run(self) -> None:
-        index, failures = self.upstream.index, 0
+        backoff = Backoff()
         while not self._stop.is_set():
-            up = self.upstream
-            up.port, up.generation = free_port(), up.generation + 1
             started = time.monotonic()
             try:
-                how = await self._run_once(up, started)
+                how = await self._run_once(started)
             except OSError as exc:  # could not start it at all (e.g. out of processes): try again like a crash
                 how = f"could not start ({exc})"
             if self._stop.is_set():
                 return
             ran = time.monotonic() - started
-            failures = 0 if ran >= STABLE_S else failures
-            delay = min(BACKOFF_FIRST_S * 2 ** failures, BACKOFF_MAX_S)
-            failures += 1
-            log.warning("front end %d %s after %.0f s; restarting it in %.0f s", index, how, ran, delay)
+            delay = backoff.after(ran)
+            log.warning("front end %d %s after %.0f s; restarting it in %.0f s", self.index, how, ran, delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
-    async def _run_once(self, up: Upstream, started: float) -> str:
+    async def _run_once(self, started: float) -> str:
         """Start the front end and serve until it exits or `stop`; says how it ended."""
         proc = await asyncio.create_subprocess_exec(
-            *child_argv(self.config, self.script, up.index, up.port), stdin=asyncio.subprocess.DEVNULL,
+            *child_argv(self.config, self.script, self.index, self.port), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
             start_new_session=True)  # the terminal's Ctrl-C reaches the supervisor only, which stops them in order
-        log.info("front end %d started: pid %d, port %d", up.index, proc.pid, up.port)
-        relay = asyncio.create_task(_relay(proc.stdout, f"[frontend {up.index}] "))
-        watch = asyncio.create_task(self._watch(up, started))
+        log.info("front end %d started: pid %d, port %d", self.index, proc.pid, self.port)
+        relayed = asyncio.create_task(relay(proc.stdout, f"[frontend {self.index}] "))
+        watch = asyncio.create_task(self._watch(started))
         exited, stopping = asyncio.create_task(proc.wait()), asyncio.create_task(self._stop.wait())
         await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        up.live = False
         watch.cancel()
         stopping.cancel()
         if not exited.done():
             await self._terminate(proc, exited)
         _signal_group(proc, signal.SIGKILL)  # whatever the front end left running in its process group
-        await relay
+        await relayed
         return f"(pid {proc.pid}) exited with code {proc.returncode}"
 
-    async def _watch(self, up: Upstream, started: float) -> None:
-        """Mark the front end live whenever its port accepts connections (at start, and after the proxy found it
-        refusing one)."""
-        first = True
-        while True:
-            if not up.live and await _accepts(up.port):
-                up.live = True
-                if first:
-                    log.info("front end %d ready on 127.0.0.1:%d after %.1f s", up.index, up.port,
-                             time.monotonic() - started)
-                first = False
+    async def _watch(self, started: float) -> None:
+        """Log when the front end's port first accepts connections (haproxy's health checks decide where visitors
+        go)."""
+        while not await accepts("127.0.0.1", self.port):
             await asyncio.sleep(POLL_S)
+        log.info("front end %d ready on 127.0.0.1:%d after %.1f s", self.index, self.port, time.monotonic() - started)
 
     @staticmethod
     async def _terminate(proc: asyncio.subprocess.Process, exited: asyncio.Task) -> None:
@@ -203,35 +194,64 @@ async def _share(host: str, port: int) -> None:
 
 
 async def supervise(config: AppConfig, script: str | Path) -> int:
-    """Serve config.host:config.port through the proxy to config.front_ends copies of the app until a signal."""
+    """Serve config.host:config.port through haproxy to config.front_ends copies of the app until a signal."""
+    try:
+        binary = executable()
+    except SegdemoError as exc:
+        log.error("%s", exc)
+        return 1
+    if problem := bind_problem(config.host, config.port):
+        log.error("cannot serve %s:%d (%s) — choose another --port or stop what uses it", config.host, config.port,
+                  problem)
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     made_temp = not os.environ.get("GRADIO_TEMP_DIR")
     temp = tempfile.mkdtemp(prefix="segdemo-gradio-") if made_temp else os.environ["GRADIO_TEMP_DIR"]
-    fronts = [FrontEnd(i, config, script, child_env(temp)) for i in range(config.front_ends)]
-    door = FrontDoor([f.upstream for f in fronts])
+    ports = free_ports(config.front_ends)
+    fronts = [FrontEnd(i, port, config, script, child_env(temp)) for i, port in enumerate(ports)]
+    proxy = HAProxy(ProxyConfig(config.host, config.port, tuple(ports)), binary)
     try:
-        server = await door.start(config.host, config.port)
-    except OSError as exc:
-        log.error("cannot serve %s:%d (%s) — choose another --port or stop what uses it", config.host, config.port,
-                  exc)
+        return await _serve(config, proxy, fronts, stop, temp)
+    finally:
+        proxy.close()
+        if made_temp:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+async def _serve(config: AppConfig, proxy: HAProxy, fronts: list[FrontEnd], stop: asyncio.Event, temp: str) -> int:
+    """haproxy, then the front ends, until `stop` or haproxy fails; the exit code."""
+    try:
+        await proxy.check()
+    except SegdemoError as exc:
+        log.error("%s", exc)
         return 1
-    print(f"* Running on local URL:  http://{config.host}:{config.port}", flush=True)
-    log.info("serving %d front ends through one port (sticky cookie %s); Gradio files in %s", len(fronts), COOKIE,
-             temp)
-    runs = [asyncio.create_task(f.run()) for f in fronts]
-    if config.share and not os.environ.get("SPACE_ID"):  # Gradio makes no share link on a Space either
-        runs.append(asyncio.create_task(_share(config.host, config.port)))
-    await stop.wait()
-    log.info("stopping the proxy and %d front ends", len(fronts))
-    server.close()
+    serving = asyncio.create_task(proxy.run())
+    served, stopping = asyncio.create_task(proxy.served.wait()), asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, served, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    runs: list[asyncio.Task] = []
+    if served.done() and not stopping.done():
+        print(f"* Running on local URL:  http://{config.host}:{config.port}", flush=True)
+        log.info("serving %d front ends through haproxy (sticky cookie %s); Gradio files in %s", len(fronts), COOKIE,
+                 temp)
+        runs = [asyncio.create_task(f.run()) for f in fronts]
+        if config.share and not os.environ.get("SPACE_ID"):  # Gradio makes no share link on a Space either
+            runs.append(asyncio.create_task(_share(config.host, config.port)))
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    served.cancel()
+    stopping.cancel()
+    log.info("stopping haproxy and %d front ends", len(fronts))
+    proxy.stop()
     for front in fronts:
         front.stop()
     await asyncio.gather(*runs, return_exceptions=True)
-    if made_temp:
-        shutil.rmtree(temp, ignore_errors=True)
+    try:
+        await serving
+    except SegdemoError as exc:
+        log.error("%s — the app stops", exc)
+        return 1
     return 0
 
 

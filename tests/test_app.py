@@ -86,7 +86,7 @@ def test_one_front_end_is_gradio_itself(app_url):
     """The default, --front-ends 1: no proxy in front, so no affinity cookie (tests/test_frontends.py has several)."""
     import urllib.request
 
-    from segdemo.frontdoor import COOKIE
+    from segdemo.haproxy import COOKIE
 
     with urllib.request.urlopen(app_url + "config", timeout=30) as answer:
         assert COOKIE not in str(answer.headers.get_all("Set-Cookie")) and json.loads(answer.read())["version"]

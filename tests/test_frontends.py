@@ -1,12 +1,18 @@
-"""`python app.py --front-ends 2`: the real app in two processes behind the real proxy, driven by gradio_client."""
+"""`python app.py --front-ends 2`: the real app in two processes behind the real HAProxy, driven by gradio_client;
+and HAProxy's limits (short timeouts, a small connection cap) tried on loopback in front of those processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,20 +20,36 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.frontdoor import COOKIE
+from segdemo.frontends import free_port
+from segdemo.haproxy import COOKIE, NONE_UP, UPGRADE_REFUSED, ProxyConfig, Timeouts, executable, render
+from segdemo.optional import MissingPackageError
 from segdemo.visuals import read_class_map
 
 from .conftest import alive, app_process, photo
 
 SIZES = ((120, 160), (96, 128), (160, 112), (80, 200))  # (height, width): each answer carries its image's size
+EDGE = Timeouts(header=1.5, keep_alive=1.5, client=1.5, server=4.0, check=2.0)  # short, for the limit tests
+EDGE_CAP = 4
+
+
+def _haproxy() -> str | None:
+    with contextlib.suppress(MissingPackageError):
+        return executable()
+    return None
+
+
+needs_haproxy = pytest.mark.skipif(_haproxy() is None, reason="haproxy is not installed (apt-get install haproxy; "
+                                   ".ci/run installs it): --front-ends above 1 serves through it")
 
 
 @pytest.fixture(scope="module")
 def fleet(build_dir, tmp_path_factory):
     """One app with two front ends for the module: (supervisor process, URL, log file)."""
+    if _haproxy() is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
     log = tmp_path_factory.mktemp("frontends") / "app.log"
     with app_process(build_dir, log, "--front-ends", "2", "--backend", "onnxruntime") as (proc, url):
-        _wait_for(log, lambda text: len(re.findall(r"front end \d ready", text)) == 2, 120)
+        _wait_for(log, routed, 120)
         yield proc, url, log
 
 
@@ -40,6 +62,45 @@ def images(tmp_path_factory):
         Image.fromarray(photo(("coffee", "chelsea", "rocket", "astronaut")[i], size)).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+@contextlib.contextmanager
+def edge_proxy(tmp_path: Path, upstreams: tuple[int, ...], maxconn: int = 1000):
+    """The generated configuration, with EDGE's short timeouts, run by the real haproxy on a free loopback port in
+    front of `upstreams`; yields its port once a front end behind it answers."""
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(render(ProxyConfig("127.0.0.1", port, upstreams, maxconn=maxconn, timeouts=EDGE)))
+    proc = subprocess.Popen([executable(), "-f", str(cfg), "-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 20
+        while _status(port, "/config") != 200:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.stdout else ""
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def routed(text: str) -> bool:
+    """Whether haproxy has found both front ends up (its health checks), from the supervisor's log."""
+    return all(f"Server front_ends/fe{k} is UP" in text for k in (0, 1))
+
+
+def _front_end_ports(log: Path) -> tuple[int, ...]:
+    ports = dict(re.findall(r"front end (\d) started: pid \d+, port (\d+)", log.read_text()))
+    return tuple(int(ports[k]) for k in sorted(ports))
 
 
 def _wait_for(log: Path, done, timeout: float) -> str:
@@ -76,7 +137,17 @@ def _segment(client, path: Path) -> np.ndarray:
 
 
 def _pin(client) -> int:
-    return int(client.cookies[COOKIE].split(".")[0])
+    return int(client.cookies[COOKIE])
+
+
+def _answer(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything `sock` receives until the other end closes it (or `limit` seconds pass), and when it closed."""
+    start, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data, time.monotonic() - start
 
 
 def test_concurrent_clients_get_their_own_answers_from_both_front_ends(fleet, images, session_factory):
@@ -98,6 +169,9 @@ def test_concurrent_clients_get_their_own_answers_from_both_front_ends(fleet, im
 
 def test_a_client_keeps_its_front_end(fleet, images):
     _, url, log = fleet
+    with urllib.request.urlopen(url + "config", timeout=30) as answer:
+        cookie = answer.headers["Set-Cookie"]
+    assert re.fullmatch(rf"{COOKIE}=[01]; path=/; HttpOnly; SameSite=Lax", cookie)
     client = _client(url)
     mine = _pin(client)
     before = _served(log)
@@ -115,7 +189,7 @@ def test_garbage_gets_400_and_the_proxy_keeps_serving(fleet, images):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"HELLO THERE, PROXY\r\n\r\n")
         answer = s.recv(4096)
-    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
     assert _segment(_client(url), images[1]).shape == SIZES[1]
 
 
@@ -123,6 +197,90 @@ def test_engine_builds_are_refused_with_several_front_ends(fleet):
     _, url, _ = fleet
     with pytest.raises(Exception, match="engine builds are turned off with --front-ends above 1"):
         _client(url).predict("fp32", api_name="/build_engine")
+
+
+@needs_haproxy
+def test_no_front_end_up_gets_503_with_one_sentence(tmp_path):
+    with socket.socket() as nobody:  # a port that refuses connections while this test runs
+        nobody.bind(("127.0.0.1", 0))
+        port = free_port()
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(render(ProxyConfig("127.0.0.1", port, (nobody.getsockname()[1],), timeouts=EDGE)))
+        proc = subprocess.Popen([executable(), "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 10
+            while (status := _status(port, "/")) == 0 and time.time() < deadline:
+                time.sleep(0.1)
+            assert status == 503
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+            assert answer.value.read().decode() == NONE_UP
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_slow_heads_and_bodies_are_cut_and_upgrades_refused(fleet, tmp_path):
+    """HAProxy in front of the real front ends, with EDGE's timeouts: a request head never finished and a body
+    never sent are cut (408) after `timeout http-request`, a body stalled past HAProxy's buffer after `timeout
+    server` (504), an h2c upgrade refused; after each a normal request is answered."""
+    _, _, log = fleet
+    with edge_proxy(tmp_path, _front_end_ports(log)) as port:
+        cases = {"head": b"GET /config HTTP/1.1\r\nHost: x\r\n",
+                 "body": b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+                 "big body": b"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n"
+                             b"Content-Type: multipart/form-data; boundary=cut\r\n\r\n--cut\r\nContent-Disposition: "
+                             b'form-data; name="files"; filename="a.bin"\r\n\r\n' + b"x" * 100_000}
+        cut = {}
+        for name, payload in cases.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(payload)
+                answer, cut[name] = _answer(s, 30)
+            status = 504 if name == "big body" else 408
+            assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (name, answer[:200])
+            assert _status(port, "/config") == 200
+        print(f"cut after: {', '.join(f'{name} {seconds:.2f} s' for name, seconds in cut.items())}")
+        assert EDGE.header - 0.1 <= cut["head"] <= EDGE.header + 1.0
+        assert EDGE.header - 0.1 <= cut["body"] <= EDGE.header + 1.0
+        assert EDGE.server - 0.1 <= cut["big body"] <= EDGE.server + 1.5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                      b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+            answer, _ = _answer(s, 10)
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(UPGRADE_REFUSED.encode())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # WebSocket passes to the front end
+            s.sendall(b"GET /gradio_api/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            answer, _ = _answer(s, 3)
+        assert answer.startswith(b"HTTP/1.1 ") and UPGRADE_REFUSED.encode() not in answer
+        assert _status(port, "/config") == 200
+
+
+def test_connections_beyond_the_cap_wait_for_a_free_slot(fleet, images, tmp_path):
+    """`maxconn` EDGE_CAP: with every slot held by a client that never finishes its head, one more connection is
+    accepted by the kernel but not served until HAProxy cuts a slot's holder (`timeout http-request`); then the app
+    serves a whole gradio_client request through the same proxy."""
+    _, _, log = fleet
+    with edge_proxy(tmp_path, _front_end_ports(log), maxconn=EDGE_CAP) as port:
+        holders = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(EDGE_CAP)]
+        for s in holders:
+            s.sendall(b"GET /config HTTP/1.1\r\n")
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            extra.sendall(b"GET /config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            extra.settimeout(EDGE.header / 2)
+            with pytest.raises(TimeoutError):
+                extra.recv(1)  # waiting in the listen queue: HAProxy has not accepted it
+            answer, _ = _answer(extra, 30)
+        waited = time.monotonic() - started
+        print(f"the connection over the cap was answered after {waited:.2f} s")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert EDGE.header - 0.5 <= waited <= EDGE.header + 2.0
+        for s in holders:
+            assert _answer(s, 10)[0].startswith(b"HTTP/1.1 408 ")
+            s.close()
+        assert _segment(_client(f"http://127.0.0.1:{port}/"), images[0]).shape == SIZES[0]
 
 
 def test_a_killed_front_end_is_restarted_and_its_visitors_move(fleet, images, tmp_path):
@@ -143,18 +301,40 @@ def test_a_killed_front_end_is_restarted_and_its_visitors_move(fleet, images, tm
         assert _segment(client, path).shape == size
     text = _wait_for(log, lambda text: len(re.findall(rf"front end {victim} ready", text)) == 2, 120)
     assert re.search(rf"front end {victim} \(pid {pid}\) exited with code -9 after \d+ s; restarting it in 1 s", text)
+    assert re.search(rf"\[haproxy\] .*Server front_ends/fe{victim} is DOWN", text)
+    _wait_for(log, lambda text: len(re.findall(rf"Server front_ends/fe{victim} is UP", text)) >= 1, 30)
     assert _segment(_client(url), images[2]).shape == SIZES[2]
 
 
-def test_sigterm_stops_the_supervisor_and_every_front_end(fleet):
+def test_a_killed_haproxy_is_restarted(fleet, images):
+    _, url, log = fleet
+    pid = int(re.findall(r"haproxy started: pid (\d+)", log.read_text())[-1])
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(log, lambda text: len(re.findall(r"haproxy started: pid \d+", text)) == 2, 30)
+    assert re.search(rf"haproxy \(pid {pid}\) exited with code -9 after \d+ s; restarting it in 1 s", log.read_text())
+    deadline = time.time() + 30
+    while _status(int(url.rstrip("/").rsplit(":", 1)[1]), "/config") != 200:
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert _segment(_client(url), images[3]).shape == SIZES[3]
+
+
+def test_sigterm_stops_the_supervisor_haproxy_and_every_front_end(fleet):
     proc, _, log = fleet
-    pids = [int(p) for p in re.findall(r"front end \d started: pid (\d+)", log.read_text())]
-    assert len(pids) >= 2
+    pids = [int(p) for p in re.findall(r"(?:front end \d|haproxy) started: pid (\d+)", log.read_text())]
+    assert len(pids) >= 3 and re.search(r"haproxy started: pid \d+", log.read_text())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     deadline = time.time() + 10
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], log.read_text()[-3000:]
-    assert "stopping the proxy and 2 front ends" in log.read_text()
+    assert "stopping haproxy and 2 front ends" in log.read_text()
 
+
+def test_without_haproxy_several_front_ends_stop_at_start_with_one_sentence(tmp_path):
+    env = {**os.environ, "SEGDEMO_HAPROXY": str(tmp_path / "no-haproxy-here")}
+    done = subprocess.run([sys.executable, "app.py", "--front-ends", "2", "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1
+    assert "HAProxy, which is not installed" in done.stderr and "apt-get install haproxy" in done.stderr

@@ -1,0 +1,56 @@
+"""Child processes of the `--front-ends` supervisor: their output relayed, a restart delay, ports tried, and an end
+that follows the supervisor's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import sys
+from dataclasses import dataclass
+
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0  # restart delay, doubling while a child keeps dying young
+STABLE_S = 60.0  # a child that ran this long died of something new: restart it after the first delay again
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Backoff:
+    """How long to wait before restarting a child that exited, from how long it ran and how often it died young."""
+
+    failures: int = 0
+
+    def after(self, ran_s: float) -> float:
+        self.failures = 0 if ran_s >= STABLE_S else self.failures
+        delay = min(BACKOFF_FIRST_S * 2 ** self.failures, BACKOFF_MAX_S)
+        self.failures += 1
+        return delay
+
+
+async def accepts(host: str, port: int) -> bool:
+    """Whether `host`:`port` accepts a TCP connection now."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def relay(stream: asyncio.StreamReader, prefix: str) -> None:
+    """A child's output, line by line, into this process's stderr."""
+    pending = b""
+    while data := await stream.read(65536):
+        *lines, pending = (pending + data).split(b"\n")
+        sys.stderr.write("".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines))
+        sys.stderr.flush()
+    if pending:
+        sys.stderr.write(f"{prefix}{pending.decode(errors='replace')}\n")
+
+
+def end_with_parent() -> None:
+    """In a forked child before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux only)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))

@@ -1,0 +1,48 @@
+"""The app's options and the public rule: anything but a plain local run is public (front ends, share links, a
+non-loopback bind, a Space, --public); the limits a visitor meets come from the options."""
+
+from __future__ import annotations
+
+from segdemo.appconfig import BUILDS_SPLIT, AppConfig
+from segdemo.frontends import child_argv
+
+
+def _children_options(config: AppConfig) -> list[str]:
+    return child_argv(config, "app.py", 1, 5555)[2:]
+
+
+def test_front_ends_get_the_parents_options_and_are_public():
+    config = AppConfig(model="random:b0", backend="onnxruntime", host="0.0.0.0", port=80, share=True, front_ends=3,
+                       max_batch=4, allow_build=True)
+    argv = _children_options(config)
+    assert argv[:4] == ["--model", "random:b0", "--backend", "onnxruntime"]
+    assert "--allow-build" in argv and argv[argv.index("--max-batch") + 1] == "4"
+    assert "--share" not in argv and argv[-9:] == ["--host", "127.0.0.1", "--port", "5555", "--front-ends", "1",
+                                                   "--front-end-index", "1", "--public"]
+    assert "--public" in _children_options(AppConfig(front_ends=2))  # behind the proxy, every copy is public
+
+
+def test_only_a_plain_local_run_is_private():
+    assert not AppConfig().is_public and AppConfig().builds_allowed
+    for public in (AppConfig(public=True), AppConfig(host="0.0.0.0"), AppConfig(share=True), AppConfig(front_ends=2),
+                   AppConfig(front_end_index=0)):
+        assert public.is_public and not public.builds_allowed
+    assert AppConfig(front_end_index=0).builds_refused == BUILDS_SPLIT
+    assert AppConfig(public=True).live_time_limit == AppConfig().live_seconds
+    assert AppConfig(public=True, allow_build=True).builds_allowed
+    assert AppConfig.from_env({"SEGDEMO_PUBLIC": "1"}).is_public
+    assert AppConfig.from_env({"SEGDEMO_FRONT_ENDS": "4"}).front_ends == 4
+
+
+def test_a_space_is_public(monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/segdemo")
+    assert AppConfig().is_public and not AppConfig().builds_allowed
+
+
+def test_visitor_limits_come_from_the_options():
+    config = AppConfig.from_env({"SEGDEMO_IMAGE_MB": "8", "SEGDEMO_IMAGE_MP": "24", "SEGDEMO_SESSION_MINUTES": "5",
+                                 "SEGDEMO_MAX_SESSIONS": "50", "SEGDEMO_VIDEO_MB": "100"})
+    assert (config.image_limits.bytes, config.image_limits.pixels) == (8 * 2**20, 24_000_000)
+    assert (config.session_seconds, config.max_sessions) == (300, 50)
+    assert config.upload_mb == 100  # Gradio's one upload limit: the larger kind's
+    assert 8 * 2**20 * 4 // 3 < config.body_bytes < 12 * 2**20  # an 8 MB image inline as base64, not much more
