@@ -205,3 +205,24 @@ def test_a_request_through_a_proxy_makes_the_app_public(app, small):
         time.sleep(0.2)
     assert "treating the app as public" in log.read_text()
     _works(url, small)
+
+
+def test_videos_are_read_only_as_the_files_they_are(app, small, tmp_path):
+    """Through the Video tab's API: a playlist naming a server file, and a raw stream with no duration, each refused
+    in one sentence before the model is asked; a normal request works after."""
+    pytest.importorskip("av")
+    from gradio_client import handle_file
+
+    from .test_video_safety import write
+
+    _, url, _ = app
+    secret = write(tmp_path / "secret.ts", "mpegts", 10, first=200)
+    playlist = tmp_path / "holiday.mp4"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:1.0,\nfile://{secret}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(Exception, match="'holiday.mp4' is an HLS playlist, not a video file the app accepts"):
+        _client(url).predict(handle_file(str(playlist)), 0.5, api_name="/segment_video")
+    raw = tmp_path / "camera.mp4"
+    raw.write_bytes(write(tmp_path / "camera.h264", "h264", 40).read_bytes())
+    with pytest.raises(Exception, match="'camera.mp4' is a raw H.264 stream, not a video file the app accepts"):
+        _client(url).predict(handle_file(str(raw)), 0.5, api_name="/segment_video")
+    _works(url, small)
