@@ -49,6 +49,12 @@ class Ticket:
             with batcher._count_lock:
                 batcher._upstream -= 1
 
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()  # no-op once submitted or released; covers a request that failed on its way
+
 
 class Batcher:
     """Collects requests into batches for one batch function; `submit` blocks until the request's result is made."""

@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,35 @@ log = logging.getLogger("segdemo")
 WARM_UPS = ("auto", "now", "background", "off")
 BATCH_WINDOW_MS = 3.0  # how long a batch waits for requests still on their way (only while there are any)
 BATCH_MAX_PIXELS = 2_000_000  # larger images keep a DeviceRenderer's whole-request path (GPU decode, no host copy)
+
+
+class Route(Enum):
+    """Where one request runs: whole on the backend's device or on the host, alone or in a batch."""
+
+    DEVICE = (True, False)
+    DEVICE_BATCH = (True, True)
+    HOST = (False, False)
+    HOST_BATCH = (False, True)
+
+    @property
+    def on_device(self) -> bool:
+        return self.value[0]
+
+    @property
+    def batched(self) -> bool:
+        return self.value[1]
+
+
+def choose_route(on_device: bool, batching: bool, pixels: int, batch_renders: bool) -> Route:
+    """A request the device can render whole goes there; it joins a batch when batching is on and it is small enough.
+
+    A BatchRenderer's batches are of whole requests, so one it cannot render goes alone, on the host; a BatchRunner's
+    are of model inputs, so even a device-renderable request joins them on the host side.
+    """
+    batched = batching and pixels <= BATCH_MAX_PIXELS and (on_device or not batch_renders)
+    if on_device and (not batched or batch_renders):
+        return Route.DEVICE_BATCH if batched else Route.DEVICE
+    return Route.HOST_BATCH if batched else Route.HOST
 
 
 class Session:
@@ -179,31 +209,26 @@ class Session:
         """
         spans = spans or SpanRecorder()
         start = time.perf_counter()
-        ticket = self.batcher.expect() if self.batcher is not None else None  # batches wait for it
-        try:
-            with spans.span("request", INFERENCE) as attrs:
-                renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed \
-                    else None
-                source = self._decoded_or_jpeg(image, spans, renderer)
-                size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
-                shown = display_size(size, self.display_side)
-                on_device = renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size))
-                # A BatchRenderer's batches are of whole requests: one it cannot render goes alone, on the host.
-                batched = self.batcher is not None and not detailed and size[0] * size[1] <= BATCH_MAX_PIXELS \
-                    and (on_device or not self._batch_renders)
-                if ticket is not None and not batched:
-                    ticket.release()  # it will not join a batch: none should wait for it
-                if on_device and (not batched or self._batch_renders):
-                    result = self._on_device(renderer, source, image, size, shown, spans, ticket if batched else None)
-                else:
-                    if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
-                        with spans.span("decode", INFERENCE):
-                            source = decode(source.data)
-                    result = self._on_host(source, shown, spans, detailed, ticket if batched else None)
-                attrs.update(backend=self.backend.name, size=list(size), display=list(shown))
-        finally:
-            if ticket is not None:
-                ticket.release()  # no-op once submitted or released; covers a request that failed on its way
+        with self._ticket() as ticket, spans.span("request", INFERENCE) as attrs:  # batches wait for the ticket
+            renderer = self.backend if isinstance(self.backend, backends.DeviceRenderer) and not detailed else None
+            source = self._decoded_or_jpeg(image, spans, renderer)
+            size = source.header.upright if isinstance(source, EncodedJpeg) else source.shape[:2]
+            shown = display_size(size, self.display_side)
+            route = choose_route(
+                on_device=renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size)),
+                batching=self.batcher is not None and not detailed, pixels=size[0] * size[1],
+                batch_renders=self._batch_renders)
+            batched = ticket if route.batched else None
+            if ticket is not None and batched is None:
+                ticket.release()  # it will not join a batch: none should wait for it
+            if route.on_device:
+                result = self._on_device(renderer, source, image, size, shown, spans, batched)
+            else:
+                if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
+                    with spans.span("decode", INFERENCE):
+                        source = decode(source.data)
+                result = self._on_host(source, shown, spans, detailed, batched)
+            attrs.update(backend=self.backend.name, size=list(size), display=list(shown), route=route.name)
         infer_ms = (time.perf_counter() - start) * 1e3
         result.info = {**self.describe(), "image_size": list(size), "display_size": list(shown),
                        "infer_ms": round(infer_ms, 2)}
@@ -212,6 +237,10 @@ class Session:
                      infer_ms, size[1], size[0], len(result.legend), peak_rss_mb())
             self.history.append(spans)
         return result
+
+    def _ticket(self) -> Ticket | nullcontext[None]:
+        """The request's place in the next batch (released on leaving, whatever happened), or nothing to hold."""
+        return self.batcher.expect() if self.batcher is not None else nullcontext()
 
     def _on_device(self, renderer: backends.DeviceRenderer, source: np.ndarray | EncodedJpeg, image: Any,
                    size: tuple[int, int], shown: tuple[int, int], spans: SpanRecorder,

@@ -178,3 +178,20 @@ def test_ort_spinning_is_the_operators_choice(build_dir, monkeypatch, max_batch)
 
     assert entries(None) == (("", "1") if max_batch > 1 else ("", ""))
     assert entries("0") == ("0", "")
+
+
+def test_each_request_takes_one_route():
+    """Session.segment's four routes, decided in one place: every combination of what matters."""
+    from segdemo.pipeline import BATCH_MAX_PIXELS, Route, choose_route
+
+    small, large = 512 * 512, BATCH_MAX_PIXELS + 1
+    assert choose_route(on_device=True, batching=False, pixels=small, batch_renders=True) is Route.DEVICE
+    assert choose_route(on_device=True, batching=True, pixels=small, batch_renders=True) is Route.DEVICE_BATCH
+    assert choose_route(on_device=True, batching=True, pixels=large, batch_renders=True) is Route.DEVICE
+    # A BatchRunner batches model inputs: a request the device could render whole joins the batch on the host side.
+    assert choose_route(on_device=True, batching=True, pixels=small, batch_renders=False) is Route.HOST_BATCH
+    assert choose_route(on_device=False, batching=True, pixels=small, batch_renders=False) is Route.HOST_BATCH
+    # A BatchRenderer's batches are of whole requests: one it cannot render goes alone, on the host.
+    assert choose_route(on_device=False, batching=True, pixels=small, batch_renders=True) is Route.HOST
+    assert choose_route(on_device=False, batching=False, pixels=small, batch_renders=False) is Route.HOST
+    assert choose_route(on_device=False, batching=True, pixels=large, batch_renders=False) is Route.HOST
