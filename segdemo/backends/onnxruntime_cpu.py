@@ -29,7 +29,6 @@ from .contract import Backend, BatchRunner, LoadContext
 log = logging.getLogger("segdemo")
 
 SPIN_ENV = "SEGDEMO_ORT_SPIN"  # "0": no session spins (default: batched ones stop spinning when a run returns)
-SHRINK_PIXELS = 1_000_000  # runs with a larger output hand its memory back afterwards (see _options)
 
 
 def unavailable_reason() -> str | None:
@@ -115,18 +114,6 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def _options(out_size: tuple[int, int]):
-        """Run options: a large output's memory goes back to the system after its run, instead of staying in ONNX
-        Runtime's arena for the life of the process (one 2048² request holds the logits of 150 classes there)."""
-        if out_size[0] * out_size[1] <= SHRINK_PIXELS:
-            return None
-        import onnxruntime as ort
-
-        options = ort.RunOptions()
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        return options
-
-    @staticmethod
     def _feeds(model_input: ModelInput) -> dict[str, np.ndarray]:
         return {INPUT_IMAGE: model_input.pixels, INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)}
 
@@ -136,8 +123,7 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         if self.batched:
             return self.run_batch([model_input], spans)[0]
         with spans.span("execute", INFERENCE, backend=self.name, out_size=list(model_input.out_size)):
-            (classes,) = self.session.run([OUTPUT_CLASSES], self._feeds(model_input),
-                                          self._options(model_input.out_size))
+            (classes,) = self.session.run([OUTPUT_CLASSES], self._feeds(model_input))
         return classes[0]
 
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
@@ -151,8 +137,7 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             with spans.span("postprocess", INFERENCE, batch=len(inputs)):
                 for i, model_input in enumerate(inputs):
                     (classes,) = self.post.run([OUTPUT_CLASSES], {
-                        LOGITS: logits[i:i + 1], INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)},
-                        self._options(model_input.out_size))
+                        LOGITS: logits[i:i + 1], INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)})
                     maps.append(classes[0])
         return maps
 
