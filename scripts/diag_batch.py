@@ -16,8 +16,8 @@ inputs = [prepare(photo("astronaut", (300, 400)), (512, 512)), prepare(photo("co
 single, single_logits = [], []
 for model_input in inputs:
     single.append(backend.run(model_input, SpanRecorder()))
-    single_logits.append(backend.logits.clone())
+    single_logits.append(backend.network.logits.clone())
 maps = backend.run_batch(inputs, SpanRecorder())
-entry = backend.batch_graphs[2]
-print("batch logits − single, max", [float((entry["logits"][k] - single_logits[k][0]).abs().max()) for k in range(2)])
+entry = backend.network.batch_graphs[2]
+print("batch logits − single, max", [float((entry.logits[k] - single_logits[k][0]).abs().max()) for k in range(2)])
 print("maps agree with single runs", [float((m == s).mean()) for m, s in zip(maps, single, strict=True)])

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from segdemo.backends.torch_cuda.graphs import capture_network
 from segdemo.pipeline import Session
 
 
@@ -25,18 +26,18 @@ with Session("random:b4", "torch-cuda", "fp16", warm_up="now", max_batch=32) as 
     session.settle(timeout=900)
     backend = session.backend
     print("facts:", backend.facts(), flush=True)
-    for size, entry in sorted(backend.batch_graphs.items()):
-        ms = timed(entry["graph"])
+    for size, entry in sorted(backend.network.batch_graphs.items()):
+        ms = timed(entry.graph)
         print(f"session graph bucket {size:2d}: {ms:7.2f} ms, {size / ms * 1e3:7.1f} img/s", flush=True)
-    program = backend._exported()
+    program = backend.network.exported()
     for size in (16, 32):
-        pixels = backend.batch_graphs[size]["pixels"]
+        pixels = backend.network.batch_graphs[size].pixels
         t = time.perf_counter()
         static = torch.compile(program, dynamic=False)
         with torch.inference_mode():
             static(pixels)
             torch.cuda.synchronize()
             print(f"static compile {size}: {time.perf_counter() - t:.1f} s", flush=True)
-            graph, _ = backend._network_graph(static, pixels)
+            graph, _ = capture_network(backend.stream, backend.cuda, static, pixels)
         ms = timed(graph)
         print(f"static-compiled bucket {size:2d}: {ms:7.2f} ms, {size / ms * 1e3:7.1f} img/s", flush=True)

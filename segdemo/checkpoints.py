@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write, build_dir, digest, lock_for, memo_sha256
+from .artifacts import atomic_write, digest, lock_for, memo_sha256, resolve_build_dir
 from .errors import SegdemoError
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _shard_names(folder: Path) -> list[str]:
 
 def converted(checkpoint: PickleCheckpoint, build: Path | None = None) -> Path:
     """The folder holding the checkpoint as model.safetensors, converting it on first use (atomically, locked)."""
-    target = build_dir(build) / "converted" / checkpoint.key / CONVERTED
+    target = resolve_build_dir(build) / "converted" / checkpoint.key / CONVERTED
     if target.is_file():
         return target.parent
     with lock_for(target):

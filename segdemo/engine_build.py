@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from . import engine_cache
-from .artifacts import atomic_write, build_dir, lock_for
+from .artifacts import atomic_write, lock_for, resolve_build_dir
 from .errors import SegdemoError
 from .export import INPUT_IMAGE
 from .export_batched_trt import ensure_tensorrt_batched_onnx
@@ -118,8 +118,8 @@ def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int
         "target": resolve_target(fl, trt, targets), "precision": precision, "profile": profile, "settings": SETTINGS,
     }
     key = engine_cache.engine_key(parts)
-    return EngineSpec(fl, trt, graph, parts, key, engine_cache.plan_path(build_dir(build), graph, fl.module, key),
-                      profile, role)
+    plan = engine_cache.plan_path(resolve_build_dir(build), graph, fl.module, key)
+    return EngineSpec(fl, trt, graph, parts, key, plan, profile, role)
 
 
 def _check_precision(precision: str) -> None:

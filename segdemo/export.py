@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .artifacts import atomic_write, build_dir, digest, lock_for, package_version
+from .artifacts import atomic_write, digest, lock_for, package_version, resolve_build_dir
 from .errors import SegdemoError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def export_fingerprint() -> str:
 def onnx_path(source: ModelSource, out_dir: Path | None = None, precision: str = "fp32") -> Path:
     """Where the fused graph of this model and precision lives (name + precision + content hash)."""
     key = digest(source.content_hash, export_fingerprint(), precision, str(source.input_size))[:16]
-    return build_dir(out_dir) / "onnx" / f"{source.name}-{precision}-{key}.onnx"
+    return resolve_build_dir(out_dir) / "onnx" / f"{source.name}-{precision}-{key}.onnx"
 
 
 def ensure_onnx(source: ModelSource, out_dir: Path | None = None,

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import atomic_write, build_dir, digest, lock_for
+from .artifacts import atomic_write, digest, lock_for, resolve_build_dir
 from .export import (
     INPUT_IMAGE,
     INPUT_SIZE,
@@ -39,7 +39,7 @@ LOGITS = "logits"
 def batched_paths(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Where the batched network graph and the per-image post-processing graph of this model live."""
     key = digest(source.content_hash, export_fingerprint(), Path(__file__).read_bytes(), str(source.input_size))[:16]
-    folder = build_dir(out_dir) / "onnx"
+    folder = resolve_build_dir(out_dir) / "onnx"
     return folder / f"{source.name}-batched-{key}.onnx", folder / f"{source.name}-post-{key}.onnx"
 
 

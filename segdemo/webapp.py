@@ -13,7 +13,7 @@ from typing import Any
 
 from .admission import PixelBudget, inspect_image
 from .appconfig import AppConfig
-from .artifacts import build_dir
+from .artifacts import resolve_build_dir
 from .errors import ModelNotFoundError, SegdemoError
 from .hosting import on_zero_gpu
 from .live import LiveFrame, LiveStream, LiveStreams
@@ -297,7 +297,7 @@ def example_files(folder: Path | None = None) -> list[str]:
     from PIL import Image
     from skimage import data
 
-    target = build_dir(folder) / "examples"
+    target = resolve_build_dir(folder) / "examples"
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in EXAMPLE_PHOTOS:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # two AOTInductor compilations of random:tiny: ab
 
 
 def _compiled(build, spans, calls):
-    from segdemo.backends.torch_aot import compiled_network, pixel_network
+    from segdemo.backends.torch_cuda.aot import compiled_network, pixel_network
     from segdemo.network import folded_logits
 
     source = resolve("random:tiny")
@@ -32,7 +32,7 @@ def _compiled(build, spans, calls):
 
 
 def test_package_is_compiled_once_loaded_after_and_recompiled_when_corrupt(tmp_path, caplog):
-    from segdemo.backends.torch_aot import pixel_network
+    from segdemo.backends.torch_cuda.aot import pixel_network
     from segdemo.network import folded_logits
 
     calls: list[int] = []

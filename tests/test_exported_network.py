@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 
 def _program(build, spans, calls):
-    from segdemo.backends.torch_aot import PROGRAM, compiled_network, pixel_network
+    from segdemo.backends.torch_cuda.aot import PROGRAM, compiled_network, pixel_network
     from segdemo.network import folded_logits
 
     source = resolve("random:tiny")
@@ -30,7 +30,7 @@ def _program(build, spans, calls):
 
 
 def test_program_is_exported_once_loaded_after_and_exported_again_when_corrupt(tmp_path, caplog):
-    from segdemo.backends.torch_aot import pixel_network
+    from segdemo.backends.torch_cuda.aot import pixel_network
     from segdemo.network import folded_logits
 
     calls: list[int] = []
@@ -69,7 +69,7 @@ def test_program_is_exported_once_loaded_after_and_exported_again_when_corrupt(t
 def test_trace_of_the_program_starts_without_the_program_and_gives_its_pixels(tmp_path):
     """The batch-1 TorchScript trace (what a restart replays first) is made from the exported program once, then
     loaded alone, and computes exactly what the program does."""
-    from segdemo.backends.torch_aot import SCRIPT, compiled_network
+    from segdemo.backends.torch_cuda.aot import SCRIPT, compiled_network
 
     calls: list[int] = []
     source = resolve("random:tiny")

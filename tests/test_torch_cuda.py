@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.nn import functional
 
-from segdemo.backends import torch_cuda, torch_ops
-from segdemo.backends.torch_ops import bucket, source_coordinates, upsample_argmax
+from segdemo.backends import torch_cuda
+from segdemo.backends.torch_cuda import ops as torch_ops
+from segdemo.backends.torch_cuda.ops import bucket, source_coordinates, upsample_argmax
 from segdemo.decode import decode
 from segdemo.errors import BadImageError
 from segdemo.visuals import colour_mask, overlay
@@ -75,9 +76,9 @@ def test_parity_with_transformers_pipeline_on_gpu(cuda_sessions, reference_facto
 @needs_cuda
 def test_one_graph_serves_every_size_of_its_bucket(cuda_sessions):
     backend = cuda_sessions["fp32"].backend
-    before = set(backend.post)
+    before = set(backend.post.entries)
     maps = [cuda_sessions["fp32"].segment(photo("coffee", size)).class_map for size in ((700, 1000), (768, 1024))]
-    assert bucket((700, 1000)) == bucket((768, 1024)) and set(backend.post) - before <= {bucket((768, 1024))}
+    assert bucket((700, 1000)) == bucket((768, 1024)) and set(backend.post.entries) - before <= {bucket((768, 1024))}
     assert maps[0].shape == (700, 1000) and maps[1].shape == (768, 1024)
     # Replays are deterministic: the same request twice gives the same map.
     again = cuda_sessions["fp32"].segment(photo("coffee", (700, 1000))).class_map
@@ -196,7 +197,7 @@ def test_second_start_loads_the_exported_network_without_transformers(cuda_sessi
     from PIL import Image
 
     first = cuda_sessions["fp16"]
-    assert first.backend.program is not None
+    assert first.backend.network.program is not None
     image_file = build_dir / "second-start.png"
     Image.fromarray(photo("coffee", (480, 640))).save(image_file)
     expected = first.segment(str(image_file)).class_map
@@ -256,7 +257,7 @@ def test_batched_requests_on_the_gpu_match_single_ones(batched_fp32):
     from segdemo.spans import SpanRecorder
 
     backend = batched_fp32.backend
-    assert sorted(backend.batch_graphs) == [1, 2, 4]
+    assert sorted(backend.network.batch_graphs) == [1, 2, 4]
     images = [photo(name, size) for name, size in (("astronaut", (300, 400)), ("coffee", (512, 512)),
                                                    ("chelsea", (700, 500)), ("rocket", (256, 384)))] * 2
     inputs = [prepare(image, batched_fp32.source.input_size) for image in images]

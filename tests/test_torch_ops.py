@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from segdemo.backends.torch_ops import (
+from segdemo.backends.torch_cuda.ops import (
     PRECISION_BITS,
     blend,
     class_counts,
@@ -89,7 +89,7 @@ def test_jpeg_planes_to_rgb_is_pillows_decode(subsampling, sampling, size):
 
     from PIL import Image
 
-    from segdemo.backends.torch_ops import jpeg_planes_to_rgb, ycc_tables
+    from segdemo.backends.torch_cuda.ops import jpeg_planes_to_rgb, ycc_tables
     from segdemo.decode import decode, plain_jpeg
 
     turbo = _turbojpeg()
@@ -110,7 +110,7 @@ def test_jpeg_planes_to_rgb_is_pillows_decode(subsampling, sampling, size):
 def test_orient_equals_exif_transpose(orientation):
     from PIL import Image, ImageOps
 
-    from segdemo.backends.torch_ops import orient
+    from segdemo.backends.torch_cuda.ops import orient
 
     pixels = photo("coffee", (37, 53))
     exif = Image.Exif()
@@ -124,7 +124,7 @@ def test_orient_equals_exif_transpose(orientation):
 
 @pytest.mark.parametrize("src, dst", [((97, 131), (300, 410)), ((1536, 2048), (3024, 4032)), ((50, 60), (20, 25))])
 def test_gather_nearest_equals_restore_size(src, dst):
-    from segdemo.backends.torch_ops import gather_nearest
+    from segdemo.backends.torch_cuda.ops import gather_nearest
     from segdemo.classmap import nearest_indices, restore_size
 
     class_map = np.random.default_rng(sum(src)).integers(0, 150, src, dtype=np.uint8)
@@ -134,7 +134,7 @@ def test_gather_nearest_equals_restore_size(src, dst):
 
 
 def test_counts_of_maps_past_float32_precision_are_exact(monkeypatch):
-    from segdemo.backends import torch_ops
+    from segdemo.backends.torch_cuda import ops as torch_ops
 
     monkeypatch.setattr(torch_ops, "COUNT_CHUNK", 1000)  # the 2^24 split, at a size a test can afford
     class_map = torch.from_numpy(np.random.default_rng(3).integers(0, 150, (300, 400), dtype=np.uint8))

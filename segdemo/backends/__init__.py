@@ -2,10 +2,10 @@
 reason a backend cannot run here, and creation with validated options.
 
 The contract every backend follows is in `contract` (`Backend`; the optional `DeviceRenderer`, `BatchRunner` and
-`BatchRenderer`). Each backend lives in its own module, which imports its heavy runtime only when the backend is
-created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None` and
-`create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` — anything
-else is refused, naming what it takes.
+`BatchRenderer`). Each backend lives in its own module (torch-cuda: a package), which imports its heavy runtime only
+when the backend is created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None`
+and `create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` —
+anything else is refused, naming what it takes.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Rung:
 
 # Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
 LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
+# Backend → its module under backends/ (torch_cuda is a package whose __init__ exports create and unavailable_reason).
 _MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt",
             "tensorrt-rtx": "tensorrt_rtx", "triton": "triton"}
 # A remote backend is named by its address: triton://host:8001/model (gRPC) or triton+http://host:8000/model.

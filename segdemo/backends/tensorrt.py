@@ -234,7 +234,7 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
            max_batch: int = 1) -> TensorRTBackend:
     """`targets`: TensorRT-RTX compute capabilities to build for; `min_agreement`: the fp16 accuracy bar;
     `max_batch` > 1: the batched graphs' plans (exported once beside the fused graph; needs context.source)."""
-    return TensorRTBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement,
+    return TensorRTBackend(onnx_file, spans, precision, context.build_dir, targets, context.progress, min_agreement,
                            *batch_options(context, max_batch))
 
 

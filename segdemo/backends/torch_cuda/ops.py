@@ -1,9 +1,5 @@
-"""The host pictures' arithmetic as torch ops, bit-exact, so a GPU backend can do a whole request on its device.
-
-Each function here has a host twin it must match exactly (tests compare them on CPU tensors): Pillow's bilinear
-resize (preprocess.resize_for_model), visuals.colour_mask, visuals.overlay and the legend's bincount; and the logits'
-upsampling + argmax at bucketed sizes (the ONNX graph's Resize + ArgMax, torch's bilinear upsample).
-"""
+"""The host pictures' arithmetic as torch ops, bit-exact with its host twin (Pillow's resize, visuals, the legend's
+bincount, libjpeg's colour, the ONNX graph's Resize + ArgMax), so a GPU backend does a whole request on its device."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """torch-cuda's work before the network — decode (or upload), EXIF orientation, resize to the network's input — in
-the request's own thread on a CUDA stream of its own, so the next batch's images are made while the GPU runs this
-batch's network (on an H200 under 32 clients, decoding inside the batch took 21 of its 57 ms).
-"""
+the request's thread on a stream of its own (batches: `Preparers`, see docs/benchmarks.md) or in the batch's."""
 
 from __future__ import annotations
 
@@ -12,14 +10,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..decode import EncodedJpeg, decode
-from ..spans import INFERENCE, SpanRecorder
-from .torch_ops import orient, resize_like_pil
+from ...decode import EncodedJpeg, decode
+from ...errors import BadImageError
+from ...spans import INFERENCE, SpanRecorder
+from .ops import orient, resize_like_pil
 
 if TYPE_CHECKING:
     import torch
 
-    from .gpu_jpeg import GpuJpegDecoder
+    from ..contract import RenderJob
+    from .jpeg import GpuJpegDecoder
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,45 @@ def device_image(source: EncodedJpeg | np.ndarray, spans: SpanRecorder, device: 
         pinned = torch.empty(source.shape, dtype=torch.uint8, pin_memory=True)
         pinned.numpy()[...] = source  # the one host copy; the upload below is asynchronous
         return pinned.to(device, non_blocking=True), source
+
+
+def upright_image(source: EncodedJpeg | np.ndarray | Prepared, spans: SpanRecorder, device: torch.device,
+                  decoder: GpuJpegDecoder | None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """`device_image`, or the image `Preparers.prepare` made already."""
+    import torch
+
+    if isinstance(source, Prepared):  # made on a preparer's stream: the allocator must wait for ours too
+        source.image.record_stream(torch.cuda.current_stream(device))
+        return source.image, source.host_image
+    return device_image(source, spans, device, decoder)
+
+
+def network_input(source: EncodedJpeg | np.ndarray | Prepared, image: torch.Tensor, device: torch.device,
+                  input_size: tuple[int, int]) -> torch.Tensor:
+    """The network's input pixels of a job: made by `Preparers.prepare` already, or resized now."""
+    import torch
+
+    if isinstance(source, Prepared):
+        source.pixels.record_stream(torch.cuda.current_stream(device))
+        return source.pixels
+    return resize_like_pil(image, input_size)
+
+
+def device_images(jobs: list[RenderJob], spans: SpanRecorder, device: torch.device, decoder: GpuJpegDecoder | None,
+                  stream: torch.cuda.Stream) -> list[tuple[torch.Tensor, np.ndarray | None] | Exception]:
+    """Each job's `upright_image` on `stream` (the current one), or the error of an upload its decoder refuses."""
+    images: list[tuple[torch.Tensor, np.ndarray | None] | Exception] = []
+    for job in jobs:
+        if images and decoder is not None and isinstance(job.source, EncodedJpeg):
+            # nvJPEG's hardware engine writes its output before the work already queued on its stream has run,
+            # and that output may be a block the caching allocator just freed from a queued kernel (the
+            # previous image's colour conversion or resize): let the stream drain first.
+            stream.synchronize()
+        try:
+            images.append(upright_image(job.source, spans, device, decoder))
+        except BadImageError as exc:
+            images.append(exc)
+    return images
 
 
 class _Slot:

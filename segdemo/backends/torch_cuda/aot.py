@@ -1,18 +1,5 @@
-"""torch-cuda's network made ahead of time and cached in build/compiled like the TensorRT plans, in two formats.
-
-- The exported program (default): `torch.export` of the network with a dynamic batch dimension, saved with its
-  weights, and its batch-1 trace in TorchScript. Later starts load the trace in under a second, without transformers
-  or the model's files, and replay it at once (a CUDA graph) while the program loads and torch.compile works on it
-  in the background (torch_cuda).
-- The AOTInductor package (opt-in, $SEGDEMO_TORCH_AOT=1): the exported program compiled to kernels and a wrapper,
-  loading in about a second with no compilation at all. On the lent H100 (torch 2.11+cu130) `aoti_load_package` of a
-  CUDA package segfaulted inside `_load_aoti` ~45 s in, with and without PDL, while CPU packages
-  (tests/test_compiled_cache.py, torch 2.13) load in 10 ms — so it is not the default.
-
-Both are keyed by the model's content key, the precision, the input size, torch/CUDA versions, the device and the
-code that builds the network; the sidecar carries size and sha256 (engine_cache's rules): a missing, stale or corrupt
-artifact, or one that fails to load, is made again, never used.
-"""
+"""torch-cuda's network made ahead of time and cached in build/compiled like the TensorRT plans (engine_cache's rules):
+the exported program with its batch-1 TorchScript trace (default), or an AOTInductor package ($SEGDEMO_TORCH_AOT=1)."""
 
 from __future__ import annotations
 
@@ -24,20 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import engine_cache
-from ..artifacts import build_dir, digest, lock_for
-from ..export import normalisation
-from ..spans import LOAD, SpanRecorder
+from ... import engine_cache
+from ...artifacts import digest, lock_for, resolve_build_dir
+from ...export import normalisation
+from ...spans import LOAD, SpanRecorder
 
 if TYPE_CHECKING:
     import torch
 
-    from ..model_source import ModelSource
+    from ...model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
 COMPILED_DIR = "compiled"
-_CODE = ("network.py", "backends/torch_aot.py")  # the code whose output the package is: part of the key
+_CODE = ("network.py", "backends/torch_cuda/aot.py")  # the code whose output the package is: part of the key
 
 
 def pixel_network(net: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -103,7 +90,7 @@ def _load_program(path: Path) -> torch.nn.Module:
     import torch
 
     module = torch.export.load(str(path)).module()
-    # Saved weights come back contiguous; channels-last is what cuDNN runs fastest here (see torch_cuda).
+    # Saved weights come back contiguous; channels-last is what cuDNN runs fastest here (see network).
     return module.to(memory_format=torch.channels_last)
 
 
@@ -150,10 +137,12 @@ def _load_package(path: Path) -> Callable:
     return torch._inductor.aoti_load_package(str(path))
 
 
+# The exported program (torch.export, dynamic batch dimension, with its weights): batches and torch.compile use it.
 PROGRAM = Format("exported-program-1", "exported network", ".program.pt2", _make_program, _load_program)
-# The exported program traced at batch 1 into TorchScript: it loads in C++ (0.6 s for b4 against the program's 5–9 s
-# of Python deserialisation), so a restart is ready while the program itself loads in the background.
+# The exported program traced at batch 1 into TorchScript: it loads in C++, far sooner than the program deserialises
+# in Python (docs/benchmarks.md), so a restart is ready while the program itself loads in the background.
 SCRIPT = Format("torchscript-1", "traced network", ".script.pt", _make_script, _load_script)
+# The exported program compiled to kernels and a wrapper: no compilation at load, but opt-in (see network).
 PACKAGE = Format("aoti-package-1", "compiled network", ".pt2", _make_package, _load_package)
 
 
@@ -161,7 +150,7 @@ def package_key(source: ModelSource, precision: str, device: torch.device, kind:
     """Everything that makes one artifact different from another."""
     import torch
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # segdemo/
     parts: dict[str, Any] = {
         "model": source.content_hash, "precision": precision, "input_size": list(source.input_size),
         "torch": torch.__version__, "cuda": torch.version.cuda, "device": device.type,
@@ -174,25 +163,23 @@ def package_key(source: ModelSource, precision: str, device: torch.device, kind:
     return parts
 
 
-def package_path(build: Path, source: ModelSource, precision: str, device: torch.device, key: str,
+def package_path(build_dir: Path, source: ModelSource, precision: str, device: torch.device, key: str,
                  kind: Format = PACKAGE) -> Path:
     """build/compiled/<model>-<precision>-<device>-<key><suffix>: readable name, content-addressed."""
-    return build / COMPILED_DIR / f"{source.name}-{precision}-{device.type}-{key[:16]}{kind.suffix}"
+    return build_dir / COMPILED_DIR / f"{source.name}-{precision}-{device.type}-{key[:16]}{kind.suffix}"
 
 
-def compiled_network(source: ModelSource, precision: str, device: torch.device, build: Path | None,
+def compiled_network(source: ModelSource, precision: str, device: torch.device, build_dir: Path | None,
                      spans: SpanRecorder, make_network: Callable[[], torch.nn.Module],
                      progress: Callable[[float, str], None] | None = None,
                      kind: Format = PACKAGE) -> tuple[Any, dict[str, Any]]:
-    """(the loaded artifact — the package's callable or the program's module —, facts): from the cache, else made
-    from `make_network()` and stored.
-
-    `make_network` returns the eager `pixel_network` on `device`; it is only called on a miss (it needs the
-    model's weights, and so transformers)."""
-    build = build_dir(build)
+    """(the loaded artifact, facts): from the cache, else made from `make_network()` (the eager `pixel_network`) and
+    stored; a missing, stale or corrupt artifact, or one that fails to load, is made again, never used."""
+    # make_network is only called on a miss: it needs the model's weights, and so transformers.
+    build_dir = resolve_build_dir(build_dir)
     parts = package_key(source, precision, device, kind)
     key = engine_cache.engine_key(parts)
-    path = package_path(build, source, precision, device, key, kind)
+    path = package_path(build_dir, source, precision, device, key, kind)
     with spans.span(f"find {kind.noun}", LOAD, file=path.name) as attrs:
         cached, why = engine_cache.lookup(path, key)
         attrs["cache"] = why

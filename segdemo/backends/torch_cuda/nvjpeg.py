@@ -1,9 +1,5 @@
-"""nvJPEG's planar Y/Cb/Cr decode, called through ctypes: on the GPU's JPEG engines, or hybrid (Huffman on the host).
-
-torchvision's GPU decode only returns nvJPEG's RGB, whose nearest-neighbour chroma upsampling is up to ~36 levels
-away from Pillow's (libjpeg's triangle filter); the planes let torch_ops finish the decode exactly as libjpeg does.
-The library comes with CUDA builds of torch/torchvision (pip's nvidia-nvjpeg) or a CUDA toolkit.
-"""
+"""nvJPEG's planar Y/Cb/Cr decode through ctypes, on the GPU's JPEG engines or hybrid (Huffman on the host); the
+library comes with CUDA builds of torch/torchvision (pip's nvidia-nvjpeg) or a CUDA toolkit."""
 
 from __future__ import annotations
 
@@ -17,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# Planes, not nvJPEG's (or torchvision's) RGB: its nearest-neighbour chroma upsampling is not libjpeg's triangle
+# filter, so ops finishes the decode as libjpeg does (docs/benchmarks.md).
 OUTPUT_YUV = 1  # nvjpegOutputFormat_t: planar, chroma at its stored (subsampled) size
 BACKEND_HARDWARE = 3  # nvjpegBackend_t
 FLAGS_HW_DECODE_NO_PIPELINE = 1
@@ -115,12 +113,10 @@ class PlanarDecoder(_Decoder):
 
 
 class HardwareDecoder(_Decoder):
-    """The GPU's JPEG engines (A100, H100 and later) through the batched API, one image a batch: the host only
-    queues the work (~0.06 ms for 512², against ~0.4 ms of Huffman decoding in PlanarDecoder).
+    """The GPU's JPEG engines (where it has them) through the batched API, one image a batch; baseline single-scan
+    JPEGs only: progressive files raise RuntimeError (callers fall back to PlanarDecoder)."""
 
-    Baseline single-scan JPEGs only; progressive files raise RuntimeError (callers fall back to PlanarDecoder).
-    """
-
+    # The host only queues the work here, where PlanarDecoder decodes Huffman codes itself (docs/benchmarks.md).
     name = "nvJPEG hardware"
 
     def __init__(self, device: torch.device) -> None:

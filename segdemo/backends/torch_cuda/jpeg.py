@@ -1,9 +1,5 @@
-"""The GPU JPEG decoder of torch-cuda: nvJPEG's planes finished with libjpeg's chroma upsampling and colour conversion
-(torch_ops), used only where a start-up check shows it gives Pillow's pixels on this machine.
-
-The GPU's JPEG engines (nvjpeg.HardwareDecoder) come first where there are any; the hybrid decoder (Huffman on the
-host) takes what they refuse, such as progressive files. `SEGDEMO_GPU_DECODE=0` leaves every JPEG to Pillow.
-"""
+"""torch-cuda's GPU JPEG decoder: nvJPEG's planes (nvjpeg) finished as libjpeg does (ops), used only where a
+start-up check shows Pillow's pixels; the JPEG engines first, the hybrid decoder for what they refuse."""
 
 from __future__ import annotations
 
@@ -14,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
-from .torch_ops import jpeg_planes_to_rgb, ycc_tables
+from ...decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
+from .ops import jpeg_planes_to_rgb, ycc_tables
 
 if TYPE_CHECKING:
     import torch

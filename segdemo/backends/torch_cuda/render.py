@@ -1,0 +1,116 @@
+"""What a whole request makes on the GPU after the network — class maps, counts, display picture and overlay — and
+their one download into pinned memory, timed by CUDA events."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...classmap import nearest_indices
+from ...labels import palette
+from ...spans import INFERENCE, SpanRecorder
+from ...visuals import blend_table, clamp_opacity, colour_table
+from ..contract import Rendered
+from .ops import blend, class_counts, colourise, gather_nearest, resize_like_pil
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..contract import RenderJob
+    from .graphs import PostGraph
+
+    # (job, upright image on the device, its host copy or None, class maps at the image's and the display size)
+    Done = tuple[RenderJob, torch.Tensor, np.ndarray | None, tuple[torch.Tensor, torch.Tensor]]
+
+
+class Pictures:
+    """Class maps at any size, colours and overlays on the device; events 3–5 bracket the render and download."""
+
+    def __init__(self, device: torch.device, stream: torch.cuda.Stream, events: list, colours: int) -> None:
+        import torch
+
+        self.torch, self.cuda, self.stream, self.events = torch, device, stream, events
+        self.lut = torch.from_numpy(colour_table(palette(colours))).to(device)
+        self.blend_tables: dict[float, torch.Tensor] = {}
+
+    def class_maps(self, entry: PostGraph, out_size: tuple[int, int], size: tuple[int, int],
+                   display: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay `entry` (its grid uploaded): the class map at the image's size and at `display`."""
+        entry.graph.replay()
+        computed = entry.classes[:out_size[0], :out_size[1]]
+        # Both copies: the next replay overwrites the graph's output.
+        return self.nearest(computed, size), self.nearest(computed, display)
+
+    def render_and_download(self, done: list[Done]) -> list[Rendered]:
+        """Counts, display picture and overlay of each request on the GPU, then one download of all and one wait."""
+        torch = self.torch
+        self.events[3].record(self.stream)
+        parts, counts = [], []
+        for job, image, host_image, (classes, shown_map) in done:
+            counts.append(class_counts(classes))
+            same = job.display == tuple(image.shape[:2])
+            shown = image if same else resize_like_pil(image, job.display)
+            blended = blend(shown, colourise(shown_map, self.lut), self.blend_table(clamp_opacity(job.opacity)))
+            parts.append([classes, shown_map, blended] + ([] if same and host_image is not None else [shown]))
+        self.events[4].record(self.stream)
+        # The counts as bytes at the block's start (aligned for int64 again on the host), then every picture.
+        host = download([torch.stack(counts).view(torch.uint8)] + [part for image in parts for part in image])
+        self.events[5].record(self.stream)
+        self.events[5].synchronize()
+        host_counts, arrays = host[0].numpy().view(np.int64), iter(host[1:])
+        rendered = []
+        for index, ((job, _, host_image, _), image) in enumerate(zip(done, parts, strict=True)):
+            classes, shown_map, blended, *shown = (next(arrays).numpy() for _ in image)
+            rendered.append(Rendered(classes, host_counts[index], shown[0] if shown else host_image, shown_map,
+                                     blended, clamp_opacity(job.opacity)))
+        return rendered
+
+    def nearest(self, class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """classmap.restore_size on the device (always a new tensor)."""
+        if tuple(class_map.shape) == size:
+            return class_map.clone(memory_format=self.torch.contiguous_format)
+        rows = _device_nearest(class_map.shape[0], size[0], self.cuda)
+        columns = _device_nearest(class_map.shape[1], size[1], self.cuda)
+        return gather_nearest(class_map, rows, columns)
+
+    def blend_table(self, opacity: float) -> torch.Tensor:
+        if opacity not in self.blend_tables:
+            self.blend_tables[opacity] = self.torch.from_numpy(blend_table(opacity)).to(self.cuda)
+        return self.blend_tables[opacity]
+
+    def close(self) -> None:
+        self.blend_tables.clear()
+        self.lut = None
+
+
+def download(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Asynchronous copies into one pinned block; the arrays handed out keep it alive, so no host copy."""
+    import torch
+
+    sizes = [part.numel() for part in parts]
+    block = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+    views, offset = [], 0
+    for part, size in zip(parts, sizes, strict=True):
+        view = block[offset:offset + size].view(part.shape)
+        view.copy_(part, non_blocking=True)
+        views.append(view)
+        offset += size
+    return views
+
+
+def device_spans(spans: SpanRecorder, events: list, host_start: int, names: tuple[str, ...], backend: str) -> None:
+    """GPU times between consecutive events, placed on the host clock from when the first one was queued."""
+    for begin, name in enumerate(names):
+        start_ns = host_start + int(events[0].elapsed_time(events[begin]) * 1e6)
+        duration_ns = int(events[begin].elapsed_time(events[begin + 1]) * 1e6)
+        spans.add_device(f"gpu {name}", INFERENCE, start_ns, duration_ns, backend=backend)
+
+
+@lru_cache(maxsize=64)
+def _device_nearest(src: int, dst: int, device: torch.device) -> torch.Tensor:
+    """classmap.nearest_indices on `device`, uploaded once per size pair."""
+    import torch
+
+    return torch.from_numpy(nearest_indices(src, dst)).to(device)
