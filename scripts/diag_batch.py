@@ -5,9 +5,9 @@ import os
 
 os.environ["SEGDEMO_TORCH_COMPILE"] = "0"
 
+from segdemo.image.preprocess import prepare  # noqa: E402
 from segdemo.pipeline import Session  # noqa: E402
-from segdemo.preprocess import prepare  # noqa: E402
-from segdemo.spans import SpanRecorder  # noqa: E402
+from segdemo.profiling.spans import SpanRecorder  # noqa: E402
 from tests.conftest import photo  # noqa: E402
 
 session = Session("random:b0", "torch-cuda", "fp32", build="/tmp/diag", max_batch=2, warm_up="off")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from segdemo.bench.app import READY_S
 from segdemo.bench.load import make_set
-from segdemo.frontends import free_port
-from segdemo.haproxy import ProxyConfig, executable, render
+from segdemo.serving.frontends import free_port
+from segdemo.serving.haproxy import ProxyConfig, executable, render
 
 PREFIX = {"default": "", "nospin": "", "plain": "import sys; sys.modules['uvloop'] = None; "
           "sys.modules['httptools'] = None; "}  # uvicorn falls back to asyncio and h11

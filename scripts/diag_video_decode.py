@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from segdemo.bench.clips import make_clip
-from segdemo.videodecode import decode, read_info
-from segdemo.videofile import CLI_LIMITS, frames, probe
+from segdemo.media.video_decode import decode, read_info
+from segdemo.media.video_io import CLI_LIMITS, frames, probe
 
 seconds, rounds = float(sys.argv[1]) if len(sys.argv) > 1 else 4.0, int(sys.argv[2]) if len(sys.argv) > 2 else 3
 with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from segdemo.pipeline import Session
-from segdemo.spans import INFERENCE, SpanRecorder
+from segdemo.profiling.spans import INFERENCE, SpanRecorder
 
 
 def per_span_ns(n: int = 200_000) -> float:

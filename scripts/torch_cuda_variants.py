@@ -12,8 +12,8 @@ import time
 import numpy as np
 import torch
 
-from segdemo.model_source import resolve
-from segdemo.network import folded_logits
+from segdemo.model.network import folded_logits
+from segdemo.model.source import resolve
 
 
 def build(model: torch.nn.Module, variant: str) -> torch.nn.Module:
@@ -61,7 +61,7 @@ def main() -> None:
     import skimage.data
     from PIL import Image
 
-    from segdemo.export import IMAGENET_MEAN, IMAGENET_STD
+    from segdemo.graph.export import IMAGENET_MEAN, IMAGENET_STD
 
     image = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((512, 512)), dtype=np.float32) / 255.0
     x = torch.from_numpy(((image - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)).permute(2, 0, 1)[None].cuda()

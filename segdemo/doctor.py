@@ -38,9 +38,9 @@ def versions() -> dict[str, str]:
 def self_test(name: str, onnx_file: Path, source, reference: np.ndarray) -> tuple[bool, str]:
     """Create backend `name`, segment the probe image, and compare with ONNX Runtime fp32."""
     from . import backends
-    from .export_fp16 import MIN_AGREEMENT, PROBE_OUT_SIZE, probe_image
-    from .preprocess import ModelInput
-    from .spans import SpanRecorder
+    from .graph.fp16 import MIN_AGREEMENT, PROBE_OUT_SIZE, probe_image
+    from .image.preprocess import ModelInput
+    from .profiling.spans import SpanRecorder
 
     start = time.perf_counter()
     backend = None
@@ -78,7 +78,7 @@ print("LOADED" if engine is not None else "REFUSED")
 
 def rtx_build_check(onnx_file: Path, build: Path) -> str:
     """Build a tiny TensorRT-RTX plan ahead of time; where a GPU exists, also ask its runtime to load it."""
-    from .engine_build import ensure_engine
+    from .backends.tensorrt.engine_build import ensure_engine
     from .gpu import detect
 
     try:

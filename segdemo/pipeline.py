@@ -14,19 +14,19 @@ import numpy as np
 
 from . import backends
 from .batcher import Batcher, Ticket
-from .classmap import legend, legend_from_counts, restore_size
-from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
-from .export import ensure_onnx
-from .labels import palette
-from .model_source import ModelSource, resolve
-from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
-from .segmentation import Segmentation
-from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
-from .visuals import (
+from .graph.export import ensure_onnx
+from .image.classmap import legend, legend_from_counts, restore_size
+from .image.decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
+from .image.preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
+from .image.visuals import (
     DEFAULT_OPACITY,
     DISPLAY_SIDE,
     display_size,
 )
+from .model.labels import palette
+from .model.source import ModelSource, resolve
+from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
+from .segmentation import Segmentation
 
 log = logging.getLogger("segdemo")
 

@@ -12,10 +12,10 @@ import pytest
 from segdemo import backends
 from segdemo.batcher import Batcher
 from segdemo.errors import BadImageError, SegdemoError
-from segdemo.labels import palette
+from segdemo.image.visuals import colour_mask
+from segdemo.model.labels import palette
 from segdemo.pipeline import Session
-from segdemo.spans import INFERENCE, SpanRecorder
-from segdemo.visuals import colour_mask
+from segdemo.profiling.spans import INFERENCE, SpanRecorder
 
 from .conftest import photo
 

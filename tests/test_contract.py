@@ -6,7 +6,7 @@ import pytest
 
 from segdemo import backends
 from segdemo.errors import SegdemoError
-from segdemo.spans import SpanRecorder
+from segdemo.profiling.spans import SpanRecorder
 
 
 def test_backends_follow_the_contract_and_refuse_unknown_options(session_factory):

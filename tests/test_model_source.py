@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from segdemo.errors import ModelNotFoundError, SegdemoError
-from segdemo.model_source import preset_for, resolve
+from segdemo.model.source import preset_for, resolve
 
 from .conftest import photo
 

@@ -88,7 +88,7 @@ def test_the_library_never_imports_the_command_line(graph):
 
 
 def test_importing_a_backend_does_not_load_the_cli():
-    code = ("import sys, segdemo.backends.tensorrt, segdemo.pipeline, segdemo.webapp; "
+    code = ("import sys, segdemo.backends.tensorrt.runner, segdemo.pipeline, segdemo.web.demo; "
             f"print(sorted(m for m in sys.modules if m.startswith({LEAVES!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()

@@ -11,15 +11,15 @@ import pytest
 
 from segdemo import backends, engine_cache
 from segdemo.backends import LoadContext
-from segdemo.backends.tensorrt import TensorRTRunner
-from segdemo.backends.tensorrt_loader import EngineLoader
-from segdemo.engine_build import PROFILE
-from segdemo.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
-from segdemo.export_fp16 import run_onnx
-from segdemo.model_source import resolve
+from segdemo.backends.tensorrt.engine_build import PROFILE
+from segdemo.backends.tensorrt.loader import EngineLoader
+from segdemo.backends.tensorrt.runner import TensorRTRunner
+from segdemo.graph.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
+from segdemo.graph.fp16 import run_onnx
+from segdemo.image.preprocess import ModelInput
+from segdemo.model.source import resolve
 from segdemo.pipeline import Session
-from segdemo.preprocess import ModelInput
-from segdemo.spans import LAYER, SpanRecorder
+from segdemo.profiling.spans import LAYER, SpanRecorder
 
 from .conftest import photo
 

@@ -14,8 +14,8 @@ import pytest
 from segdemo import backends
 from segdemo.cli import main
 from segdemo.errors import SegdemoError
-from segdemo.preprocess import ModelInput, prepare
-from segdemo.spans import SpanRecorder
+from segdemo.image.preprocess import ModelInput, prepare
+from segdemo.profiling.spans import SpanRecorder
 
 from .conftest import photo
 
@@ -245,7 +245,7 @@ def test_the_python_models_bound_is_segdemos():
     from pathlib import Path
 
     import segdemo.triton
-    from segdemo.preprocess import MAX_OUTPUT_SIDE
+    from segdemo.image.preprocess import MAX_OUTPUT_SIDE
 
     text = (Path(segdemo.triton.__file__).parent / "python_model.py").read_text()
     assert int(re.search(r"^MAX_SIDE = (\d+)$", text, re.M).group(1)) == MAX_OUTPUT_SIDE

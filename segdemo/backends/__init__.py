@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SegdemoError
-from ..spans import SpanRecorder
+from ..profiling.spans import SpanRecorder
 from .contract import Backend, BatchRenderer, BatchRunner, DeviceRenderer, LoadContext, Rendered, RenderJob
 
 __all__ = ["Backend", "BatchRenderer", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "RenderJob", "Rung",
@@ -36,8 +36,8 @@ class Rung:
 
 # Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
 LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
-_MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt",
-            "tensorrt-rtx": "tensorrt_rtx", "triton": "triton"}
+_MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt.runner",
+            "tensorrt-rtx": "tensorrt.rtx", "triton": "triton"}
 # A remote backend is named by its address: triton://host:8001/model (gRPC) or triton+http://host:8000/model.
 _URL_SCHEMES = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
 

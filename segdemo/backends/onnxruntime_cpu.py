@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import digest, lock_for, package_version
-from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
-from ..export_batched import LOGITS, ensure_batched_onnx
+from ..graph.batched import LOGITS, ensure_batched_onnx
+from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..image.preprocess import ModelInput
 from ..optional import missing
-from ..preprocess import ModelInput
-from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
+from ..profiling.spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
 from .contract import Backend, BatchRunner, LoadContext
 
 log = logging.getLogger("segdemo")

@@ -23,9 +23,9 @@ class _Reference:
     """The transformers pipeline wearing the same three calls as a segdemo session."""
 
     def __init__(self, model: str, device: str) -> None:
-        from ..labels import palette
-        from ..model_source import resolve
-        from ..reference import TransformersPipeline
+        from ..model.labels import palette
+        from ..model.reference import TransformersPipeline
+        from ..model.source import resolve
 
         source = resolve(model)
         self.pipe = TransformersPipeline(source, device)
@@ -33,8 +33,8 @@ class _Reference:
 
     def request(self, data: bytes) -> np.ndarray:
         """Decode → class map + overlay, as the user-written pipeline would serve it."""
-        from ..decode import decode
-        from ..visuals import colour_mask, overlay
+        from ..image.decode import decode
+        from ..image.visuals import colour_mask, overlay
 
         rgb = decode(data)
         class_map = self.pipe(rgb)
@@ -44,7 +44,7 @@ class _Reference:
     def prepare(self, data: bytes) -> Any:
         from PIL import Image
 
-        from ..decode import decode
+        from ..image.decode import decode
 
         rgb = decode(data)
         inputs = self.pipe.processor(images=Image.fromarray(rgb), return_tensors="pt").to(self.pipe.device)
@@ -82,13 +82,13 @@ class _Segdemo:
         return result.class_map
 
     def prepare(self, data: bytes) -> Any:
-        from ..decode import decode
-        from ..preprocess import prepare
+        from ..image.decode import decode
+        from ..image.preprocess import prepare
 
         return prepare(decode(data), self.session.source.input_size, self.session.max_side)
 
     def model_only(self, prepared: Any) -> None:
-        from ..spans import SpanRecorder
+        from ..profiling.spans import SpanRecorder
 
         self.session.backend.run(prepared, SpanRecorder())
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model_source import MODEL_HELP
+from ..model.source import MODEL_HELP
 from . import Command
 
 HELP = ("time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly); "
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 def _cold_start(args: argparse.Namespace) -> int:
     from ..artifacts import build_dir
     from ..bench.cold_start import cold_starts, table
-    from ..webapp import example_files
+    from ..web.demo import example_files
 
     build = build_dir(args.build_dir)
     image = args.image or Path(example_files(build)[0])

@@ -9,10 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-from ..engine_build import PRECISIONS, default_backend, ensure_engine
+from ..backends.tensorrt.engine_build import PRECISIONS, default_backend, ensure_engine
+from ..backends.tensorrt.flavour import FLAVOURS
 from ..engine_cache import sidecar_path
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
-from ..trt_flavour import FLAVOURS
+from ..model.source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the graph if needed, find or build its plan, and print where it is and what it is."""
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
 
     backend = default_backend() if args.backend == "auto" else args.backend
     targets = [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None

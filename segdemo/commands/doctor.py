@@ -19,10 +19,10 @@ def _doctor_args(p: argparse.ArgumentParser) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     from .. import backends
     from ..doctor import SELF_TEST_MODEL, rtx_build_check, self_test, versions
-    from ..export import ensure_onnx
-    from ..export_fp16 import PROBE_OUT_SIZE, probe_reference
     from ..gpu import detect
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..graph.fp16 import PROBE_OUT_SIZE, probe_reference
+    from ..model.source import resolve
 
     print("segdemo doctor")
     print(f"  platform     {platform.platform()}")

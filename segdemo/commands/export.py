@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
+from ..model.source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
 
 log = logging.getLogger("segdemo")
@@ -19,8 +19,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
 
     start = time.perf_counter()
     source = resolve(args.model, args.out)

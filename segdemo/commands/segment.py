@@ -7,8 +7,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
-from ..videofile import CLI_LIMITS, is_video_path
+from ..media.video_io import CLI_LIMITS, is_video_path
+from ..model.source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
 
 log = logging.getLogger("segdemo")
@@ -35,10 +35,10 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
 def _segment(args: argparse.Namespace) -> int:
     if is_video_path(args.image):
         return _segment_video(args)
-    from ..decode import decode
+    from ..image.decode import decode
     from ..pipeline import Session
-    from ..spans import INFERENCE, SpanRecorder
-    from ..trace import write_trace
+    from ..profiling.spans import INFERENCE, SpanRecorder
+    from ..profiling.trace import write_trace
 
     spans = SpanRecorder()
     with spans.span("decode", INFERENCE, file=args.image.name):
@@ -59,10 +59,10 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_video(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..media.video_io import probe
+    from ..media.video_job import segment_video, write_outputs
     from ..pipeline import Session
-    from ..spans import SpanRecorder
-    from ..video import segment_video, write_outputs
-    from ..videofile import probe
+    from ..profiling.spans import SpanRecorder
 
     limits = CLI_LIMITS if args.max_seconds is None else replace(CLI_LIMITS, seconds=args.max_seconds)
     info = probe(args.image, limits)  # a bad video fails here, before any model loading

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
+from ..model.source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
 
 log = logging.getLogger("segdemo")
@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
     from ..triton.repository import export_repository
 
     start = time.perf_counter()

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 from ..artifacts import digest, file_sha256
 from ..engine_cache import ENGINE_DIR
 from ..errors import SegdemoError
-from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 
 if TYPE_CHECKING:
-    from ..model_source import ModelSource
+    from ..model.source import ModelSource
 
 log = logging.getLogger(__name__)
 
