@@ -211,7 +211,7 @@ def build(demo: Demo) -> gr.Blocks:
                     image.max_bytes = demo.config.image_limits.bytes
                     run = gr.Button("Segment", variant="primary")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                    gr.Examples(example_files(demo.build), inputs=[image], label="Example photographs")
+                    gr.Examples(example_files(demo.build_dir), inputs=[image], label="Example photographs")
                 with gr.Column(scale=1):
                     overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
                     status = gr.Markdown(elem_id="status")

@@ -76,14 +76,14 @@ print("LOADED" if engine is not None else "REFUSED")
 """
 
 
-def rtx_build_check(onnx_file: Path, build: Path) -> str:
+def rtx_build_check(onnx_file: Path, build_dir: Path) -> str:
     """Build a tiny TensorRT-RTX plan ahead of time; where a GPU exists, also ask its runtime to load it."""
     from .backends.tensorrt.engine_build import ensure_engine
     from .gpu import detect
 
     try:
         start = time.perf_counter()
-        engine = ensure_engine(onnx_file, "fp32", "tensorrt-rtx", build)
+        engine = ensure_engine(onnx_file, "fp32", "tensorrt-rtx", build_dir)
     except Exception as exc:  # noqa: BLE001 — the doctor reports every failure and goes on
         return f"AOT build FAILED: {type(exc).__name__}: {exc}"
     line = (f"AOT build ok ({engine.plan.stat().st_size / 1e6:.1f} MB plan, "

@@ -33,7 +33,7 @@ def session_factory(build_dir):
 
     def get(spec: str):
         if spec not in cache:
-            cache[spec] = Session(spec, "onnxruntime", build=build_dir)
+            cache[spec] = Session(spec, "onnxruntime", build_dir=build_dir)
         return cache[spec]
 
     yield get

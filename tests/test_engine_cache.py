@@ -239,8 +239,8 @@ def test_tensorrt_backends_take_explicit_options(tiny_onnx):
     from segdemo.profiling.spans import SpanRecorder
 
     for name in ("tensorrt", RTX):
-        with pytest.raises(SegdemoError, match="has no option build — it takes precision, targets, min_agreement"):
-            backends.create(name, tiny_onnx, SpanRecorder(), build=tiny_onnx.parent)
+        with pytest.raises(SegdemoError, match="has no option build_dir — it takes precision, targets, min_agreement"):
+            backends.create(name, tiny_onnx, SpanRecorder(), build_dir=tiny_onnx.parent)
 
 
 def test_missing_tensorrt_names_what_to_install():

@@ -21,7 +21,7 @@ from .conftest import photo
 def small_display(build_dir):
     from segdemo.pipeline import Session
 
-    session = Session("random:tiny", "onnxruntime", build=build_dir, display_side=320)
+    session = Session("random:tiny", "onnxruntime", build_dir=build_dir, display_side=320)
     yield session
     session.close()
 

@@ -40,7 +40,7 @@ def source():
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, source) -> tuple[Path, Path, Path]:
-    """(build folder, fused fp32 graph, export_batched's network graph) of random:tiny."""
+    """(build folder, fused fp32 graph, graph.batched's network graph) of random:tiny."""
     build = tmp_path_factory.mktemp("batch-engines")
     fused, _ = ensure_onnx(source, build)
     network, _ = ensure_batched_onnx(source, build)

@@ -225,7 +225,7 @@ def test_session_batches_requests_on_tensorrt(name, tiny):
     """The pipeline's batcher on the TensorRT backend: batches form, hold several output sizes, change no pixels."""
     sizes = (("astronaut", (300, 400)), ("coffee", (512, 512)), ("chelsea", (700, 500)), ("rocket", (256, 384)))
     images = [photo(n, s) for n, s in sizes] * 3
-    with Session("random:tiny", name, "fp32", build=tiny.parent.parent, max_batch=4, batch_window_ms=50) as session:
+    with Session("random:tiny", name, "fp32", build_dir=tiny.parent.parent, max_batch=4, batch_window_ms=50) as session:
         alone = [session.segment(image).class_map for image in images]
         with ThreadPoolExecutor(len(images)) as pool:
             together = list(pool.map(session.segment, images))

@@ -33,7 +33,7 @@ class LoadContext:
     whether the session will serve many requests (then background compilations pay off; a one-shot CLI run's don't)."""
 
     source: ModelSource | None = None
-    build: Path | None = None
+    build_dir: Path | None = None
     progress: Callable[[float, str], None] | None = None
     long_lived: bool = True
 

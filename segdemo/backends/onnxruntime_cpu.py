@@ -38,7 +38,7 @@ def unavailable_reason() -> str | None:
 
 class OnnxRuntimeBackend(Backend, BatchRunner):
     """One InferenceSession per graph, reused for every request; with `max_batch` > 1, the split graphs of
-    export_batched (a batched network session and a per-image post-processing session) serve every request, so a
+    graph.batched (a batched network session and a per-image post-processing session) serve every request, so a
     request gives the same pixels whatever batch it rides in."""
 
     name = "onnxruntime"

@@ -66,10 +66,10 @@ class _Reference:
 class _Segdemo:
     """A segdemo Session: request = segment + display overlay; model-only = the backend's run on a prepared input."""
 
-    def __init__(self, model: str, backend: str, precision: str, build: str | None) -> None:
+    def __init__(self, model: str, backend: str, precision: str, build_dir: str | None) -> None:
         from ..pipeline import Session
 
-        self.session = Session(model, backend, precision, Path(build) if build else None, warm_up="now")
+        self.session = Session(model, backend, precision, Path(build_dir) if build_dir else None, warm_up="now")
         self.session.settle(timeout=600)  # background compilations would slow the timed requests
         self.last_spans: list[dict[str, float]] = []
         self.recording = False

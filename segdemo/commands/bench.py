@@ -120,13 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cold_start(args: argparse.Namespace) -> int:
-    from ..artifacts import build_dir
+    from ..artifacts import resolve_build_dir
     from ..bench.cold_start import cold_starts, table
     from ..web.demo import example_files
 
-    build = build_dir(args.build_dir)
-    image = args.image or Path(example_files(build)[0])
-    runs = cold_starts(args.model, args.backend, args.precision, build.resolve(), image.resolve(), args.cold_start,
+    build_dir = resolve_build_dir(args.build_dir)
+    image = args.image or Path(example_files(build_dir)[0])
+    runs = cold_starts(args.model, args.backend, args.precision, build_dir.resolve(), image.resolve(), args.cold_start,
                        args.code.resolve() if args.code else None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cold-start.json").write_text(json.dumps(runs, indent=1) + "\n")

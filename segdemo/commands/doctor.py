@@ -38,9 +38,9 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {arrow} {rung.name:13s} {state:8s} {'' if rung.available else rung.reason}".rstrip())
     print(f"\nself-test ({SELF_TEST_MODEL}, probe image → class map {PROBE_OUT_SIZE[0]}×{PROBE_OUT_SIZE[1]})")
     with tempfile.TemporaryDirectory(prefix="segdemo-doctor-") as tmp:
-        build = args.build_dir or Path(tmp)
+        build_dir = args.build_dir or Path(tmp)
         source = resolve(SELF_TEST_MODEL)
-        onnx_file, _ = ensure_onnx(source, build)
+        onnx_file, _ = ensure_onnx(source, build_dir)
         reference = probe_reference(onnx_file)[0]
         results = {}
         for rung in rungs:
@@ -50,7 +50,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 line = "not run (skipped above)"
             print(f"  {rung.name:13s} {line}")
         if importlib.util.find_spec("tensorrt_rtx") is not None:
-            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build)} [build check]")
+            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build_dir)} [build check]")
     ok = chosen is not None and results.get(chosen, False)
     print(f"\n{'OK' if ok else 'PROBLEM'}: --backend auto uses {chosen or 'nothing'}"
           f"{'' if ok else ' and its self-test failed'}")

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..artifacts import atomic_write, build_dir, digest, lock_for
+from ..artifacts import atomic_write, digest, lock_for, resolve_build_dir
 from .export import (
     INPUT_IMAGE,
     INPUT_SIZE,
@@ -36,16 +36,16 @@ log = logging.getLogger(__name__)
 LOGITS = "logits"
 
 
-def batched_paths(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, Path]:
+def batched_paths(source: ModelSource, build_dir: Path | None = None) -> tuple[Path, Path]:
     """Where the batched network graph and the per-image post-processing graph of this model live."""
     key = digest(source.content_hash, export_fingerprint(), Path(__file__).read_bytes(), str(source.input_size))[:16]
-    folder = build_dir(out_dir) / "onnx"
+    folder = resolve_build_dir(build_dir) / "onnx"
     return folder / f"{source.name}-batched-{key}.onnx", folder / f"{source.name}-post-{key}.onnx"
 
 
-def ensure_batched_onnx(source: ModelSource, out_dir: Path | None = None) -> tuple[Path, Path]:
+def ensure_batched_onnx(source: ModelSource, build_dir: Path | None = None) -> tuple[Path, Path]:
     """(network graph, post graph), exported once (the network needs torch and transformers; the post graph not)."""
-    network, post = batched_paths(source, out_dir)
+    network, post = batched_paths(source, build_dir)
     if network.is_file() and post.is_file():
         return network, post
     with lock_for(network):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..artifacts import atomic_write, build_dir, digest, lock_for, package_version
+from ..artifacts import atomic_write, digest, lock_for, package_version, resolve_build_dir
 from ..errors import SegdemoError
 
 if TYPE_CHECKING:
@@ -34,16 +34,16 @@ def export_fingerprint() -> str:
     return digest(Path(__file__).read_bytes(), *(package_version(name) for name in ("torch", "onnx", "transformers")))
 
 
-def onnx_path(source: ModelSource, out_dir: Path | None = None, precision: str = "fp32") -> Path:
+def onnx_path(source: ModelSource, build_dir: Path | None = None, precision: str = "fp32") -> Path:
     """Where the fused graph of this model and precision lives (name + precision + content hash)."""
     key = digest(source.content_hash, export_fingerprint(), precision, str(source.input_size))[:16]
-    return build_dir(out_dir) / "onnx" / f"{source.name}-{precision}-{key}.onnx"
+    return resolve_build_dir(build_dir) / "onnx" / f"{source.name}-{precision}-{key}.onnx"
 
 
-def ensure_onnx(source: ModelSource, out_dir: Path | None = None,
+def ensure_onnx(source: ModelSource, build_dir: Path | None = None,
                 spans: SpanRecorder | None = None) -> tuple[Path, bool]:
     """Return (path, cache_hit) of the fp32 fused graph, exporting it only when absent."""
-    path = onnx_path(source, out_dir)
+    path = onnx_path(source, build_dir)
     if path.is_file():
         return path, True
     with lock_for(path):

@@ -1,5 +1,5 @@
 """FFmpeg's side of reading a video: open it as the file it is (allowed demuxers, `file` protocol only), read what
-it claims, then decode upright RGB frames while enforcing the limits. Runs in the decoder child (`videochild`)."""
+it claims, then decode upright RGB frames while enforcing the limits. Runs in the decoder child (`video_child`)."""
 
 from __future__ import annotations
 

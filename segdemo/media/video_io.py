@@ -1,5 +1,5 @@
 """Video files through PyAV (FFmpeg's libraries, bundled in its wheel, libx264 included): a visitor's file is
-probed and decoded in a child process (`videochild`), as the format it is, within the limits (`videolimits`); the
+probed and decoded in a child process (`video_child`), as the format it is, within the limits (`video_limits`); the
 overlay is encoded here (H.264 MP4)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Segmenting a video file: decode → segment → overlay → encode (H.264 MP4), with each class's share per frame.
 
-The file side (limits, probing, frames, the encoder) is `videofile`. Three stages overlap: a decoder thread (reading
+The file side (limits, probing, frames, the encoder) is `video_io`. Three stages overlap: a decoder thread (reading
 the frames of the job's decoder child, where FFmpeg demuxes and decodes), the engine (this thread, frames in batches
 through `segment_frames`) and an encoder thread, joined by short queues so memory stays bounded whatever the clip's
 length.

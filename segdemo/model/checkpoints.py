@@ -2,8 +2,9 @@
 
 Only `pytorch_model.bin` and its shards (`pytorch_model.bin.index.json` + `pytorch_model-*.bin`) are read, with
 `torch.load(..., weights_only=True)`, which refuses anything that would run code (any global outside
-PyTorch's tensor-rebuilding allowlist). The tensors are written once to `<build>/converted/<sha256>/model.safetensors`
-(the build folder, never the model's own directory or the Hugging Face cache); later loads read that file.
+PyTorch's tensor-rebuilding allowlist). The tensors are written once to
+`<build_dir>/converted/<sha256>/model.safetensors` (the build folder, never the model's own directory or the Hugging
+Face cache); later loads read that file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_write, build_dir, digest, lock_for, memo_sha256
+from ..artifacts import atomic_write, digest, lock_for, memo_sha256, resolve_build_dir
 from ..errors import SegdemoError
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,12 @@ def complete(folder: Path) -> bool:
         return False
 
 
-def find(folder: Path, build: Path | None = None) -> PickleCheckpoint | None:
+def find(folder: Path, build_dir: Path | None = None) -> PickleCheckpoint | None:
     """The folder's pytorch_model.bin (preferred) or sharded pytorch_model-*.bin, hashed (hashes remembered under
-    `build`); None if it has neither."""
+    `build_dir`); None if it has neither."""
     single = folder / PICKLE_WEIGHTS
     if single.is_file():
-        sha = memo_sha256(single, build)
+        sha = memo_sha256(single, build_dir)
         return PickleCheckpoint((single,), ((single.name, sha),), sha)
     index = folder / PICKLE_INDEX
     if not index.is_file():
@@ -67,8 +68,8 @@ def find(folder: Path, build: Path | None = None) -> PickleCheckpoint | None:
             raise SegdemoError(f"'{index}' lists the shard '{name}', which is missing from '{folder}' — "
                                f"download the model again")
         shards.append(folder / name)
-    hashes = ((index.name, memo_sha256(index, build)),
-              *((shard.name, memo_sha256(shard, build)) for shard in shards))
+    hashes = ((index.name, memo_sha256(index, build_dir)),
+              *((shard.name, memo_sha256(shard, build_dir)) for shard in shards))
     return PickleCheckpoint(tuple(shards), hashes, digest(*(f"{name}:{sha}" for name, sha in hashes)))
 
 
@@ -88,9 +89,9 @@ def _shard_names(folder: Path) -> list[str]:
     return names
 
 
-def converted(checkpoint: PickleCheckpoint, build: Path | None = None) -> Path:
+def converted(checkpoint: PickleCheckpoint, build_dir: Path | None = None) -> Path:
     """The folder holding the checkpoint as model.safetensors, converting it on first use (atomically, locked)."""
-    target = build_dir(build) / "converted" / checkpoint.key / CONVERTED
+    target = resolve_build_dir(build_dir) / "converted" / checkpoint.key / CONVERTED
     if target.is_file():
         return target.parent
     with lock_for(target):

@@ -91,22 +91,22 @@ def preset_for(spec: str) -> str | None:
     return f"random:{match.group(1)}" if match else None
 
 
-def resolve(spec: str, build: Path | None = None) -> ModelSource:
+def resolve(spec: str, build_dir: Path | None = None) -> ModelSource:
     """Resolve a model spec; raises ModelNotFoundError with both remedies if it cannot be found.
 
-    A model with only pytorch_model.bin is converted once to safetensors under `build` (else $SEGDEMO_BUILD_DIR,
+    A model with only pytorch_model.bin is converted once to safetensors under `build_dir` (else $SEGDEMO_BUILD_DIR,
     else ./build) by segdemo.model.checkpoints; a checkpoint that would run code is refused with a SegdemoError."""
     if spec.startswith("random:"):
         return _random_source(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _local_source(spec, path, build)
+        return _local_source(spec, path, build_dir)
     if _looks_like_path(spec):
         raise ModelNotFoundError(
             f"no local model directory '{spec}' — pass an existing directory in Hugging Face layout "
             f"or a preset such as --model random:b4"
         )
-    return _local_source(spec, _download(spec), build)
+    return _local_source(spec, _download(spec), build_dir)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -177,13 +177,13 @@ def _snapshot(repo_id: str, patterns: list[str]) -> Path:
     return Path(folder)
 
 
-def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSource:
+def _local_source(spec: str, folder: Path, build_dir: Path | None = None) -> ModelSource:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelNotFoundError(f"'{folder}' has no config.json — pass a directory in Hugging Face layout")
     weights = sorted(folder.glob("*.safetensors"))
     # safetensors preferred; else pytorch_model.bin
-    pickled = None if weights else checkpoints.find(folder, build)
+    pickled = None if weights else checkpoints.find(folder, build_dir)
     if not weights and pickled is None:
         other = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         hint = f" (found pickle weights {other}, which segdemo never loads)" if other else ""
@@ -194,12 +194,12 @@ def _local_source(spec: str, folder: Path, build: Path | None = None) -> ModelSo
     labels = _labels(config, config_file)
     digest = hashlib.sha256(json.dumps(_config_identity(config), sort_keys=True).encode())
     for file in weights:
-        digest.update(f"{file.name}:{memo_sha256(file, build)}".encode())
+        digest.update(f"{file.name}:{memo_sha256(file, build_dir)}".encode())
     weights_dir = None
     if pickled is not None:  # the .bin's own sha256 (not the converted file's), so the key is known before converting
         for name, sha in pickled.hashes:
             digest.update(f"pickle:{name}:{sha}".encode())
-        weights_dir = checkpoints.converted(pickled, build)
+        weights_dir = checkpoints.converted(pickled, build_dir)
     return ModelSource(
         spec=spec,
         name=_slug(spec),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import build_dir
+from ..artifacts import resolve_build_dir
 from ..errors import ModelNotFoundError, SegdemoError
 from ..media.live import LiveFrame, LiveStream, LiveStreams
 from ..media.video_io import probe
@@ -78,7 +78,7 @@ class Demo:
         self.pixels = PixelBudget(PIXEL_BUDGET * self.config.image_limits.pixels)
 
     @property
-    def build(self) -> Path | None:
+    def build_dir(self) -> Path | None:
         return Path(self.config.build_dir) if self.config.build_dir else None
 
     @property
@@ -118,7 +118,7 @@ class Demo:
         try:
             self.stage = f"loading {cfg.model} (export and engine build happen once, then come from build/)"
             try:
-                self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build, progress=self._progress,
+                self.session = Session(cfg.model, cfg.backend, cfg.precision, self.build_dir, progress=self._progress,
                                        display_side=cfg.display_side, max_batch=cfg.max_batch)
             except ModelNotFoundError as exc:
                 fallback = preset_for(cfg.model) if cfg.model == DEFAULT_MODEL else None
@@ -133,7 +133,7 @@ class Demo:
                     f"`python app.py --model /path/to/local/model`."
                 )
                 self.stage = f"loading {fallback} (random weights)"
-                self.session = Session(fallback, cfg.backend, cfg.precision, self.build, progress=self._progress,
+                self.session = Session(fallback, cfg.backend, cfg.precision, self.build_dir, progress=self._progress,
                                        display_side=cfg.display_side, max_batch=cfg.max_batch)
             if self.session.random_weights and not self.banner:
                 self.banner = (f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the "
@@ -164,7 +164,7 @@ class Demo:
         serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
         flavour = serving or default_backend()
         with self._reload_lock:
-            engine = ensure_engine(session.onnx_file, precision, flavour, self.build, progress=progress, force=True)
+            engine = ensure_engine(session.onnx_file, precision, flavour, self.build_dir, progress=progress, force=True)
             if serving:
                 session.reload_backend(precision)
         where = (f"now serving it with {serving}" if serving else
@@ -297,7 +297,7 @@ def example_files(folder: Path | None = None) -> list[str]:
     from PIL import Image
     from skimage import data
 
-    target = build_dir(folder) / "examples"
+    target = resolve_build_dir(folder) / "examples"
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in EXAMPLE_PHOTOS:

@@ -43,7 +43,7 @@ def ensure_tensorrt_batched_onnx(network: Path, fp32_file: Path, precision: str 
                                  progress: ProgressFn | None = None) -> tuple[Path, Path]:
     """(network graph, post graph) to build batched `precision` plans from, made and checked once.
 
-    `network` is export_batched's network graph; `fp32_file` the fused graph the pair must agree with.
+    `network` is graph.batched's network graph; `fp32_file` the fused graph the pair must agree with.
     """
     network_path, post_path = tensorrt_batched_paths(network, precision)
 
@@ -118,7 +118,7 @@ def post_graph(logits: list[int]) -> onnx.ModelProto:
         initializer=inits,
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)])
-    model.ir_version = 8  # as export_batched's post graph
+    model.ir_version = 8  # as graph.batched's post graph
     if fp16.channels_first_upsampling(model) != 1:
         raise SegdemoError("the post-processing nodes no longer upsample channels-last — report this as a bug")
     onnx.checker.check_model(model)

@@ -1,7 +1,7 @@
 """Fused ONNX graph → serialized TensorRT plan (one code path for TensorRT and TensorRT-RTX), cached in build/.
 
-The distributions and their targets are in `trt_flavour`, TensorRT's logger and progress adapters in `trt_logging`,
-loading a plan in `backends.tensorrt_loader` and the `build` subcommand in `commands.build`.
+The distributions and their targets are in `flavour`, TensorRT's logger and progress adapters in `callbacks`,
+loading a plan in `loader` and the `build` subcommand in `commands.build`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from ... import engine_cache
-from ...artifacts import atomic_write, build_dir, lock_for
+from ...artifacts import atomic_write, lock_for, resolve_build_dir
 from ...errors import SegdemoError
 from ...graph.export import INPUT_IMAGE
 from ...graph.fp16 import ProgressFn, ensure_tensorrt_onnx, graph_check
@@ -83,31 +83,31 @@ class EngineSpec:
     role: str = "fused"  # which graph: "fused", or the batched pair's "batched network" and "post-processing"
 
 
-def engine_spec(onnx_file: Path, precision: str = "fp32", backend: str = "tensorrt-rtx", build: Path | None = None,
+def engine_spec(onnx_file: Path, precision: str = "fp32", backend: str = "tensorrt-rtx", build_dir: Path | None = None,
                 targets: list[str] | None = None, progress: ProgressFn | None = None) -> EngineSpec:
     """Work out the plan for the fp32 fused graph `onnx_file` (preparing the graph TensorRT builds from)."""
     _check_precision(precision)
     flavour(backend).load()  # a missing TensorRT says so before any graph is prepared
     graph, _ = ensure_tensorrt_onnx(onnx_file, precision, progress)
-    return plan_spec(graph, precision, PROFILE, backend, build if build is not None else onnx_file.parent.parent,
-                     targets)
+    folder = build_dir if build_dir is not None else onnx_file.parent.parent
+    return plan_spec(graph, precision, PROFILE, backend, folder, targets)
 
 
 def batch_specs(onnx_file: Path, network: Path, input_size: tuple[int, int], max_batch: int, precision: str = "fp32",
-                backend: str = "tensorrt-rtx", build: Path | None = None, targets: list[str] | None = None,
+                backend: str = "tensorrt-rtx", build_dir: Path | None = None, targets: list[str] | None = None,
                 progress: ProgressFn | None = None) -> tuple[EngineSpec, EngineSpec]:
-    """The plans of the batched graphs: export_batched's `network` with a batch profile up to `max_batch`, and the
+    """The plans of the batched graphs: graph.batched's `network` with a batch profile up to `max_batch`, and the
     per-image post-processing (fp32 at either precision, as in the fused graph; one plan whatever the batch)."""
     _check_precision(precision)
     flavour(backend).load()
     profile = batch_profile(input_size, max_batch)
     network_graph, post_graph = ensure_tensorrt_batched_onnx(network, onnx_file, precision, progress)
-    build = build if build is not None else onnx_file.parent.parent
-    return (plan_spec(network_graph, precision, profile, backend, build, targets, "batched network"),
-            plan_spec(post_graph, "fp32", PROFILE, backend, build, targets, "post-processing"))
+    build_dir = build_dir if build_dir is not None else onnx_file.parent.parent
+    return (plan_spec(network_graph, precision, profile, backend, build_dir, targets, "batched network"),
+            plan_spec(post_graph, "fp32", PROFILE, backend, build_dir, targets, "post-processing"))
 
 
-def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int]]], backend: str, build: Path,
+def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int]]], backend: str, build_dir: Path,
               targets: list[str] | None, role: str = "fused") -> EngineSpec:
     """The plan of a graph TensorRT builds from: its key covers the graph's bytes, the TensorRT flavour and version,
     the target, the precision, the optimisation profile and the build settings."""
@@ -118,8 +118,8 @@ def plan_spec(graph: Path, precision: str, profile: dict[str, dict[str, list[int
         "target": resolve_target(fl, trt, targets), "precision": precision, "profile": profile, "settings": SETTINGS,
     }
     key = engine_cache.engine_key(parts)
-    return EngineSpec(fl, trt, graph, parts, key, engine_cache.plan_path(build_dir(build), graph, fl.module, key),
-                      profile, role)
+    plan = engine_cache.plan_path(resolve_build_dir(build_dir), graph, fl.module, key)
+    return EngineSpec(fl, trt, graph, parts, key, plan, profile, role)
 
 
 def _check_precision(precision: str) -> None:
@@ -131,24 +131,24 @@ def ensure_engine(
     onnx_file: Path,
     precision: str = "fp32",
     backend: str = "tensorrt-rtx",
-    build: Path | None = None,
+    build_dir: Path | None = None,
     targets: list[str] | None = None,
     progress: ProgressFn | None = None,
     force: bool = False,
 ) -> Engine:
     """The cached plan for the fp32 fused graph `onnx_file` at `precision`, built (under a file lock) if needed."""
     start = time.perf_counter()
-    spec = engine_spec(onnx_file, precision, backend, build, targets, _scaled(progress, 0.0, GRAPH_SHARE))
+    spec = engine_spec(onnx_file, precision, backend, build_dir, targets, _scaled(progress, 0.0, GRAPH_SHARE))
     return ensure_plan(spec, onnx_file, _scaled(progress, GRAPH_SHARE, 1.0), force, start)
 
 
 def ensure_batch_engines(onnx_file: Path, network: Path, input_size: tuple[int, int], max_batch: int,
-                         precision: str = "fp32", backend: str = "tensorrt-rtx", build: Path | None = None,
+                         precision: str = "fp32", backend: str = "tensorrt-rtx", build_dir: Path | None = None,
                          targets: list[str] | None = None, progress: ProgressFn | None = None,
                          force: bool = False) -> tuple[Engine, Engine]:
     """The cached (network, post-processing) plans of the batched graphs (see batch_specs), built if needed."""
     start = time.perf_counter()
-    specs = batch_specs(onnx_file, network, input_size, max_batch, precision, backend, build, targets,
+    specs = batch_specs(onnx_file, network, input_size, max_batch, precision, backend, build_dir, targets,
                         _scaled(progress, 0.0, GRAPH_SHARE))
     return (ensure_plan(specs[0], onnx_file, _scaled(progress, GRAPH_SHARE, 0.85), force, start),
             ensure_plan(specs[1], onnx_file, _scaled(progress, 0.85, 1.0), force))
@@ -212,7 +212,7 @@ def _sidecar(spec: EngineSpec, onnx_file: Path, precision: str, seconds: float) 
     }
 
 
-def build_plan(trt: ModuleType, fl: Flavour, graph: Path, target: dict, build: Path, progress: ProgressFn | None,
+def build_plan(trt: ModuleType, fl: Flavour, graph: Path, target: dict, build_dir: Path, progress: ProgressFn | None,
                profile: dict[str, dict[str, list[int]]] = PROFILE) -> bytes:
     """Parse the graph into a strongly typed network and build a serialized plan for `target` and `profile`."""
     logger = trt_logger(trt)
@@ -237,7 +237,7 @@ def build_plan(trt: ModuleType, fl: Flavour, graph: Path, target: dict, build: P
     monitor = progress_monitor(trt, progress) if progress else None
     if monitor is not None:
         config.progress_monitor = monitor
-    timing = _load_timing_cache(config, fl, trt, build)
+    timing = _load_timing_cache(config, fl, trt, build_dir)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise SegdemoError(f"{fl.backend} failed to build an engine from {graph.name} (see the log above) — "
@@ -273,15 +273,15 @@ def _optimisation_profile(builder: Any, network: Any, bounds: dict[str, dict[str
     return profile
 
 
-def _timing_cache_path(fl: Flavour, trt: ModuleType, build: Path) -> Path:
-    return build / engine_cache.ENGINE_DIR / f"timing-{fl.module}-{trt.__version__}.cache"
+def _timing_cache_path(fl: Flavour, trt: ModuleType, build_dir: Path) -> Path:
+    return build_dir / engine_cache.ENGINE_DIR / f"timing-{fl.module}-{trt.__version__}.cache"
 
 
-def _load_timing_cache(config: Any, fl: Flavour, trt: ModuleType, build: Path) -> Path | None:
+def _load_timing_cache(config: Any, fl: Flavour, trt: ModuleType, build_dir: Path) -> Path | None:
     """Persistent timing cache so rebuilds skip tactic timing; TensorRT-RTX has none (its calls are no-ops)."""
     if fl.backend == "tensorrt-rtx":
         return None
-    path = _timing_cache_path(fl, trt, build)
+    path = _timing_cache_path(fl, trt, build_dir)
     blob = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(blob)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):

@@ -107,12 +107,12 @@ class EngineLoader:
     """Finds or builds the plan of one fused graph (or the two of its batched graphs) for one TensorRT flavour,
     deserialises it and checks it."""
 
-    def __init__(self, onnx_file: Path, backend: str, build: Path | None = None, targets: list[str] | None = None,
+    def __init__(self, onnx_file: Path, backend: str, build_dir: Path | None = None, targets: list[str] | None = None,
                  progress: ProgressFn | None = None, min_agreement: float | None = None,
                  source: ModelSource | None = None, max_batch: int = 1) -> None:
         """`source` and `max_batch` > 1: load the batched graphs' plans (exported from `source` once)."""
         self.onnx_file, self.name = onnx_file, backend
-        self.options = {"build": build, "targets": targets, "progress": progress}
+        self.options = {"build_dir": build_dir, "targets": targets, "progress": progress}
         self.min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
         if max_batch > 1 and source is None:
             raise ValueError("batching exports the batched graph from the model: pass source=")
@@ -128,9 +128,10 @@ class EngineLoader:
                 precision, spans)
             return LoadedEngine(self.name, self.trt, self.runtime, engine, precision,
                                 profile_max(engine, artifact.sidecar), artifact)
-        build = self.options["build"]
+        build_dir = self.options["build_dir"]
+        build_dir = build_dir if build_dir is not None else self.onnx_file.parent.parent
         with spans.span("batched onnx export", LOAD, max_batch=self.max_batch):
-            network, _ = ensure_batched_onnx(self.source, build if build is not None else self.onnx_file.parent.parent)
+            network, _ = ensure_batched_onnx(self.source, build_dir)
         (engine, artifact), (post_engine, post_artifact) = self._deserialize_all(
             lambda force: list(ensure_batch_engines(self.onnx_file, network, self.source.input_size, self.max_batch,
                                                     precision, self.name, force=force, **self.options)),

@@ -30,5 +30,5 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
            max_batch: int = 1) -> TensorRTRTXBackend:
     """`targets`: compute capabilities to build for (e.g. ["sm86"]); `min_agreement`: the fp16 accuracy bar;
     `max_batch` > 1: the batched graphs' plans (as runner.create)."""
-    return TensorRTRTXBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement,
+    return TensorRTRTXBackend(onnx_file, spans, precision, context.build_dir, targets, context.progress, min_agreement,
                               *runner.batch_options(context, max_batch))

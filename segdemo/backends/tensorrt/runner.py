@@ -2,8 +2,8 @@
 
 `TensorRTRunner` binds one deserialised engine (one execution context, its stream, device buffers, CUDA events) and
 runs requests on it; it can be made from a prebuilt plan file alone. With max_batch > 1 the backend loads the
-batched graphs' two plans instead and `tensorrt_batch.TensorRTBatchRunner` runs them, every request included, so a
-request's pixels do not depend on the batch it rides in. Loading lives in `tensorrt_loader`.
+batched graphs' two plans instead and `batch.TensorRTBatchRunner` runs them, every request included, so a
+request's pixels do not depend on the batch it rides in. Loading lives in `loader`.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class TensorRTRunner:
             return self.host_classes[:count].numpy().reshape(height, width).copy()
 
     def _attach_profiler(self) -> Any:
-        """IProfiler on the context for the next launch (see tensorrt_timing.attach_profiler)."""
+        """IProfiler on the context for the next launch (see timing.attach_profiler)."""
         if self._profiler is None:
             self._profiler = layer_profiler(self._trt)
         return attach_profiler(self.context, self._profiler)
@@ -174,14 +174,14 @@ class TensorRTBackend(Backend, BatchRunner):
     name = BACKEND
     device = "cuda"
 
-    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", build: Path | None = None,
+    def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", build_dir: Path | None = None,
                  targets: list[str] | None = None, progress: ProgressFn | None = None,
                  min_agreement: float | None = None, source: ModelSource | None = None, max_batch: int = 1) -> None:
         reason = unavailable_reason(self.name)
         if reason:
             raise SegdemoError(f"backend '{self.name}' cannot run here: {reason} — use --backend auto")
         self.max_batch = max_batch
-        loader = EngineLoader(onnx_file, self.name, build, targets, progress, min_agreement, source, max_batch)
+        loader = EngineLoader(onnx_file, self.name, build_dir, targets, progress, min_agreement, source, max_batch)
         bind = TensorRTBatchRunner if max_batch > 1 else TensorRTRunner
         self.loaded, self.runner = loader.load(precision, spans, bind)
         # What the app, the bench and the tests read: the precision actually run (after any accuracy fallback).
@@ -234,7 +234,7 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
            max_batch: int = 1) -> TensorRTBackend:
     """`targets`: TensorRT-RTX compute capabilities to build for; `min_agreement`: the fp16 accuracy bar;
     `max_batch` > 1: the batched graphs' plans (exported once beside the fused graph; needs context.source)."""
-    return TensorRTBackend(onnx_file, spans, precision, context.build, targets, context.progress, min_agreement,
+    return TensorRTBackend(onnx_file, spans, precision, context.build_dir, targets, context.progress, min_agreement,
                            *batch_options(context, max_batch))
 
 
