@@ -14,10 +14,10 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from segdemo.cli import setup_logging
+from segdemo.commands.options import add_session_options
 from segdemo.errors import SegdemoError
 from segdemo.media.live import live_chart
 from segdemo.media.video_job import write_outputs
-from segdemo.model.source import PRESETS
 from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
 from segdemo.web import engine_page
@@ -68,11 +68,7 @@ CSS = ".segdemo-legend td, .segdemo-legend th {padding: 2px 8px} .segdemo-legend
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     env = AppConfig.from_env()
     p = argparse.ArgumentParser(description="segdemo web app (options also read from SEGDEMO_* variables)")
-    p.add_argument("--model", default=env.model, help=f"hub id, local directory or {', '.join(PRESETS)}")
-    p.add_argument("--backend", default=env.backend, help="auto or a backend name")
-    p.add_argument("--precision", default=env.precision, choices=("auto", "fp16", "fp32"),
-                   help="auto: fp16 on GPU backends, fp32 on the CPU")
-    p.add_argument("--build-dir", default=env.build_dir, help="artifact cache (default build/)")
+    add_session_options(p, env.model, env.backend, env.precision, env.build_dir)
     p.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=env.port)
     p.add_argument("--share", action="store_true", default=env.share, help="create a public share link")

@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 
 from . import Command
+from .options import add_build_dir
 
 
 def _doctor_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--build-dir", type=Path, default=None,
-                   help="artifact folder for the self-test (default: a temporary folder)")
+    add_build_dir(p, help="artifact folder for the self-test (default: a temporary folder)")
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from ..media.video_io import CLI_LIMITS, is_video_path
-from ..model.source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
+from .options import add_session_options
 
 log = logging.getLogger("segdemo")
 
@@ -17,12 +17,8 @@ log = logging.getLogger("segdemo")
 def _segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, metavar="FILE",
                    help="image file (PNG, JPEG, WebP, …) or video file (.mp4, .mov, .mkv, .webm, …)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
-    p.add_argument("--backend", default="auto", help="auto (best available) or a backend name")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
-                   help="auto (default): fp16 on GPU backends (sensitive ops fp32, accuracy-checked), fp32 on CPU")
-    p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    add_session_options(p)
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     p.add_argument("--detailed", action="store_true",
                    help="add per-layer spans from the backend's profiler to profiling.json (slower)")

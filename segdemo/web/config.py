@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..image.decode import MAX_PIXELS
 from ..image.visuals import DISPLAY_SIDE
@@ -31,7 +32,7 @@ class AppConfig:
     model: str = DEFAULT_MODEL
     backend: str = "auto"
     precision: str = "auto"
-    build_dir: str | None = None
+    build_dir: str | Path | None = None
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
