@@ -34,7 +34,7 @@ class Rung:
     reason: str
 
 
-# Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
+# Order of preference for --backend auto: GPU backends first, the CPU backend last. triton is named by address only.
 LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
 _MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt.runner",
             "tensorrt-rtx": "tensorrt.rtx", "triton": "triton"}

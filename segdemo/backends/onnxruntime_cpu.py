@@ -95,13 +95,13 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         options.log_severity_level = 3
         if os.environ.get(SPIN_ENV, "1") == "0":
             # The operator's choice for a small model under many visitors on a few cores: threads spinning for work
-            # take the cores the app's other requests need (random:tiny, 8 clients on 2 cores: ~13 % more
-            # requests/s, a fifth less CPU a request), while a large model's runs get slower without it (b4: +6–13 %).
+            # take the cores the app's other requests need, while a large model's runs get slower without it
+            # (docs/benchmarks.md, "Measurements behind choices in the code").
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif self.batched:
             # Two sessions run in turn (network, then post-processing): threads still spinning after one has
-            # finished take the cores the other needs (b4 on 2 cores: 59 → 110 ms a request). They spin within a
-            # run (fast hand-offs between its nodes) and stop when it returns.
+            # finished take the cores the other needs (docs/benchmarks.md). They spin within a run (fast hand-offs
+            # between its nodes) and stop when it returns.
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)

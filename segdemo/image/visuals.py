@@ -15,7 +15,7 @@ from .preprocess import output_size
 DEFAULT_OPACITY = 0.5
 DISPLAY_SIDE = 1600  # long side of what the browser shows; full-resolution files are downloads
 JPEG_QUALITY = 90  # display overlays: photographic, so JPEG (4:4:4 keeps the class edges' colours sharp)
-PNG_LEVEL = 1  # zlib level of palette PNGs: class maps compress well even at 1, and 5× faster than the default 6
+PNG_LEVEL = 1  # zlib level of palette PNGs: class maps compress well even at 1, much faster than the default 6
 
 
 def colour_table(colours: np.ndarray) -> np.ndarray:
@@ -26,7 +26,7 @@ def colour_table(colours: np.ndarray) -> np.ndarray:
 
 
 def colour_mask(class_map: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 picture of the class map (Pillow's palette conversion: colour_table's lookup, 2× numpy's speed)."""
+    """H×W×3 uint8 picture of the class map (Pillow's palette conversion: colour_table's lookup, faster than numpy)."""
     return np.asarray(_palette_image(class_map, colours).convert("RGB"))
 
 
@@ -37,7 +37,7 @@ def clamp_opacity(opacity: float) -> float:
 def overlay(image: np.ndarray, mask: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
     """Blend the colour mask over the photo; opacity 0 shows the photo, 1 the mask.
 
-    Pillow's blend (photo + opacity·(mask − photo), truncated), 1.6× the speed of a numpy table lookup;
+    Pillow's blend (photo + opacity·(mask − photo), truncated), faster than a numpy table lookup;
     `blend_table` holds the same arithmetic for devices.
     """
     return np.asarray(Image.blend(Image.fromarray(image), Image.fromarray(mask), clamp_opacity(opacity)))

@@ -113,8 +113,8 @@ class Encoder(threading.Thread):
                                            options={"crf": str(CRF), "preset": PRESET})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / self.fps
-        # Frame threads, not libavcodec's default slice threads: x264 encodes 1080p 1.7× faster on 2 cores (more on
-        # many), at a few frames of latency that a file does not mind.
+        # Frame threads, not libavcodec's default slice threads: x264 encodes faster (docs/benchmarks.md), at a few
+        # frames of latency that a file does not mind.
         stream.codec_context.thread_type = "FRAME"
         return stream
 

@@ -1,6 +1,6 @@
 """`python app.py --front-ends N`: N copies of the app on loopback ports of their own, behind one public port.
 
-One Gradio process spends tens of ms of CPU per request outside the engine (routing, upload, queue, event stream,
+One Gradio process spends CPU on every request outside the engine (routing, upload, queue, event stream,
 file download), so on a many-core machine one process caps the app long before the GPU does. This supervisor starts
 N copies (`--front-ends 1`, each with its own session), serves the public address through HAProxy (configured by
 `haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy that exits (with a
