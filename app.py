@@ -291,7 +291,7 @@ def build(demo: Demo) -> gr.Blocks:
                                                  summary_table, trace_dl, legend_shown, timings_shown],
                               js=AFTER_OVERLAY_PAINT,
                               api_visibility="private", concurrency_limit=demo.config.workers, show_progress="hidden")
-        opacity.change(change_opacity, [state, opacity], [overlay, hover], api_visibility="private",
+        opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
                        concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
         make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
                            api_description=FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
