@@ -8,23 +8,45 @@ import signal
 import sys
 
 # Before anything touches CUDA: on ZeroGPU the `spaces` package must be imported first (a no-op elsewhere).
-from segdemo.hosting import gpu_function, on_zero_gpu  # isort: skip
+from segdemo.web.hosting import gpu_function, on_zero_gpu  # isort: skip
 
 import gradio as gr
 from starlette.middleware import Middleware
 
-from segdemo import engine_page, frontends
-from segdemo import response as r
-from segdemo import webapp as w
-from segdemo.appconfig import AppConfig
-from segdemo.bodylimit import BodyLimit
 from segdemo.cli import setup_logging
+from segdemo.commands.options import add_session_options
 from segdemo.errors import SegdemoError
-from segdemo.gradio_parts import ImageUpload, LiveOverlay, hover_view
-from segdemo.live import live_chart
-from segdemo.model_source import PRESETS
-from segdemo.timeline import summary_figure, timeline_figure
-from segdemo.video import write_outputs
+from segdemo.media.live import live_chart
+from segdemo.media.video_job import write_outputs
+from segdemo.profiling.timeline import summary_figure, timeline_figure
+from segdemo.serving import frontends
+from segdemo.web import engine_page
+from segdemo.web.bodylimit import BodyLimit
+from segdemo.web.components import ImageUpload, LiveOverlay, hover_view
+from segdemo.web.config import AppConfig
+from segdemo.web.demo import (
+    FULL_OVERLAY_API_DOC,
+    LIVE_FPS,
+    LIVE_VIEWERS,
+    SEGMENT_API_DOC,
+    VIDEO_API_DOC,
+    Demo,
+    example_files,
+    live_readout,
+    video_status,
+)
+from segdemo.web.response import (
+    SUMMARY_COLUMNS,
+    hover_html,
+    legend_file,
+    legend_html,
+    reblend,
+    status_line,
+    summary_rows,
+    timings,
+    trace_file,
+    view_file,
+)
 
 VIDEO_GPU_SECONDS = 180  # ZeroGPU: a 60 s clip at ≥ 2× real time, plus loading the session in a fresh worker
 # The follow-up step (legend, hover view, colour mask, plots) starts once the overlay is painted, so its work never
@@ -46,11 +68,7 @@ CSS = ".segdemo-legend td, .segdemo-legend th {padding: 2px 8px} .segdemo-legend
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     env = AppConfig.from_env()
     p = argparse.ArgumentParser(description="segdemo web app (options also read from SEGDEMO_* variables)")
-    p.add_argument("--model", default=env.model, help=f"hub id, local directory or {', '.join(PRESETS)}")
-    p.add_argument("--backend", default=env.backend, help="auto or a backend name")
-    p.add_argument("--precision", default=env.precision, choices=("auto", "fp16", "fp32"),
-                   help="auto: fp16 on GPU backends, fp32 on the CPU")
-    p.add_argument("--build-dir", default=env.build_dir, help="artifact cache (default build/)")
+    add_session_options(p, env.model, env.backend, env.precision, env.build_dir)
     p.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=env.port)
     p.add_argument("--share", action="store_true", default=env.share, help="create a public share link")
@@ -95,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     return AppConfig(**vars(args))
 
 
-def build(demo: w.Demo) -> gr.Blocks:
+def build(demo: Demo) -> gr.Blocks:
     def segment(image, opacity, detailed, visitor, request: gr.Request):
         if not demo.ready:
             gr.Info("The model is still loading; your image runs as soon as it is ready.")
@@ -106,30 +124,30 @@ def build(demo: w.Demo) -> gr.Blocks:
             raise gr.Error(str(exc)) from None
         visitor.last = response
         return str(response.overlay), str(response.classes), response.legend_json(), \
-            r.timings(response, demo.session), visitor
+            timings(response, demo.session), visitor
 
     def details(visitor):
         session, response = demo.session, visitor.last
         if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
-            return (str(r.view_file(response)), r.hover_html(response), r.legend_html(response),
-                    str(r.legend_file(response)), r.status_line(response), *(gr.skip(),) * 4,
+            return (str(view_file(response)), hover_html(response), legend_html(response),
+                    str(legend_file(response)), status_line(response), *(gr.skip(),) * 4,
                     response.legend_json(), gr.skip())
         summary = session.history.summary()
-        return (str(r.view_file(response)), r.hover_html(response), r.legend_html(response),
-                str(r.legend_file(response)), r.status_line(response),
+        return (str(view_file(response)), hover_html(response), legend_html(response),
+                str(legend_file(response)), status_line(response),
                 timeline_figure(session.load_spans.spans, response.spans.spans), summary_figure(summary),
-                r.summary_rows(summary), r.trace_file(session, response), response.legend_json(),
-                r.timings(response, session))
+                summary_rows(summary), trace_file(session, response), response.legend_json(),
+                timings(response, session))
 
-    def reblend(visitor, opacity, request: gr.Request):
+    def change_opacity(visitor, opacity, request: gr.Request):
         if visitor is None or visitor.last is None:
             return gr.skip(), gr.skip()
         try:
             response = demo.kept(visitor, request)
-            overlay = r.reblend(response, opacity)
+            overlay = reblend(response, opacity)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return str(overlay), r.hover_html(response, overlay)
+        return str(overlay), hover_html(response, overlay)
 
     def full_overlay(visitor, opacity, request: gr.Request):
         try:
@@ -144,7 +162,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             return gr.skip(), f"⚠️ {exc}", gr.skip()
         if done is None:  # replaced by a newer frame of the same stream before it reached the engine
             return gr.skip(), gr.skip(), gr.skip()
-        return done.jpeg, w.live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
+        return done.jpeg, live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
 
     def video(path, opacity, visitor, request: gr.Request, progress=gr.Progress()):
         def report(done, total):
@@ -156,11 +174,11 @@ def build(demo: w.Demo) -> gr.Blocks:
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
         files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
-        return (str(result.path), w.video_status(result), result.figure(), str(files["csv"]), str(files["json"]),
+        return (str(result.path), video_status(result), result.figure(), str(files["csv"]), str(files["json"]),
                 str(files["profiling"]), visitor)
 
     def startup():
-        return w.Demo.status_text(demo), gr.Timer(active=not demo.ready)
+        return Demo.status_text(demo), gr.Timer(active=not demo.ready)
 
     def engine(request: gr.Request):
         demo.saw(request.headers)
@@ -189,7 +207,7 @@ def build(demo: w.Demo) -> gr.Blocks:
                     image.max_bytes = demo.config.image_limits.bytes
                     run = gr.Button("Segment", variant="primary")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                    gr.Examples(w.example_files(demo.build), inputs=[image], label="Example photographs")
+                    gr.Examples(example_files(demo.build_dir), inputs=[image], label="Example photographs")
                 with gr.Column(scale=1):
                     overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
                     status = gr.Markdown(elem_id="status")
@@ -223,7 +241,7 @@ def build(demo: w.Demo) -> gr.Blocks:
                 camera.max_bytes = demo.config.image_limits.bytes
                 live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
             live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-            live_readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.",
+            live_text = gr.Markdown("Start the camera to see the frame rate and per-frame latency.",
                                        elem_id="live-readout")
         with gr.Tab("Video"):
             limits = demo.config.video_limits
@@ -245,7 +263,7 @@ def build(demo: w.Demo) -> gr.Blocks:
             detailed = gr.Checkbox(label="Detailed: per-layer spans from the backend's profiler (slower requests)")
             timeline = gr.Plot(label="Timeline: session load and the last request", elem_id="timeline")
             summary_plot = gr.Plot(label="Per-span p50 / p95 over recent requests")
-            summary_table = gr.Dataframe(headers=list(r.SUMMARY_COLUMNS),
+            summary_table = gr.Dataframe(headers=list(SUMMARY_COLUMNS),
                                          label="Per-span summary", interactive=False)
             trace_dl = gr.File(label="Trace (Chrome trace JSON — open in Perfetto UI or chrome://tracing)")
             live_plot = gr.Plot(label="Live: where each recent webcam frame's time goes (updated every second)",
@@ -266,26 +284,26 @@ def build(demo: w.Demo) -> gr.Blocks:
         # several requests are in flight while one at a time is in the engine.
         segment_event = run.click(segment, [image, opacity, detailed, state],
                                   [overlay, classes_file, legend_json, timings_json, state],
-                                  api_name="segment", api_description=w.SEGMENT_API_DOC,
+                                  api_name="segment", api_description=SEGMENT_API_DOC,
                                   concurrency_limit=demo.config.workers, concurrency_id="requests",
                                   show_progress="minimal", show_progress_on=[overlay])
         segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, timeline, summary_plot,
                                                  summary_table, trace_dl, legend_shown, timings_shown],
                               js=AFTER_OVERLAY_PAINT,
                               api_visibility="private", concurrency_limit=demo.config.workers, show_progress="hidden")
-        opacity.change(reblend, [state, opacity], [overlay, hover], api_visibility="private",
+        opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
                        concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
         make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
-                           api_description=w.FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
+                           api_description=FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
         # One stream per visitor: the browser sends a frame only when the last result is back and the server keeps
-        # only the newest (latest frame wins, also across concurrent calls: segdemo.live); time-limited when public.
-        camera.stream(live, [camera, live_opacity], [live_overlay, live_readout, live_plot],
-                      stream_every=1 / w.LIVE_FPS, time_limit=demo.config.live_time_limit,
-                      concurrency_limit=w.LIVE_VIEWERS, concurrency_id="live", api_visibility="private",
+        # only the newest (latest frame wins, across concurrent calls too: media.live); time-limited when public.
+        camera.stream(live, [camera, live_opacity], [live_overlay, live_text, live_plot],
+                      stream_every=1 / LIVE_FPS, time_limit=demo.config.live_time_limit,
+                      concurrency_limit=LIVE_VIEWERS, concurrency_id="live", api_visibility="private",
                       show_progress="hidden")
         video_run.click(video, [video_in, video_opacity, state],
                         [video_out, video_md, share_plot, shares_csv, shares_json, video_trace, state],
-                        api_name="segment_video", api_description=w.VIDEO_API_DOC, concurrency_limit=1,
+                        api_name="segment_video", api_description=VIDEO_API_DOC, concurrency_limit=1,
                         concurrency_id="video")
         engine_tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
         # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
@@ -296,17 +314,17 @@ def build(demo: w.Demo) -> gr.Blocks:
     return blocks
 
 
-def create(config: AppConfig) -> tuple[gr.Blocks, w.Demo]:
+def create(config: AppConfig) -> tuple[gr.Blocks, Demo]:
     """The app for `config` and the demo it serves, its session loading in the background."""
     if config.front_end_index is not None:
         frontends.exit_with_supervisor()
-    served = w.Demo(config).start()
+    served = Demo(config).start()
     blocks = build(served)
     blocks.queue(max_size=config.queue_size)
     return blocks, served
 
 
-def launch(config: AppConfig, blocks: gr.Blocks, served: w.Demo) -> None:
+def launch(config: AppConfig, blocks: gr.Blocks, served: Demo) -> None:
     # Bodies are bounded before Gradio reads them (an image inline as a data: URL in JSON had no limit); only the
     # visitors' folders are served besides Gradio's own cache; sessions are capped (their state is small).
     limit = Middleware(BodyLimit, limit=config.body_bytes, upload_limit=config.upload_mb * 2**20)

@@ -51,12 +51,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def memo_sha256(path: Path, build: Path | None = None) -> str:
+def memo_sha256(path: Path, build_dir: Path | None = None) -> str:
     """sha256 of a file, remembered under build/hashes by path, size, mtime and inode, so a warm start reads no
-    weights (hashing b4's 250 MB costs ~0.3 s); any change to the file hashes it again."""
+    weights (hashing a large model's weights is a noticeable part of a start); any change to the file hashes it
+    again."""
     stat = path.stat()
     stamp = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
-    memo = resolve_build_dir(build) / "hashes" / digest(stamp)[:32]
+    memo = resolve_build_dir(build_dir) / "hashes" / digest(stamp)[:32]
     try:
         text = memo.read_text()
         if len(text) == 64 and all(c in "0123456789abcdef" for c in text):

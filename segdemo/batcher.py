@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
+from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
 
 # The dispatcher feeds the device in short steps between waits, and each time it takes the GIL back it queues behind
 # the request threads' Python (decoding, legends, the web server) — up to the 5 ms default switch interval a turn.

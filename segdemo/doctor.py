@@ -38,9 +38,9 @@ def versions() -> dict[str, str]:
 def self_test(name: str, onnx_file: Path, source, reference: np.ndarray) -> tuple[bool, str]:
     """Create backend `name`, segment the probe image, and compare with ONNX Runtime fp32."""
     from . import backends
-    from .export_fp16 import MIN_AGREEMENT, PROBE_OUT_SIZE, probe_image
-    from .preprocess import ModelInput
-    from .spans import SpanRecorder
+    from .graph.fp16 import MIN_AGREEMENT, PROBE_OUT_SIZE, probe_image
+    from .image.preprocess import ModelInput
+    from .profiling.spans import SpanRecorder
 
     start = time.perf_counter()
     backend = None
@@ -76,14 +76,14 @@ print("LOADED" if engine is not None else "REFUSED")
 """
 
 
-def rtx_build_check(onnx_file: Path, build: Path) -> str:
+def rtx_build_check(onnx_file: Path, build_dir: Path) -> str:
     """Build a tiny TensorRT-RTX plan ahead of time; where a GPU exists, also ask its runtime to load it."""
-    from .engine_build import ensure_engine
+    from .backends.tensorrt.engine_build import ensure_engine
     from .gpu import detect
 
     try:
         start = time.perf_counter()
-        engine = ensure_engine(onnx_file, "fp32", "tensorrt-rtx", build)
+        engine = ensure_engine(onnx_file, "fp32", "tensorrt-rtx", build_dir)
     except Exception as exc:  # noqa: BLE001 — the doctor reports every failure and goes on
         return f"AOT build FAILED: {type(exc).__name__}: {exc}"
     line = (f"AOT build ok ({engine.plan.stat().st_size / 1e6:.1f} MB plan, "

@@ -21,10 +21,10 @@ def engine_key(parts: dict[str, Any]) -> str:
     return digest(json.dumps(parts, sort_keys=True))
 
 
-def plan_path(build: Path, onnx_file: Path, flavour: str, key: str) -> Path:
+def plan_path(build_dir: Path, onnx_file: Path, flavour: str, key: str) -> Path:
     """build/engines/<model>-<precision>-<flavour>-<key>.plan: readable name, content-addressed."""
     stem = onnx_file.stem.rsplit("-", 1)[0]  # drop the graph's own hash; the key covers it
-    return build / ENGINE_DIR / f"{stem}-{flavour}-{key[:16]}.plan"
+    return build_dir / ENGINE_DIR / f"{stem}-{flavour}-{key[:16]}.plan"
 
 
 def sidecar_path(plan: Path) -> Path:

@@ -15,19 +15,19 @@ import numpy as np
 
 from . import backends
 from .batcher import Batcher, Ticket
-from .classmap import legend, legend_from_counts, restore_size
-from .decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
-from .export import ensure_onnx
-from .labels import palette
-from .model_source import ModelSource, resolve
-from .preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
-from .segmentation import Segmentation
-from .spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
-from .visuals import (
+from .graph.export import ensure_onnx
+from .image.classmap import legend, legend_from_counts, restore_size
+from .image.decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
+from .image.preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
+from .image.visuals import (
     DEFAULT_OPACITY,
     DISPLAY_SIDE,
     display_size,
 )
+from .model.labels import palette
+from .model.source import ModelSource, resolve
+from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
+from .segmentation import Segmentation
 
 log = logging.getLogger("segdemo")
 
@@ -73,7 +73,7 @@ class Session:
         model: str,
         backend: str = "auto",
         precision: str = "auto",
-        build: Path | None = None,
+        build_dir: Path | None = None,
         max_side: int = MAX_OUTPUT_SIDE,
         source: ModelSource | None = None,
         progress: Callable[[float, str], None] | None = None,
@@ -104,14 +104,14 @@ class Session:
         start = time.perf_counter()
         with self.load_spans.span("session load", LOAD, model=model) as attrs:
             with self.load_spans.span("resolve model", LOAD, model=model):
-                self.source = source or resolve(model, build)
+                self.source = source or resolve(model, build_dir)
             with self.load_spans.span("onnx export", LOAD) as onnx_attrs:
-                self.onnx_file, hit = ensure_onnx(self.source, build, self.load_spans)
+                self.onnx_file, hit = ensure_onnx(self.source, build_dir, self.load_spans)
                 onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
-            self._context = backends.LoadContext(self.source, build, progress, long_lived=warm_up != "off")
+            self._context = backends.LoadContext(self.source, build_dir, progress, long_lived=warm_up != "off")
             self._options = {"max_batch": max_batch} if max_batch > 1 else {}  # kept for reload_backend
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision), **self._options)

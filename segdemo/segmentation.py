@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .classmap import LegendEntry
-from .decode import decode
-from .spans import INFERENCE, SpanRecorder
-from .visuals import DEFAULT_OPACITY, clamp_opacity, class_map_png, colour_mask, overlay, png_bytes
+from .image.classmap import LegendEntry
+from .image.decode import decode
+from .image.visuals import DEFAULT_OPACITY, clamp_opacity, class_map_png, colour_mask, overlay, png_bytes
+from .profiling.spans import INFERENCE, SpanRecorder
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.frontends import free_port
+from segdemo.serving.frontends import free_port
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -33,7 +33,7 @@ def session_factory(build_dir):
 
     def get(spec: str):
         if spec not in cache:
-            cache[spec] = Session(spec, "onnxruntime", build=build_dir)
+            cache[spec] = Session(spec, "onnxruntime", build_dir=build_dir)
         return cache[spec]
 
     yield get
@@ -43,7 +43,7 @@ def session_factory(build_dir):
 
 @pytest.fixture(scope="session")
 def reference_factory(session_factory):
-    from segdemo.reference import TransformersPipeline
+    from segdemo.model.reference import TransformersPipeline
 
     cache = {}
 

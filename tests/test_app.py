@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.visuals import read_class_map
+from segdemo.image.visuals import read_class_map
 
 from .conftest import photo
 
@@ -36,7 +36,7 @@ def test_large_photo_is_shown_at_display_size_and_downloads_stay_full_size(clien
     """A portrait phone photo (EXIF orientation 6): shown at ≤ 1600 px, class map exact and upright at full size."""
     from gradio_client import handle_file
 
-    from segdemo.decode import decode
+    from segdemo.image.decode import decode
 
     path = tmp_path / "phone.jpg"
     exif = Image.Exif()
@@ -86,7 +86,7 @@ def test_one_front_end_is_gradio_itself(app_url):
     """The default, --front-ends 1: no proxy in front, so no affinity cookie (tests/test_frontends.py has several)."""
     import urllib.request
 
-    from segdemo.haproxy import COOKIE
+    from segdemo.serving.haproxy import COOKIE
 
     with urllib.request.urlopen(app_url + "config", timeout=30) as answer:
         assert COOKIE not in str(answer.headers.get_all("Set-Cookie")) and json.loads(answer.read())["version"]
@@ -103,7 +103,7 @@ def test_detailed_request_has_layer_spans(client, photo_file):
 
 
 def test_config_from_environment():
-    from segdemo.webapp import AppConfig
+    from segdemo.web.demo import AppConfig
 
     config = AppConfig.from_env({"SEGDEMO_MODEL": "random:b0", "SEGDEMO_PORT": "9000", "SEGDEMO_SHARE": "1",
                                  "SEGDEMO_BACKEND": "onnxruntime"})
@@ -146,9 +146,9 @@ def test_bad_video_gives_one_sentence_and_app_keeps_serving(client, tmp_path, ph
 
 
 def test_an_image_over_the_upload_limit_is_refused(tmp_path):
-    from segdemo.admission import IMAGE_MB
     from segdemo.errors import SegdemoError
-    from segdemo.webapp import AppConfig, Demo
+    from segdemo.web.admission import IMAGE_MB
+    from segdemo.web.demo import AppConfig, Demo
 
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8" + bytes(IMAGE_MB * 2**20 + 10))
@@ -158,8 +158,8 @@ def test_an_image_over_the_upload_limit_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_offline_default_model_falls_back_to_random_weights_with_banner(monkeypatch, tmp_path):
-    from segdemo.model_source import DEFAULT_MODEL
-    from segdemo.webapp import AppConfig, Demo
+    from segdemo.model.source import DEFAULT_MODEL
+    from segdemo.web.demo import AppConfig, Demo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -200,8 +200,8 @@ def _live_stream(url):
 
 
 def test_a_public_app_limits_each_visitors_live_stream(public_app, app_url):
-    from segdemo.appconfig import LIVE_SECONDS
-    from segdemo.webapp import LIVE_FPS
+    from segdemo.web.config import LIVE_SECONDS
+    from segdemo.web.demo import LIVE_FPS
 
     public, loopback = _live_stream(public_app), _live_stream(app_url)
     assert public["time_limit"] == LIVE_SECONDS and loopback["time_limit"] is None

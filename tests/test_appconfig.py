@@ -3,8 +3,8 @@ non-loopback bind, a Space, --public); the limits a visitor meets come from the 
 
 from __future__ import annotations
 
-from segdemo.appconfig import BUILDS_SPLIT, AppConfig
-from segdemo.frontends import child_argv
+from segdemo.serving.frontends import child_argv
+from segdemo.web.config import BUILDS_SPLIT, AppConfig
 
 
 def _children_options(config: AppConfig) -> list[str]:

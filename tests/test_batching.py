@@ -12,10 +12,10 @@ import pytest
 from segdemo import backends
 from segdemo.batcher import Batcher
 from segdemo.errors import BadImageError, SegdemoError
-from segdemo.labels import palette
+from segdemo.image.visuals import colour_mask
+from segdemo.model.labels import palette
 from segdemo.pipeline import Session
-from segdemo.spans import INFERENCE, SpanRecorder
-from segdemo.visuals import colour_mask
+from segdemo.profiling.spans import INFERENCE, SpanRecorder
 
 from .conftest import photo
 
@@ -24,7 +24,7 @@ SIZES = (("astronaut", (300, 400)), ("coffee", (512, 512)), ("chelsea", (700, 50
 
 @pytest.fixture(scope="module")
 def batched(build_dir):
-    with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=4, batch_window_ms=50) as session:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=4, batch_window_ms=50) as session:
         yield session
 
 
@@ -65,7 +65,7 @@ def test_a_failed_batch_fails_each_of_its_requests_and_the_next_one_works(batche
 
 
 def test_a_lone_request_does_not_wait_for_the_window(build_dir):
-    with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=4, batch_window_ms=60_000) as session:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=4, batch_window_ms=60_000) as session:
         result = session.segment(photo("rocket", (128, 160)))  # nothing else in flight: no reason to wait 60 s
         assert result.info["infer_ms"] < 30_000
         (span,) = [s for s in result.spans.spans if s.name == "batch"]
@@ -145,7 +145,7 @@ def test_a_batch_function_that_raises_fails_every_request_of_its_batch():
 
 
 def test_a_reloaded_backend_still_batches(build_dir):
-    with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=2, batch_window_ms=50) as session:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=2, batch_window_ms=50) as session:
         session.reload_backend("fp32")  # what the Engine tab's rebuild does
         assert session.backend.max_batch == 2 and session.backend.batched is not None
         images = [photo("coffee", (200, 300)), photo("rocket", (256, 384))]
@@ -165,7 +165,7 @@ def test_ort_spinning_is_the_operators_choice(build_dir, monkeypatch, max_batch)
             monkeypatch.delenv(SPIN_ENV, raising=False)
         else:
             monkeypatch.setenv(SPIN_ENV, env)
-        with Session("random:tiny", "onnxruntime", build=build_dir, max_batch=max_batch, warm_up="off") as session:
+        with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=max_batch, warm_up="off") as session:
             options = session.backend.session.get_session_options()
             return tuple(entry(options, key) for key in ("session.intra_op.allow_spinning",
                                                          "session.force_spinning_stop"))

@@ -223,7 +223,7 @@ def test_video_tab_returns_a_playable_mp4_and_the_share_chart(app_url, browser, 
 def test_two_visitors_use_the_app_through_the_front_ends_proxy(browser, build_dir, photo_file, tmp_path):
     """`--front-ends 2`: each browser visitor is pinned to one copy by HAProxy's cookie, and everything a page does —
     upload, the queue's event stream, the follow-up step, re-blending from gr.State, the files — works through it."""
-    from segdemo.haproxy import COOKIE
+    from segdemo.serving.haproxy import COOKIE
 
     from .conftest import running_app
     from .test_frontends import _haproxy, _wait_for, routed

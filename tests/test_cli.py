@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from segdemo.visuals import read_class_map
+from segdemo.image.visuals import read_class_map
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:

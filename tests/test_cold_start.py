@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FRESH_PROCESS = """
 import json, sys
 from segdemo.pipeline import Session
-with Session("random:tiny", "onnxruntime", build=sys.argv[1], warm_up=sys.argv[2]) as session:
+with Session("random:tiny", "onnxruntime", build_dir=sys.argv[1], warm_up=sys.argv[2]) as session:
     result = session.segment(sys.argv[3])  # runs after the warm-up, which holds the engine until it is done
     load = {s.name: s.attrs for s in session.load_spans.spans}
 heavy = sorted(m for m in ("torch", "transformers", "onnx", "huggingface_hub", "safetensors") if m in sys.modules)
@@ -57,7 +57,7 @@ def test_start_from_cache_imports_neither_transformers_nor_torch(tmp_path, astro
 
 def test_init_log_names_the_load_steps(build_dir, caplog):
     caplog.set_level("INFO", logger="segdemo")
-    with Session("random:tiny", "onnxruntime", build=build_dir, warm_up="now"):
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, warm_up="now"):
         pass
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("init time:")]
     assert "create ort session" in line and "warm-up now" in line
@@ -65,13 +65,13 @@ def test_init_log_names_the_load_steps(build_dir, caplog):
 
 def test_background_warm_up_is_ready_at_once_and_first_request_waits_for_it(build_dir):
     image = photo("astronaut", (200, 300))
-    with Session("random:tiny", "onnxruntime", build=build_dir, warm_up="background") as session:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, warm_up="background") as session:
         assert session.warm_up == "background"
         result = session.segment(image)
         assert session.settle(timeout=60) and session.backend.settle() is True
         names = [s.name for s in session.load_spans.spans]
         assert "warm-up" in names and "warm-up" not in [s.name for s in result.spans.spans]
-    with Session("random:tiny", "onnxruntime", build=build_dir, warm_up="off") as cold:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, warm_up="off") as cold:
         assert np.array_equal(cold.segment(image).class_map, result.class_map)
         assert "warm-up" not in [s.name for s in cold.load_spans.spans]
 
@@ -79,7 +79,7 @@ def test_background_warm_up_is_ready_at_once_and_first_request_waits_for_it(buil
 EXIT_DURING_WARM_UP = """
 import sys
 from segdemo.pipeline import Session
-Session("random:b0", "onnxruntime", build=sys.argv[1], warm_up="background")  # exits while it warms up
+Session("random:b0", "onnxruntime", build_dir=sys.argv[1], warm_up="background")  # exits while it warms up
 print("exiting")
 """
 
@@ -96,13 +96,13 @@ def test_process_exiting_during_the_background_warm_up_exits_cleanly(build_dir):
 
 def test_bad_warm_up_mode_is_refused(build_dir):
     with pytest.raises(ValueError, match="warm_up must be one of"):
-        Session("random:tiny", "onnxruntime", build=build_dir, warm_up="later")
+        Session("random:tiny", "onnxruntime", build_dir=build_dir, warm_up="later")
 
 
 @pytest.mark.parametrize("damage", ["truncate weights", "garbage graph", "missing seal"])
 def test_damaged_optimised_graph_is_made_again_with_the_same_pixels(tmp_path, damage, caplog):
     image = photo("coffee", (240, 320))
-    with Session("random:tiny", "onnxruntime", build=tmp_path, warm_up="off") as session:
+    with Session("random:tiny", "onnxruntime", build_dir=tmp_path, warm_up="off") as session:
         expected = session.segment(image).class_map
         folder = optimized_folder(session.onnx_file)
     data, graph = folder / (OPTIMIZED + ".data"), folder / OPTIMIZED
@@ -113,10 +113,10 @@ def test_damaged_optimised_graph_is_made_again_with_the_same_pixels(tmp_path, da
     else:
         (folder / "sizes.json").unlink()
     caplog.set_level("WARNING", logger="segdemo")
-    with Session("random:tiny", "onnxruntime", build=tmp_path, warm_up="off") as again:
+    with Session("random:tiny", "onnxruntime", build_dir=tmp_path, warm_up="off") as again:
         how = {s.name: s.attrs for s in again.load_spans.spans}["create ort session"]["optimized_cache"]
         assert how == "saved", "a damaged optimised graph must be made again, never used"
         assert np.array_equal(again.segment(image).class_map, expected)
     assert any("optimising the graph again" in r.getMessage() for r in caplog.records)
-    with Session("random:tiny", "onnxruntime", build=tmp_path, warm_up="off") as third:
+    with Session("random:tiny", "onnxruntime", build_dir=tmp_path, warm_up="off") as third:
         assert {s.name: s.attrs for s in third.load_spans.spans}["create ort session"]["optimized_cache"] == "hit"

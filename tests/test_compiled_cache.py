@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from segdemo.model_source import resolve
-from segdemo.spans import SpanRecorder
+from segdemo.model.source import resolve
+from segdemo.profiling.spans import SpanRecorder
 
 from .conftest import corrupt_keeping_size
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # two AOTInductor compilations of random:tiny: ab
 
 def _compiled(build, spans, calls):
     from segdemo.backends.torch_cuda.aot import compiled_network, pixel_network
-    from segdemo.network import folded_logits
+    from segdemo.model.network import folded_logits
 
     source = resolve("random:tiny")
 
@@ -33,7 +33,7 @@ def _compiled(build, spans, calls):
 
 def test_package_is_compiled_once_loaded_after_and_recompiled_when_corrupt(tmp_path, caplog):
     from segdemo.backends.torch_cuda.aot import pixel_network
-    from segdemo.network import folded_logits
+    from segdemo.model.network import folded_logits
 
     calls: list[int] = []
     runner, facts = _compiled(tmp_path, SpanRecorder(), calls)

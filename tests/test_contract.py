@@ -6,7 +6,7 @@ import pytest
 
 from segdemo import backends
 from segdemo.errors import SegdemoError
-from segdemo.spans import SpanRecorder
+from segdemo.profiling.spans import SpanRecorder
 
 
 def test_backends_follow_the_contract_and_refuse_unknown_options(session_factory):
@@ -25,6 +25,6 @@ def test_backends_and_sessions_close_when_their_block_ends(session_factory, buil
     with backends.create("onnxruntime", onnx_file, SpanRecorder(), threads=1) as backend:
         assert backend.session is not None and backend.threads == 1
     assert backend.session is None
-    with Session("random:tiny", "onnxruntime", build=build_dir) as session:
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir) as session:
         assert session.backend.session is not None
     assert session.backend.session is None

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.decode import ORIENTATION, decode, encoded_bytes, plain_jpeg
 from segdemo.errors import BadImageError
+from segdemo.image.decode import ORIENTATION, decode, encoded_bytes, plain_jpeg
 
 from .conftest import photo
 

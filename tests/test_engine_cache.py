@@ -16,10 +16,10 @@ import pytest
 
 from segdemo import engine_cache
 from segdemo.artifacts import lock_for
-from segdemo.engine_build import PROFILE, engine_spec, ensure_engine
-from segdemo.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
-from segdemo.export_fp16 import channels_first_upsampling, ensure_tensorrt_onnx, graph_check, run_onnx
-from segdemo.model_source import resolve
+from segdemo.backends.tensorrt.engine_build import PROFILE, engine_spec, ensure_engine
+from segdemo.graph.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
+from segdemo.graph.fp16 import channels_first_upsampling, ensure_tensorrt_onnx, graph_check, run_onnx
+from segdemo.model.source import resolve
 
 pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is in requirements.txt; install it to run these")
 
@@ -155,7 +155,7 @@ def test_damaged_plan_is_rebuilt(tiny_onnx, tmp_path, damage):
 BUILDER = """
 import json, sys
 from pathlib import Path
-from segdemo.engine_build import ensure_engine
+from segdemo.backends.tensorrt.engine_build import ensure_engine
 engine = ensure_engine(Path(sys.argv[1]), "fp32", "tensorrt-rtx", Path(sys.argv[2]))
 print(json.dumps({"hit": engine.cache_hit, "plan": str(engine.plan)}))
 """
@@ -236,19 +236,19 @@ def test_tensorrt_backends_take_explicit_options(tiny_onnx):
     """Loading settings come in the LoadContext; anything but the backend's own keywords is refused by name."""
     from segdemo import backends
     from segdemo.errors import SegdemoError
-    from segdemo.spans import SpanRecorder
+    from segdemo.profiling.spans import SpanRecorder
 
     for name in ("tensorrt", RTX):
-        with pytest.raises(SegdemoError, match="has no option build — it takes precision, targets, min_agreement"):
-            backends.create(name, tiny_onnx, SpanRecorder(), build=tiny_onnx.parent)
+        with pytest.raises(SegdemoError, match="has no option build_dir — it takes precision, targets, min_agreement"):
+            backends.create(name, tiny_onnx, SpanRecorder(), build_dir=tiny_onnx.parent)
 
 
 def test_missing_tensorrt_names_what_to_install():
     import importlib.util
 
-    from segdemo.backends.tensorrt import unavailable_reason
+    from segdemo.backends.tensorrt.flavour import flavour
+    from segdemo.backends.tensorrt.runner import unavailable_reason
     from segdemo.optional import MissingPackageError
-    from segdemo.trt_flavour import flavour
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("full TensorRT is installed here")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from segdemo.export import INPUT_IMAGE, INPUT_SIZE, OPSET, OUTPUT_CLASSES, ensure_onnx, onnx_path
-from segdemo.model_source import resolve
+from segdemo.graph.export import INPUT_IMAGE, INPUT_SIZE, OPSET, OUTPUT_CLASSES, ensure_onnx, onnx_path
+from segdemo.model.source import resolve
 
 # Ops the TensorRT ONNX parser supports that this graph may use.
 TENSORRT_OPS = {

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from segdemo.model_source import resolve
-from segdemo.spans import SpanRecorder
+from segdemo.model.source import resolve
+from segdemo.profiling.spans import SpanRecorder
 
 from .conftest import corrupt_keeping_size
 
@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 def _program(build, spans, calls):
     from segdemo.backends.torch_cuda.aot import PROGRAM, compiled_network, pixel_network
-    from segdemo.network import folded_logits
+    from segdemo.model.network import folded_logits
 
     source = resolve("random:tiny")
 
@@ -31,7 +31,7 @@ def _program(build, spans, calls):
 
 def test_program_is_exported_once_loaded_after_and_exported_again_when_corrupt(tmp_path, caplog):
     from segdemo.backends.torch_cuda.aot import pixel_network
-    from segdemo.network import folded_logits
+    from segdemo.model.network import folded_logits
 
     calls: list[int] = []
     module, facts = _program(tmp_path, SpanRecorder(), calls)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.frontends import free_port
-from segdemo.haproxy import COOKIE, NONE_UP, UPGRADE_REFUSED, ProxyConfig, Timeouts, executable, render
+from segdemo.image.visuals import read_class_map
 from segdemo.optional import MissingPackageError
-from segdemo.visuals import read_class_map
+from segdemo.serving.frontends import free_port
+from segdemo.serving.haproxy import COOKIE, NONE_UP, UPGRADE_REFUSED, ProxyConfig, Timeouts, executable, render
 
 from .conftest import alive, app_process, photo
 

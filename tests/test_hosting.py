@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_spaces_gpu_is_a_no_op_off_zero_gpu(monkeypatch):
     pytest.importorskip("spaces", reason="the spaces package is in requirements.txt")
-    from segdemo.hosting import gpu_function, on_zero_gpu
+    from segdemo.web.hosting import gpu_function, on_zero_gpu
 
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert not on_zero_gpu()
@@ -30,7 +30,7 @@ def test_spaces_gpu_is_a_no_op_off_zero_gpu(monkeypatch):
 
 
 def test_on_zero_gpu_the_session_loads_on_the_first_request(monkeypatch, build_dir):
-    from segdemo.webapp import AppConfig, Demo
+    from segdemo.web.demo import AppConfig, Demo
 
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     demo = Demo(AppConfig(model="random:tiny", backend="onnxruntime", build_dir=str(build_dir))).start()

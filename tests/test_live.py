@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.live import LiveStats, LiveStream, LiveStreams, live_chart
-from segdemo.spans import INFERENCE, SpanRecorder
+from segdemo.media.live import LiveStats, LiveStream, LiveStreams, live_chart
+from segdemo.profiling.spans import INFERENCE, SpanRecorder
 
 
 class SlowSession:

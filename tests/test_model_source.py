@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from segdemo.errors import ModelNotFoundError, SegdemoError
-from segdemo.model_source import preset_for, resolve
+from segdemo.model.source import preset_for, resolve
 
 from .conftest import photo
 
@@ -86,7 +86,7 @@ def test_pytorch_model_bin_is_converted_once_and_matches_safetensors(tmp_path, t
     caplog.set_level(logging.INFO, logger="segdemo")
     image = photo("astronaut", (240, 320))
 
-    with Session(str(pickled), "onnxruntime", build=build) as session:
+    with Session(str(pickled), "onnxruntime", build_dir=build) as session:
         from_pickle = session.segment(image).class_map
         content_hash = session.source.content_hash
     converted = list(build.glob("converted/*/model.safetensors"))
@@ -96,7 +96,7 @@ def test_pytorch_model_bin_is_converted_once_and_matches_safetensors(tmp_path, t
     lines = [r.getMessage() for r in caplog.records if "converted pytorch_model.bin to safetensors once" in r.message]
     assert len(lines) == 1 and str(converted[0]) in lines[0]
 
-    with Session(str(safe), "onnxruntime", build=build) as session:
+    with Session(str(safe), "onnxruntime", build_dir=build) as session:
         assert (session.segment(image).class_map == from_pickle).all()
 
     caplog.clear()
@@ -209,7 +209,7 @@ def test_local_directory_round_trip(tmp_path, session_factory):
     assert not local.random_weights and local.labels == preset.labels and local.name == "tiny"
     from segdemo.pipeline import Session
 
-    session = Session(str(tmp_path / "tiny"), "onnxruntime", build=tmp_path / "build")
+    session = Session(str(tmp_path / "tiny"), "onnxruntime", build_dir=tmp_path / "build")
     image = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     same = session_factory("random:tiny").segment(image).class_map
     assert (session.segment(image).class_map == same).mean() > 0.999

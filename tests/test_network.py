@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segdemo.model_source import resolve
-from segdemo.network import folded_logits
+from segdemo.model.network import folded_logits
+from segdemo.model.source import resolve
 
 
 @pytest.mark.parametrize("spec", ["random:tiny", "random:b0"])

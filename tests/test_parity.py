@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo.decode import decode
+from segdemo.image.decode import decode
 
 from .conftest import photo
 
@@ -46,7 +46,7 @@ def test_fp32_parity_with_transformers_pipeline(spec, case, session_factory, ref
 
 
 def test_long_side_limit_keeps_original_size(session_factory, reference_factory):
-    from segdemo.preprocess import output_size
+    from segdemo.image.preprocess import output_size
 
     session = session_factory("random:tiny")
     image = photo("coffee", (900, 2700))  # long side above the 2048 limit

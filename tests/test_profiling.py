@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from segdemo.spans import INFERENCE, LAYER, LOAD, RequestHistory, Span, SpanRecorder, percentile
-from segdemo.timeline import COLOURS, summary_figure, timeline_figure
-from segdemo.trace import chrome_trace, problems
+from segdemo.profiling.spans import INFERENCE, LAYER, LOAD, RequestHistory, Span, SpanRecorder, percentile
+from segdemo.profiling.timeline import COLOURS, summary_figure, timeline_figure
+from segdemo.profiling.trace import chrome_trace, problems
 
 
 def _check_trace_file(trace: dict) -> list[dict]:
-    """The Trace Event Format rules, checked independently of segdemo.trace.problems."""
+    """The Trace Event Format rules, checked independently of segdemo.profiling.trace.problems."""
     assert isinstance(trace["traceEvents"], list) and trace["displayTimeUnit"] == "ms"
     complete = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     meta = [e for e in trace["traceEvents"] if e["ph"] == "M"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo import response
-from segdemo.classmap import restore_size
-from segdemo.preprocess import resize_for_model
-from segdemo.visuals import colour_mask, jpeg_bytes, overlay, read_class_map
+from segdemo.image.classmap import restore_size
+from segdemo.image.preprocess import resize_for_model
+from segdemo.image.visuals import colour_mask, jpeg_bytes, overlay, read_class_map
+from segdemo.web import response
 
 from .conftest import photo
 
@@ -21,7 +21,7 @@ from .conftest import photo
 def small_display(build_dir):
     from segdemo.pipeline import Session
 
-    session = Session("random:tiny", "onnxruntime", build=build_dir, display_side=320)
+    session = Session("random:tiny", "onnxruntime", build_dir=build_dir, display_side=320)
     yield session
     session.close()
 
@@ -111,7 +111,7 @@ def test_encoding_runs_while_the_next_request_is_in_the_engine(session_factory, 
 
 
 def test_display_side_option(monkeypatch):
-    from segdemo.webapp import AppConfig
+    from segdemo.web.demo import AppConfig
 
     assert AppConfig.from_env({}).display_side == 1600
     assert AppConfig.from_env({"SEGDEMO_DISPLAY_SIDE": "1024"}).display_side == 1024

@@ -1,4 +1,5 @@
-"""The package's shape: imports go one way (no cycles, the library never loads the CLI), modules stay small."""
+"""The package's shape: one package per family, imports go one way (no cycles, lower layers never load higher ones,
+the library never loads the CLI), modules stay small, and the top level keeps only what every layer shares."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "segdemo"
-MAX_LINES = 350
+MAX_LINES = 400
+MAX_TOP_LEVEL = 15  # modules directly in segdemo/, __init__ and __main__ included
 LEAVES = ("segdemo.__main__", "segdemo.cli", "segdemo.commands", "segdemo.bench")  # imported by the command line only
+# The layers from the bottom (ARCHITECTURE.md): a module may import its own layer and those below, never one above.
+# Top-level modules not named here (cli, doctor, __main__) sit with the command line.
+LAYERS = (
+    ("segdemo.errors", "segdemo.optional", "segdemo.artifacts", "segdemo.engine_cache", "segdemo.gpu"),
+    ("segdemo.model", "segdemo.image", "segdemo.profiling", "segdemo.graph"),
+    ("segdemo.backends", "segdemo.triton"),
+    ("segdemo.batcher", "segdemo.segmentation", "segdemo.pipeline"),
+    ("segdemo.media",),
+    ("segdemo.web",),
+    ("segdemo.serving",),
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -87,8 +100,32 @@ def test_the_library_never_imports_the_command_line(graph):
         assert not leaks, f"{name} imports {leaks}"
 
 
+def _layer(name: str) -> int | None:
+    return next((k for k, layer in enumerate(LAYERS) for p in layer if name == p or name.startswith(p + ".")), None)
+
+
+def test_lower_layers_never_import_higher_ones(graph):
+    for name, imported in graph.items():
+        own = _layer(name)
+        if own is None:
+            continue
+        above = sorted(m for m in imported if (_layer(m) or 0) > own)
+        assert not above, f"{name} (layer {own}) imports {above} from a layer above"
+
+
+def test_the_top_level_keeps_only_what_every_layer_shares():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL, f"{len(top)} modules directly in segdemo/ (at most {MAX_TOP_LEVEL}): {top}"
+
+
+def test_every_package_says_what_its_family_is():
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        docstring = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(docstring.split()) >= 8, f"{init.relative_to(PACKAGE.parent)}: no docstring saying what it holds"
+
+
 def test_importing_a_backend_does_not_load_the_cli():
-    code = ("import sys, segdemo.backends.tensorrt, segdemo.pipeline, segdemo.webapp; "
+    code = ("import sys, segdemo.backends.tensorrt.runner, segdemo.pipeline, segdemo.web.demo; "
             f"print(sorted(m for m in sys.modules if m.startswith({LEAVES!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()

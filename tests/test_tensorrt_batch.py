@@ -14,16 +14,16 @@ import pytest
 
 from segdemo import backends, engine_cache
 from segdemo.backends import LoadContext
-from segdemo.backends import tensorrt_loader as loader_module
-from segdemo.backends.tensorrt_loader import EngineLoader
-from segdemo.engine_build import PROFILE, batch_profile, ensure_batch_engines, ensure_engine
+from segdemo.backends.tensorrt import loader as loader_module
+from segdemo.backends.tensorrt.batched_graphs import ensure_tensorrt_batched_onnx, run_batched
+from segdemo.backends.tensorrt.engine_build import PROFILE, batch_profile, ensure_batch_engines, ensure_engine
+from segdemo.backends.tensorrt.loader import EngineLoader
 from segdemo.errors import SegdemoError
-from segdemo.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
-from segdemo.export_batched import LOGITS, ensure_batched_onnx
-from segdemo.export_batched_trt import ensure_tensorrt_batched_onnx, run_batched
-from segdemo.export_fp16 import graph_check, run_onnx
-from segdemo.model_source import resolve
-from segdemo.spans import SpanRecorder
+from segdemo.graph.batched import LOGITS, ensure_batched_onnx
+from segdemo.graph.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
+from segdemo.graph.fp16 import graph_check, run_onnx
+from segdemo.model.source import resolve
+from segdemo.profiling.spans import SpanRecorder
 
 from .conftest import corrupt_keeping_size
 
@@ -40,7 +40,7 @@ def source():
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, source) -> tuple[Path, Path, Path]:
-    """(build folder, fused fp32 graph, export_batched's network graph) of random:tiny."""
+    """(build folder, fused fp32 graph, graph.batched's network graph) of random:tiny."""
     build = tmp_path_factory.mktemp("batch-engines")
     fused, _ = ensure_onnx(source, build)
     network, _ = ensure_batched_onnx(source, build)

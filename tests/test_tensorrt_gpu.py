@@ -11,15 +11,15 @@ import pytest
 
 from segdemo import backends, engine_cache
 from segdemo.backends import LoadContext
-from segdemo.backends.tensorrt import TensorRTRunner
-from segdemo.backends.tensorrt_loader import EngineLoader
-from segdemo.engine_build import PROFILE
-from segdemo.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
-from segdemo.export_fp16 import run_onnx
-from segdemo.model_source import resolve
+from segdemo.backends.tensorrt.engine_build import PROFILE
+from segdemo.backends.tensorrt.loader import EngineLoader
+from segdemo.backends.tensorrt.runner import TensorRTRunner
+from segdemo.graph.export import INPUT_IMAGE, INPUT_SIZE, ensure_onnx
+from segdemo.graph.fp16 import run_onnx
+from segdemo.image.preprocess import ModelInput
+from segdemo.model.source import resolve
 from segdemo.pipeline import Session
-from segdemo.preprocess import ModelInput
-from segdemo.spans import LAYER, SpanRecorder
+from segdemo.profiling.spans import LAYER, SpanRecorder
 
 from .conftest import photo
 
@@ -225,7 +225,7 @@ def test_session_batches_requests_on_tensorrt(name, tiny):
     """The pipeline's batcher on the TensorRT backend: batches form, hold several output sizes, change no pixels."""
     sizes = (("astronaut", (300, 400)), ("coffee", (512, 512)), ("chelsea", (700, 500)), ("rocket", (256, 384)))
     images = [photo(n, s) for n, s in sizes] * 3
-    with Session("random:tiny", name, "fp32", build=tiny.parent.parent, max_batch=4, batch_window_ms=50) as session:
+    with Session("random:tiny", name, "fp32", build_dir=tiny.parent.parent, max_batch=4, batch_window_ms=50) as session:
         alone = [session.segment(image).class_map for image in images]
         with ThreadPoolExecutor(len(images)) as pool:
             together = list(pool.map(session.segment, images))

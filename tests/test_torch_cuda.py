@@ -10,9 +10,9 @@ from torch.nn import functional
 from segdemo.backends import torch_cuda
 from segdemo.backends.torch_cuda import ops as torch_ops
 from segdemo.backends.torch_cuda.ops import bucket, source_coordinates, upsample_argmax
-from segdemo.decode import decode
 from segdemo.errors import BadImageError
-from segdemo.visuals import colour_mask, overlay
+from segdemo.image.decode import decode
+from segdemo.image.visuals import colour_mask, overlay
 
 from .conftest import photo
 
@@ -253,8 +253,8 @@ def batched_fp32(build_dir):
 def test_batched_requests_on_the_gpu_match_single_ones(batched_fp32):
     """run_batch with mixed output sizes: each map has its image's size and agrees with its unbatched run (cuDNN may
     pick other algorithms for other batch sizes, so agreement rather than identity)."""
-    from segdemo.preprocess import prepare
-    from segdemo.spans import SpanRecorder
+    from segdemo.image.preprocess import prepare
+    from segdemo.profiling.spans import SpanRecorder
 
     backend = batched_fp32.backend
     assert sorted(backend.network.batch_graphs) == [1, 2, 4]
@@ -281,10 +281,10 @@ def test_batched_requests_are_rendered_whole_on_the_gpu(batched_fp32, tmp_path):
     from PIL import Image
 
     from segdemo import backends
-    from segdemo.classmap import legend, legend_from_counts, restore_size
-    from segdemo.preprocess import output_size
-    from segdemo.spans import SpanRecorder
-    from segdemo.visuals import DEFAULT_OPACITY, display_size
+    from segdemo.image.classmap import legend, legend_from_counts, restore_size
+    from segdemo.image.preprocess import output_size
+    from segdemo.image.visuals import DEFAULT_OPACITY, display_size
+    from segdemo.profiling.spans import SpanRecorder
 
     session, backend = batched_fp32, batched_fp32.backend
     assert isinstance(backend, backends.BatchRenderer)

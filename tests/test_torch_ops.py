@@ -16,9 +16,9 @@ from segdemo.backends.torch_cuda.ops import (
     pil_bilinear_taps,
     resize_like_pil,
 )
-from segdemo.labels import palette
-from segdemo.preprocess import resize_for_model
-from segdemo.visuals import blend_table, colour_mask, colour_table, overlay
+from segdemo.image.preprocess import resize_for_model
+from segdemo.image.visuals import blend_table, colour_mask, colour_table, overlay
+from segdemo.model.labels import palette
 
 from .conftest import photo
 
@@ -90,7 +90,7 @@ def test_jpeg_planes_to_rgb_is_pillows_decode(subsampling, sampling, size):
     from PIL import Image
 
     from segdemo.backends.torch_cuda.ops import jpeg_planes_to_rgb, ycc_tables
-    from segdemo.decode import decode, plain_jpeg
+    from segdemo.image.decode import decode, plain_jpeg
 
     turbo = _turbojpeg()
     buffer = io.BytesIO()
@@ -125,7 +125,7 @@ def test_orient_equals_exif_transpose(orientation):
 @pytest.mark.parametrize("src, dst", [((97, 131), (300, 410)), ((1536, 2048), (3024, 4032)), ((50, 60), (20, 25))])
 def test_gather_nearest_equals_restore_size(src, dst):
     from segdemo.backends.torch_cuda.ops import gather_nearest
-    from segdemo.classmap import nearest_indices, restore_size
+    from segdemo.image.classmap import nearest_indices, restore_size
 
     class_map = np.random.default_rng(sum(src)).integers(0, 150, src, dtype=np.uint8)
     rows, columns = (torch.from_numpy(nearest_indices(s, d)) for s, d in zip(src, dst, strict=True))

@@ -14,8 +14,8 @@ import pytest
 from segdemo import backends
 from segdemo.cli import main
 from segdemo.errors import SegdemoError
-from segdemo.preprocess import ModelInput, prepare
-from segdemo.spans import SpanRecorder
+from segdemo.image.preprocess import ModelInput, prepare
+from segdemo.profiling.spans import SpanRecorder
 
 from .conftest import photo
 
@@ -54,7 +54,7 @@ def test_exported_configs_follow_tritons_schema(session_factory, build_dir, tmp_
     _fake_plan(build, session.onnx_file)
     from segdemo.triton.repository import export_repository
 
-    export_repository(session.source, session.onnx_file, tmp_path / "repo", ("tensorrt",), build=build)
+    export_repository(session.source, session.onnx_file, tmp_path / "repo", ("tensorrt",), build_dir=build)
     height, width = session.source.input_size
     configs = {variant: _config(tmp_path / "repo" / variant / "segformer" / "config.pbtxt")
                for variant in ("python", "onnxruntime", "tensorrt")}
@@ -130,7 +130,7 @@ def test_sessions_agree_pixel_for_pixel_with_onnxruntime(session_factory, server
     from segdemo.pipeline import Session
 
     local = session_factory(MODEL)
-    with Session(MODEL, f"triton://{server.grpc_address}/segformer", build=build_dir) as remote:
+    with Session(MODEL, f"triton://{server.grpc_address}/segformer", build_dir=build_dir) as remote:
         assert remote.describe()["device"].startswith("triton python @ 127.0.0.1")
         for image in (photo("astronaut"), photo("coffee")):  # 512×512 and 400×600: two output sizes
             ours, theirs = local.segment(image), remote.segment(image)
@@ -199,7 +199,7 @@ def test_server_dies_mid_run_and_serving_resumes_when_it_returns(session_factory
     expected = session_factory(MODEL).segment(image).class_map
     first = _server(repository).start()
     try:
-        with Session(MODEL, f"triton://{first.grpc_address}/segformer", build=build_dir) as session:
+        with Session(MODEL, f"triton://{first.grpc_address}/segformer", build_dir=build_dir) as session:
             np.testing.assert_array_equal(session.segment(image).class_map, expected)
             # Killed while a large request runs: that request either finished or fails with the sentence.
             outcome: list[object] = []
@@ -245,7 +245,7 @@ def test_the_python_models_bound_is_segdemos():
     from pathlib import Path
 
     import segdemo.triton
-    from segdemo.preprocess import MAX_OUTPUT_SIDE
+    from segdemo.image.preprocess import MAX_OUTPUT_SIDE
 
     text = (Path(segdemo.triton.__file__).parent / "python_model.py").read_text()
     assert int(re.search(r"^MAX_SIDE = (\d+)$", text, re.M).group(1)) == MAX_OUTPUT_SIDE

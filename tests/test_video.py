@@ -13,9 +13,9 @@ import pytest
 av = pytest.importorskip("av")
 
 from segdemo.bench.clips import make_clip  # noqa: E402
-from segdemo.spans import SpanRecorder  # noqa: E402
-from segdemo.video import segment_frames, segment_video, write_outputs  # noqa: E402
-from segdemo.videofile import APP_LIMITS, BadVideoError, probe, write_mp4  # noqa: E402
+from segdemo.media.video_io import APP_LIMITS, BadVideoError, probe, write_mp4  # noqa: E402
+from segdemo.media.video_job import segment_frames, segment_video, write_outputs  # noqa: E402
+from segdemo.profiling.spans import SpanRecorder  # noqa: E402
 
 MODEL = "random:tiny"
 

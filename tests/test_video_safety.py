@@ -15,9 +15,9 @@ import pytest
 av = pytest.importorskip("av")
 
 from segdemo.bench.clips import make_clip  # noqa: E402
-from segdemo.video import segment_video  # noqa: E402
-from segdemo.videofile import BadVideoError, frames, open_video, probe  # noqa: E402
-from segdemo.videolimits import APP_LIMITS, CLI_LIMITS, MP4, VideoFormat, VideoLimits  # noqa: E402
+from segdemo.media.video_io import BadVideoError, frames, open_video, probe  # noqa: E402
+from segdemo.media.video_job import segment_video  # noqa: E402
+from segdemo.media.video_limits import APP_LIMITS, CLI_LIMITS, MP4, VideoFormat, VideoLimits  # noqa: E402
 
 MODEL = "random:tiny"
 RAW_H264 = VideoFormat("raw H.264", "h264", (".h264",))
@@ -52,7 +52,7 @@ def long_clip(tmp_path_factory):
 def decoder_children() -> list[int]:
     """This process's live decoder children (Linux's /proc lists each thread's children)."""
     pids = [int(p) for f in Path(f"/proc/{os.getpid()}/task").glob("*/children") for p in f.read_text().split()]
-    return [p for p in pids if b"segdemo.videochild" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [p for p in pids if b"segdemo.media.video_child" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def assert_one_sentence(error: pytest.ExceptionInfo, name: str, *parts: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segdemo.labels import palette
-from segdemo.visuals import blend_table, colour_mask, overlay
+from segdemo.image.visuals import blend_table, colour_mask, overlay
+from segdemo.model.labels import palette
 
 
 @pytest.mark.parametrize("opacity", [0.0, 0.1, 0.5, 0.77, 1.0, -3.0, 7.0])

@@ -2,10 +2,10 @@
 reason a backend cannot run here, and creation with validated options.
 
 The contract every backend follows is in `contract` (`Backend`; the optional `DeviceRenderer`, `BatchRunner` and
-`BatchRenderer`). Each backend lives in its own module (torch-cuda: a package), which imports its heavy runtime only
-when the backend is created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None`
-and `create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` —
-anything else is refused, naming what it takes.
+`BatchRenderer`). Each backend lives in its own module, which imports its heavy runtime only when the backend is
+created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None` and
+`create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` — anything
+else is refused, naming what it takes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SegdemoError
-from ..spans import SpanRecorder
+from ..profiling.spans import SpanRecorder
 from .contract import Backend, BatchRenderer, BatchRunner, DeviceRenderer, LoadContext, Rendered, RenderJob
 
 __all__ = ["Backend", "BatchRenderer", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "RenderJob", "Rung",
@@ -34,11 +34,10 @@ class Rung:
     reason: str
 
 
-# Order of preference for --backend auto; later issues insert GPU backends before onnxruntime.
+# Order of preference for --backend auto: GPU backends first, the CPU backend last. triton is named by address only.
 LADDER: tuple[str, ...] = ("tensorrt", "tensorrt-rtx", "torch-cuda", "onnxruntime")
-# Backend → its module under backends/ (torch_cuda is a package whose __init__ exports create and unavailable_reason).
-_MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt",
-            "tensorrt-rtx": "tensorrt_rtx", "triton": "triton"}
+_MODULES = {"onnxruntime": "onnxruntime_cpu", "torch-cuda": "torch_cuda", "tensorrt": "tensorrt.runner",
+            "tensorrt-rtx": "tensorrt.rtx", "triton": "triton"}
 # A remote backend is named by its address: triton://host:8001/model (gRPC) or triton+http://host:8000/model.
 _URL_SCHEMES = {"triton://": "triton", "triton+grpc://": "triton", "triton+http://": "triton"}
 

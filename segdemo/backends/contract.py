@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from ..decode import EncodedJpeg
-    from ..model_source import ModelSource
-    from ..preprocess import ModelInput
-    from ..spans import SpanRecorder
+    from ..image.decode import EncodedJpeg
+    from ..image.preprocess import ModelInput
+    from ..model.source import ModelSource
+    from ..profiling.spans import SpanRecorder
 
 
 @dataclass(frozen=True)

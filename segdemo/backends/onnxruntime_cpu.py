@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import digest, lock_for, package_version
-from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
-from ..export_batched import LOGITS, ensure_batched_onnx
+from ..graph.batched import LOGITS, ensure_batched_onnx
+from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..image.preprocess import ModelInput
 from ..optional import missing
-from ..preprocess import ModelInput
-from ..spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
+from ..profiling.spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
 from .contract import Backend, BatchRunner, LoadContext
 
 log = logging.getLogger("segdemo")
@@ -37,7 +37,7 @@ def unavailable_reason() -> str | None:
 
 class OnnxRuntimeBackend(Backend, BatchRunner):
     """One InferenceSession per graph, reused for every request; with `max_batch` > 1, the split graphs of
-    export_batched (a batched network session and a per-image post-processing session) serve every request, so a
+    graph.batched (a batched network session and a per-image post-processing session) serve every request, so a
     request gives the same pixels whatever batch it rides in."""
 
     name = "onnxruntime"
@@ -94,13 +94,13 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         options.log_severity_level = 3
         if os.environ.get(SPIN_ENV, "1") == "0":
             # The operator's choice for a small model under many visitors on a few cores: threads spinning for work
-            # take the cores the app's other requests need (random:tiny, 8 clients on 2 cores: ~13 % more
-            # requests/s, a fifth less CPU a request), while a large model's runs get slower without it (b4: +6–13 %).
+            # take the cores the app's other requests need, while a large model's runs get slower without it
+            # (docs/benchmarks.md, "Measurements behind choices in the code").
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif self.batched:
             # Two sessions run in turn (network, then post-processing): threads still spinning after one has
-            # finished take the cores the other needs (b4 on 2 cores: 59 → 110 ms a request). They spin within a
-            # run (fast hand-offs between its nodes) and stop when it returns.
+            # finished take the cores the other needs (docs/benchmarks.md). They spin within a run (fast hand-offs
+            # between its nodes) and stop when it returns.
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)

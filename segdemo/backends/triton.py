@@ -19,10 +19,10 @@ import numpy as np
 
 from ..artifacts import file_sha256
 from ..errors import SegdemoError
-from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..image.preprocess import ModelInput
 from ..optional import missing, require
-from ..preprocess import ModelInput
-from ..spans import INFERENCE, LOAD, SpanRecorder
+from ..profiling.spans import INFERENCE, LOAD, SpanRecorder
 from ..triton.repository import (
     DEFAULT_NAME,
     PARAM_GRAPH,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SegdemoError
-from ..frontends import free_port
+from ..serving.frontends import free_port
 from . import app_report as report
 from .app_browser import browser_unavailable, time_browser
 from .facts import cpu_name, gpu_name

@@ -47,7 +47,7 @@ def pan_frames(width: int, height: int, count: int, name: str = "astronaut") -> 
 def make_clip(path: Path, width: int, height: int, seconds: float, fps: int = 30, rotation: int = 0,
               faststart: bool = False) -> Path:
     """An H.264 MP4 of `seconds` at `fps` (stored width × height; `rotation` in its display matrix)."""
-    from ..videofile import write_mp4
+    from ..media.video_io import write_mp4
 
     count = max(1, round(seconds * fps))
     options = {"movflags": "+faststart"} if faststart else None

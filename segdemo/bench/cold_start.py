@@ -19,7 +19,7 @@ CHILD = """
 import json, os, sys, time
 spawned = float(sys.argv[6])
 from segdemo.pipeline import Session
-session = Session(sys.argv[1], sys.argv[2], sys.argv[3], build=sys.argv[4])
+session = Session(sys.argv[1], sys.argv[2], sys.argv[3], build_dir=sys.argv[4])
 ready = time.time()
 result = session.segment(sys.argv[5])
 done = time.time()
@@ -38,16 +38,16 @@ os._exit(0)  # measured; skip tearing down CUDA and the compiler's worker thread
 """
 
 
-def cold_starts(model: str, backend: str, precision: str, build: Path, image: Path, starts: int,
+def cold_starts(model: str, backend: str, precision: str, build_dir: Path, image: Path, starts: int,
                 code: Path | None = None, timeout: float = 900) -> list[dict[str, Any]]:
-    """Time `starts` fresh processes one after another on `build`; each returns its measurements."""
+    """Time `starts` fresh processes one after another on `build_dir`; each returns its measurements."""
     env = dict(os.environ)
     if code is not None:
         env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
     runs = []
     for index in range(starts):
         spawned = time.time()
-        done = subprocess.run([sys.executable, "-c", CHILD, model, backend, precision, str(build), str(image),
+        done = subprocess.run([sys.executable, "-c", CHILD, model, backend, precision, str(build_dir), str(image),
                                repr(spawned)], capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=str(code) if code is not None else None)
         if done.returncode != 0:

@@ -70,8 +70,8 @@ def contenders(device: str, requested: str) -> list[tuple[str, str]]:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Prepare images and artifacts, run every contender in its own process, compare class maps."""
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
 
     sizes = parse_sizes(args.sizes)
     if args.device == "cuda":

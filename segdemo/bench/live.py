@@ -1,5 +1,5 @@
-"""`segdemo bench --live --video`: webcam-sized frames through the live handler (`segdemo.live.LiveStream`, what the
-Live tab's stream calls) and a generated clip through the video path, on one session, in this process.
+"""`segdemo bench --live --video`: webcam-sized frames through the live handler (`media.live.LiveStream`, what the Live
+tab's stream calls) and a generated clip through the video path, on one session, in this process.
 
 Live, two ways: a camera thread offering JPEG frames at --camera-fps (each in its own thread, as Gradio's workers
 call the handler, so latest-frame-wins drops what the engine cannot take: delivered fps, latency from the frame's
@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def live_run(session: Any, size: tuple[int, int], seconds: float, camera_fps: float) -> dict[str, Any]:
     """Frames through one LiveStream for `seconds`: paced like a camera, or back to back when camera_fps is 0."""
-    from ..live import LiveStream
+    from ..media.live import LiveStream
     from .clips import jpeg_frames
 
     width, height = size
@@ -126,9 +126,9 @@ def live_run(session: Any, size: tuple[int, int], seconds: float, camera_fps: fl
 
 
 def video_run(session: Any, size: tuple[int, int], seconds: float, fps: int) -> dict[str, Any]:
-    from ..spans import SpanRecorder
-    from ..video import segment_video
-    from ..videofile import CLI_LIMITS
+    from ..media.video_io import CLI_LIMITS
+    from ..media.video_job import segment_video
+    from ..profiling.spans import SpanRecorder
     from .clips import make_clip
 
     width, height = size

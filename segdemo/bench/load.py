@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SegdemoError
-from ..spans import percentile
+from ..profiling.spans import percentile
 from .app import READY_S
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _answer(kind: str, client: Any, path: str) -> np.ndarray:
     from gradio_client import handle_file
     from PIL import Image
 
-    from ..visuals import read_class_map
+    from ..image.visuals import read_class_map
 
     if kind == "floor":
         with Image.open(client.predict(handle_file(path), api_name="/segment")) as image:
@@ -233,7 +233,7 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
 
     from gradio_client import Client
 
-    from ..appconfig import AppConfig
+    from ..web.config import AppConfig
     from .app import Server
 
     def argv(port: int) -> list[str]:

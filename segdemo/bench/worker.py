@@ -23,9 +23,9 @@ class _Reference:
     """The transformers pipeline wearing the same three calls as a segdemo session."""
 
     def __init__(self, model: str, device: str) -> None:
-        from ..labels import palette
-        from ..model_source import resolve
-        from ..reference import TransformersPipeline
+        from ..model.labels import palette
+        from ..model.reference import TransformersPipeline
+        from ..model.source import resolve
 
         source = resolve(model)
         self.pipe = TransformersPipeline(source, device)
@@ -33,8 +33,8 @@ class _Reference:
 
     def request(self, data: bytes) -> np.ndarray:
         """Decode → class map + overlay, as the user-written pipeline would serve it."""
-        from ..decode import decode
-        from ..visuals import colour_mask, overlay
+        from ..image.decode import decode
+        from ..image.visuals import colour_mask, overlay
 
         rgb = decode(data)
         class_map = self.pipe(rgb)
@@ -44,7 +44,7 @@ class _Reference:
     def prepare(self, data: bytes) -> Any:
         from PIL import Image
 
-        from ..decode import decode
+        from ..image.decode import decode
 
         rgb = decode(data)
         inputs = self.pipe.processor(images=Image.fromarray(rgb), return_tensors="pt").to(self.pipe.device)
@@ -66,10 +66,10 @@ class _Reference:
 class _Segdemo:
     """A segdemo Session: request = segment + display overlay; model-only = the backend's run on a prepared input."""
 
-    def __init__(self, model: str, backend: str, precision: str, build: str | None) -> None:
+    def __init__(self, model: str, backend: str, precision: str, build_dir: str | None) -> None:
         from ..pipeline import Session
 
-        self.session = Session(model, backend, precision, Path(build) if build else None, warm_up="now")
+        self.session = Session(model, backend, precision, Path(build_dir) if build_dir else None, warm_up="now")
         self.session.settle(timeout=600)  # background compilations would slow the timed requests
         self.last_spans: list[dict[str, float]] = []
         self.recording = False
@@ -82,13 +82,13 @@ class _Segdemo:
         return result.class_map
 
     def prepare(self, data: bytes) -> Any:
-        from ..decode import decode
-        from ..preprocess import prepare
+        from ..image.decode import decode
+        from ..image.preprocess import prepare
 
         return prepare(decode(data), self.session.source.input_size, self.session.max_side)
 
     def model_only(self, prepared: Any) -> None:
-        from ..spans import SpanRecorder
+        from ..profiling.spans import SpanRecorder
 
         self.session.backend.run(prepared, SpanRecorder())
 

@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model_source import MODEL_HELP
+from ..model.source import MODEL_HELP
 from . import Command
+from .options import add_backend, add_build_dir, add_model, add_precision
 
 HELP = ("time the transformers pipeline against each segdemo backend (JSON, Markdown, Plotly); "
         "--app: the web app as its users wait for it; --live/--video: webcam frames and video files")
@@ -15,8 +16,7 @@ HELP = ("time the transformers pipeline against each segdemo backend (JSON, Mark
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The engine bench's options, then the --app group (which reuses several of them)."""
-    p.add_argument("--model", default="random:b4", help=MODEL_HELP.replace("default", "bench default random:b4; "
-                                                                            "segdemo default"))
+    add_model(p, "random:b4", MODEL_HELP.replace("default", "bench default random:b4; segdemo default"))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the transformers pipeline runs; backends of that device are compared (default cpu)")
     p.add_argument("--sizes", default="512x512,1024x768", help="image sizes WIDTHxHEIGHT, comma separated")
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write the results into this Markdown file, replacing its --section only")
     p.add_argument("--section", default=None, help="section name inside --markdown (default: the device)")
-    p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    add_build_dir(p)
     p.add_argument("--from-json", type=Path, default=None,
                    help="render an earlier results.json (with --app: results-app.json) instead of running")
     p.add_argument("--smoke", action="store_true",
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     app.add_argument("--app", action="store_true",
                      help="time `python app.py` as its users wait for it instead of the backends "
                           "(writes results-app.json, bench-app.md)")
-    app.add_argument("--backend", default="auto", help="--app: the app's --backend (default auto)")
+    add_backend(app, help="--app: the app's --backend (default auto)")
     app.add_argument("--app-images", default="512,1024x768,1920x1080,phone12mp,png-screenshot",
                      help="--app: images for the API timing, from 512, 1024x768, 1920x1080, phone12mp "
                           "(4032x3024 JPEG, EXIF rotated), png-screenshot (default all five)")
@@ -64,8 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                 "live-cpu/live-cuda), --from-json (results-live.json), --smoke")
     live.add_argument("--live", action="store_true", help="time live frames: paced like a camera, then back to back")
     live.add_argument("--video", action="store_true", help="time a video file: decode → segment → overlay → encode")
-    live.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
-                      help="--live/--video/--cold-start: the session's precision (default auto)")
+    add_precision(live, help="--live/--video/--cold-start: the session's precision (default auto)")
     live.add_argument("--live-size", default="640x480", help="--live: frame size WIDTHxHEIGHT (default 640x480)")
     live.add_argument("--live-seconds", type=float, default=10.0, help="--live: seconds per mode (default 10)")
     live.add_argument("--camera-fps", type=float, default=30.0,
@@ -122,11 +121,11 @@ def run(args: argparse.Namespace) -> int:
 def _cold_start(args: argparse.Namespace) -> int:
     from ..artifacts import resolve_build_dir
     from ..bench.cold_start import cold_starts, table
-    from ..webapp import example_files
+    from ..web.demo import example_files
 
-    build = resolve_build_dir(args.build_dir)
-    image = args.image or Path(example_files(build)[0])
-    runs = cold_starts(args.model, args.backend, args.precision, build.resolve(), image.resolve(), args.cold_start,
+    build_dir = resolve_build_dir(args.build_dir)
+    image = args.image or Path(example_files(build_dir)[0])
+    runs = cold_starts(args.model, args.backend, args.precision, build_dir.resolve(), image.resolve(), args.cold_start,
                        args.code.resolve() if args.code else None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cold-start.json").write_text(json.dumps(runs, indent=1) + "\n")

@@ -7,13 +7,12 @@ import logging
 import sys
 import threading
 import time
-from pathlib import Path
 
-from ..engine_build import PRECISIONS, default_backend, ensure_engine
+from ..backends.tensorrt.engine_build import PRECISIONS, default_backend, ensure_engine
+from ..backends.tensorrt.flavour import FLAVOURS
 from ..engine_cache import sidecar_path
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
-from ..trt_flavour import FLAVOURS
 from . import Command
+from .options import add_backend, add_build_dir, add_model, add_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +49,21 @@ class ConsoleProgress:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The build subcommand's options."""
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
-    p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="engine precision (default fp16)")
-    p.add_argument("--backend", default="auto", choices=("auto", *FLAVOURS),
-                   help="auto: tensorrt with a GPU where installed, else tensorrt-rtx (builds without a GPU)")
+    add_model(p)
+    add_precision(p, "fp16", "engine precision (default fp16)", PRECISIONS)
+    add_backend(p, "auto", choices=("auto", *FLAVOURS),
+                help="auto: tensorrt with a GPU where installed, else tensorrt-rtx (builds without a GPU)")
     p.add_argument("--target", default=None,
                    help="tensorrt-rtx only: comma-separated compute capabilities to build for, e.g. sm86,sm89 "
                         "(default: this GPU if supported, else TensorRT-RTX's portable default)")
-    p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    add_build_dir(p)
     p.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the graph if needed, find or build its plan, and print where it is and what it is."""
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
 
     backend = default_backend() if args.backend == "auto" else args.backend
     targets = [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None

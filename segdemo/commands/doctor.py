@@ -9,20 +9,20 @@ import tempfile
 from pathlib import Path
 
 from . import Command
+from .options import add_build_dir
 
 
 def _doctor_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--build-dir", type=Path, default=None,
-                   help="artifact folder for the self-test (default: a temporary folder)")
+    add_build_dir(p, help="artifact folder for the self-test (default: a temporary folder)")
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from .. import backends
     from ..doctor import SELF_TEST_MODEL, rtx_build_check, self_test, versions
-    from ..export import ensure_onnx
-    from ..export_fp16 import PROBE_OUT_SIZE, probe_reference
     from ..gpu import detect
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..graph.fp16 import PROBE_OUT_SIZE, probe_reference
+    from ..model.source import resolve
 
     print("segdemo doctor")
     print(f"  platform     {platform.platform()}")
@@ -38,9 +38,9 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {arrow} {rung.name:13s} {state:8s} {'' if rung.available else rung.reason}".rstrip())
     print(f"\nself-test ({SELF_TEST_MODEL}, probe image → class map {PROBE_OUT_SIZE[0]}×{PROBE_OUT_SIZE[1]})")
     with tempfile.TemporaryDirectory(prefix="segdemo-doctor-") as tmp:
-        build = args.build_dir or Path(tmp)
+        build_dir = args.build_dir or Path(tmp)
         source = resolve(SELF_TEST_MODEL)
-        onnx_file, _ = ensure_onnx(source, build)
+        onnx_file, _ = ensure_onnx(source, build_dir)
         reference = probe_reference(onnx_file)[0]
         results = {}
         for rung in rungs:
@@ -50,7 +50,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 line = "not run (skipped above)"
             print(f"  {rung.name:13s} {line}")
         if importlib.util.find_spec("tensorrt_rtx") is not None:
-            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build)} [build check]")
+            print(f"  {'tensorrt-rtx':13s} {rtx_build_check(onnx_file, build_dir)} [build check]")
     ok = chosen is not None and results.get(chosen, False)
     print(f"\n{'OK' if ok else 'PROBLEM'}: --backend auto uses {chosen or 'nothing'}"
           f"{'' if ok else ' and its self-test failed'}")

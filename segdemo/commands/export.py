@@ -7,20 +7,20 @@ import logging
 import time
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
+from .options import add_model
 
 log = logging.getLogger("segdemo")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    add_model(p)
     p.add_argument("--out", type=Path, default=None, help="artifact folder (default build/, or $SEGDEMO_BUILD_DIR)")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
 
     start = time.perf_counter()
     source = resolve(args.model, args.out)

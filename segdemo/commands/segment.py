@@ -7,9 +7,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
-from ..videofile import CLI_LIMITS, is_video_path
+from ..media.video_io import CLI_LIMITS, is_video_path
 from . import Command
+from .options import add_session_options
 
 log = logging.getLogger("segdemo")
 
@@ -17,12 +17,8 @@ log = logging.getLogger("segdemo")
 def _segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, metavar="FILE",
                    help="image file (PNG, JPEG, WebP, …) or video file (.mp4, .mov, .mkv, .webm, …)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
-    p.add_argument("--backend", default="auto", help="auto (best available) or a backend name")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
-                   help="auto (default): fp16 on GPU backends (sensitive ops fp32, accuracy-checked), fp32 on CPU")
-    p.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    add_session_options(p)
     p.add_argument("--opacity", type=float, default=0.5, help="overlay opacity, 0..1 (default 0.5)")
     p.add_argument("--detailed", action="store_true",
                    help="add per-layer spans from the backend's profiler to profiling.json (slower)")
@@ -35,10 +31,10 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
 def _segment(args: argparse.Namespace) -> int:
     if is_video_path(args.image):
         return _segment_video(args)
-    from ..decode import decode
+    from ..image.decode import decode
     from ..pipeline import Session
-    from ..spans import INFERENCE, SpanRecorder
-    from ..trace import write_trace
+    from ..profiling.spans import INFERENCE, SpanRecorder
+    from ..profiling.trace import write_trace
 
     spans = SpanRecorder()
     with spans.span("decode", INFERENCE, file=args.image.name):
@@ -59,10 +55,10 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_video(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..media.video_io import probe
+    from ..media.video_job import segment_video, write_outputs
     from ..pipeline import Session
-    from ..spans import SpanRecorder
-    from ..video import segment_video, write_outputs
-    from ..videofile import probe
+    from ..profiling.spans import SpanRecorder
 
     limits = CLI_LIMITS if args.max_seconds is None else replace(CLI_LIMITS, seconds=args.max_seconds)
     info = probe(args.image, limits)  # a bad video fails here, before any model loading

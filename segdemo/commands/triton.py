@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..model_source import DEFAULT_MODEL, MODEL_HELP
 from . import Command
+from .options import add_build_dir, add_model, add_precision
 
 log = logging.getLogger("segdemo")
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="triton_command", required=True, metavar="{export,serve}")
     export = sub.add_parser("export", help="write a Triton model repository per variant (OUT/<variant>/<name>)",
                             description="write a Triton model repository per variant (OUT/<variant>/<name>)")
-    export.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
+    add_model(export)
     export.add_argument("--out", type=Path, required=True, help="folder for the repositories")
     export.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default all; tensorrt only when "
@@ -31,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     export.add_argument("--max-batch", type=int, default=8,
                         help="python variant: most queued requests handed to one execute (default 8)")
     export.add_argument("--instances", type=int, default=1, help="model instances per server (default 1)")
-    export.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
-                        help="tensorrt variant: the plan's precision (default fp16; the others run fp32)")
-    export.add_argument("--build-dir", type=Path, default=None, help="artifact cache folder (default build/)")
+    add_precision(export, "fp16", choices=("fp16", "fp32"),
+                  help="tensorrt variant: the plan's precision (default fp16; the others run fp32)")
+    add_build_dir(export)
     export.set_defaults(triton_run=_export)
     serve = sub.add_parser("serve", help="run the nvidia-pytriton wheel's tritonserver on a repository",
                            description="run the nvidia-pytriton wheel's tritonserver on a repository (Ctrl-C stops)")
@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..export import ensure_onnx
-    from ..model_source import resolve
+    from ..graph.export import ensure_onnx
+    from ..model.source import resolve
     from ..triton.repository import export_repository
 
     start = time.perf_counter()

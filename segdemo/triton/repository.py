@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 from ..artifacts import digest, file_sha256
 from ..engine_cache import ENGINE_DIR
 from ..errors import SegdemoError
-from ..export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 
 if TYPE_CHECKING:
-    from ..model_source import ModelSource
+    from ..model.source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _tensor(name: str, data_type: str, dims: list[int], extra: str = "") -> str:
 
 def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants: tuple[str, ...] = VARIANTS,
                       name: str = DEFAULT_NAME, max_batch: int = 8, instances: int = 1,
-                      build: Path | None = None, precision: str = "fp16") -> list[Exported]:
+                      build_dir: Path | None = None, precision: str = "fp16") -> list[Exported]:
     """Write `out/<variant>/<name>/` for each variant; `precision` picks the TensorRT plan (the others are fp32)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -114,7 +114,7 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
         extra: dict[str, str] = {}
         artifact, variant_precision = onnx_file, "fp32"
         if variant == "tensorrt":
-            found = find_plan(onnx_file, precision, build if build is not None else onnx_file.parent.parent)
+            found = find_plan(onnx_file, precision, build_dir if build_dir is not None else onnx_file.parent.parent)
             if found is None:
                 done.append(Exported(variant, None, _no_plan(source, precision)))
                 continue
@@ -136,10 +136,10 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
     return done
 
 
-def find_plan(onnx_file: Path, precision: str, build: Path) -> tuple[Path, dict] | None:
+def find_plan(onnx_file: Path, precision: str, build_dir: Path) -> tuple[Path, dict] | None:
     """The newest TensorRT (not TensorRT-RTX: Triton's backend runs full TensorRT) plan of this graph in the cache."""
     found = []
-    for sidecar in sorted((build / ENGINE_DIR).glob("*.json")):
+    for sidecar in sorted((build_dir / ENGINE_DIR).glob("*.json")):
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, ValueError):

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ... import engine_cache
 from ...artifacts import digest, lock_for, resolve_build_dir
-from ...export import normalisation
-from ...spans import LOAD, SpanRecorder
+from ...graph.export import normalisation
+from ...profiling.spans import LOAD, SpanRecorder
 
 if TYPE_CHECKING:
     import torch
 
-    from ...model_source import ModelSource
+    from ...model.source import ModelSource
 
 log = logging.getLogger(__name__)
 

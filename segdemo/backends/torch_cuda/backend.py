@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...decode import EncodedJpeg
 from ...errors import BadImageError
-from ...preprocess import ModelInput
-from ...spans import INFERENCE, LOAD, SpanRecorder
+from ...image.decode import EncodedJpeg
+from ...image.preprocess import ModelInput
+from ...profiling.spans import INFERENCE, LOAD, SpanRecorder
 from ..contract import Backend, BatchRenderer, BatchRunner, LoadContext, Rendered, RenderJob
 from .graphs import MAX_GRAPHED_SIDE, PostGraphs, batch_bucket
 from .jpeg import GpuJpegDecoder, checked_decoder
@@ -27,7 +27,7 @@ from .prepare import Prepared, Preparers, device_images, network_input, upright_
 from .render import Pictures, device_spans, download
 
 if TYPE_CHECKING:
-    from ...model_source import ModelSource
+    from ...model.source import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
+from ...image.decode import EncodedJpeg, JpegHeader, decode, plain_jpeg
 from .ops import jpeg_planes_to_rgb, ycc_tables
 
 if TYPE_CHECKING:

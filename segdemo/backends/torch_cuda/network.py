@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...artifacts import resolve_build_dir
-from ...spans import LOAD, SpanRecorder
+from ...profiling.spans import LOAD, SpanRecorder
 from .aot import PROGRAM, SCRIPT, compiled_network, describe, pixel_network
 from .graphs import BATCH_BUCKETS, BatchGraph, batch_bucket, capture_network
 
 if TYPE_CHECKING:
     import torch
 
-    from ...model_source import ModelSource
+    from ...model.source import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Network:
     def _eager_network(self, source: ModelSource, spans: SpanRecorder) -> torch.nn.Module:
         """The network from the model's weights (transformers), on the GPU at this precision, uint8 pixels in."""
         torch = self.torch
-        from ...network import folded_logits
+        from ...model.network import folded_logits
 
         with spans.span("load weights", LOAD, backend=NAME, model=source.spec):
             model = source.load_model()

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...decode import EncodedJpeg, decode
 from ...errors import BadImageError
-from ...spans import INFERENCE, SpanRecorder
+from ...image.decode import EncodedJpeg, decode
+from ...profiling.spans import INFERENCE, SpanRecorder
 from .ops import orient, resize_like_pil
 
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...classmap import nearest_indices
-from ...labels import palette
-from ...spans import INFERENCE, SpanRecorder
-from ...visuals import blend_table, clamp_opacity, colour_table
+from ...image.classmap import nearest_indices
+from ...image.visuals import blend_table, clamp_opacity, colour_table
+from ...model.labels import palette
+from ...profiling.spans import INFERENCE, SpanRecorder
 from ..contract import Rendered
 from .ops import blend, class_counts, colourise, gather_nearest, resize_like_pil
 

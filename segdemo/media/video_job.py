@@ -1,0 +1,223 @@
+"""Segmenting a video file: decode → segment → overlay → encode (H.264 MP4), with each class's share per frame.
+
+The file side (limits, probing, frames, the encoder) is `video_io`. Three stages overlap: a decoder thread (reading
+the frames of the job's decoder child, where FFmpeg demuxes and decodes), the engine (this thread, frames in batches
+through `segment_frames`) and an encoder thread, joined by short queues so memory stays bounded whatever the clip's
+length.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..image.visuals import DEFAULT_OPACITY
+from ..pipeline import Segmentation, Session
+from ..profiling.spans import INFERENCE, SpanRecorder
+from .video_io import (
+    APP_LIMITS,
+    BadVideoError,
+    DecoderProcess,
+    Encoder,
+    VideoInfo,
+    VideoLimits,
+    av_module,
+    even_size,
+    open_video,
+)
+
+log = logging.getLogger("segdemo")
+
+BATCH = 8  # frames per engine call (one list through segment_frames)
+QUEUE_BATCHES = 2  # decoded batches waiting for the engine, and overlays waiting for the encoder
+
+
+def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder) -> list[Segmentation]:
+    """Segment a list of RGB frames; the one place a batch call of the backend will replace this loop."""
+    return [session.segment(frame, spans, record=False) for frame in frames]
+
+
+@dataclass
+class VideoResult:
+    """The segmented video and what was measured while making it."""
+
+    path: Path
+    info: VideoInfo
+    frames: int
+    size: tuple[int, int]  # (height, width) of the written video
+    shares: np.ndarray  # frames × classes, fraction of each frame's pixels per class id
+    labels: list[str]
+    colours: np.ndarray
+    seconds: float  # wall time of the whole job
+    spans: SpanRecorder
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return float(self.info.fps)
+
+    @property
+    def speed(self) -> float:
+        """Video time processed per wall second (2.0: twice as fast as real time)."""
+        return (self.frames / self.fps) / self.seconds if self.seconds else 0.0
+
+    def present(self, top: int | None = None) -> list[int]:
+        """Class ids that appear in any frame, largest mean share first (the `top` of them)."""
+        mean = self.shares.mean(axis=0) if len(self.shares) else np.zeros(len(self.labels))
+        ids = [int(i) for i in np.argsort(-mean, kind="stable") if self.shares[:, i].max(initial=0) > 0]
+        return ids[:top] if top else ids
+
+    def figure(self, top: int = 10) -> Any:
+        """Plotly: the share over time of the `top` classes with the largest mean share."""
+        from ..profiling.timeline import share_figure
+
+        ids = self.present(top)
+        hexes = [_hex(self.colours[i]) for i in ids]
+        step = max(1, len(self.shares) // 600)  # a point per frame up to 600, then every step-th frame
+        rows = self.shares[::step][:, ids].tolist()
+        times = [k * step / self.fps for k in range(len(rows))]
+        return share_figure(times, rows, [self.labels[i] for i in ids], hexes)
+
+    def summary(self) -> dict[str, Any]:
+        height, width = self.size
+        return {**self.facts, "frames": self.frames, "fps": round(self.fps, 3),
+                "video_seconds": round(self.frames / self.fps, 3), "size": [height, width],
+                "source_size": [self.info.height, self.info.width], "codec": "h264 (libx264), yuv420p, mp4",
+                "wall_seconds": round(self.seconds, 3), "speed_vs_real_time": round(self.speed, 3)}
+
+    def write_csv(self, path: Path) -> Path:
+        """One row per frame: frame, time_s, then the share (0..1) of each class present anywhere in the video."""
+        ids = self.present()
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["frame", "time_s", *(self.labels[i] for i in ids)])
+            for k, row in enumerate(self.shares):
+                writer.writerow([k, f"{k / self.fps:.4f}", *(f"{row[i]:.6f}" for i in ids)])
+        return path
+
+    def write_json(self, path: Path) -> Path:
+        ids = self.present()
+        data = {**self.summary(),
+                "classes": [{"id": i, "name": self.labels[i], "color": _hex(self.colours[i]),
+                             "mean_share": round(float(self.shares[:, i].mean()), 6)} for i in ids],
+                "shares": [[round(float(row[i]), 6) for i in ids] for row in self.shares]}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        return path
+
+
+def write_outputs(result: VideoResult, folder: Path, load_spans: list | None = None) -> dict[str, Path]:
+    """shares.csv, shares.json and profiling.json (the session's load spans, if given, then the job's) in `folder`."""
+    from ..profiling.trace import write_trace
+
+    return {"csv": result.write_csv(folder / "shares.csv"), "json": result.write_json(folder / "shares.json"),
+            "profiling": write_trace(folder / "profiling.json", (load_spans or []) + result.spans.spans,
+                                     result.summary())}
+
+
+def _hex(rgb: np.ndarray) -> str:
+    return "#" + bytes(int(v) for v in rgb[:3]).hex()
+
+
+Progress = Callable[[int, int], None]  # (frames done, frames expected)
+
+
+def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
+                  limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
+                  spans: SpanRecorder | None = None, batch: int = BATCH) -> VideoResult:
+    """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
+    spans = spans or SpanRecorder()
+    start = time.perf_counter()
+    with spans.span("probe", INFERENCE):
+        child = open_video(source, limits)  # one child per job: it probes, then decodes
+    try:
+        return _segment(session, child, out, opacity, progress, spans, batch, start)
+    finally:
+        child.close()  # whatever happened: the child never outlives its job
+
+
+def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float, progress: Progress | None,
+             spans: SpanRecorder, batch: int, start: float) -> VideoResult:
+    av = av_module()
+    info, source = child.info, child.path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    decoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
+    encoded: queue.Queue = queue.Queue(QUEUE_BATCHES)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    shares: list[np.ndarray] = []
+    classes = len(session.labels)
+
+    def decode() -> None:
+        chunk: list[np.ndarray] = []
+        try:
+            stream = child.frames()
+            while not stop.is_set():
+                with spans.span("decode", INFERENCE) as attrs:
+                    while len(chunk) < batch and (frame := next(stream, None)) is not None:
+                        chunk.append(frame)
+                    attrs["frames"] = len(chunk)
+                if not chunk:
+                    break
+                decoded.put(chunk)
+                chunk = []
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller's thread
+            errors.append(exc)
+        finally:
+            decoded.put(None)
+
+    container = av.open(str(out), "w", options={"movflags": "+faststart"})  # index first: plays while loading
+    writer = Encoder(container, info.fps, spans, encoded, errors)
+    reader = threading.Thread(target=decode, name="video decode", daemon=True)
+    reader.start()
+    writer.start()
+    done, size = 0, None
+    try:
+        while (chunk := decoded.get()) is not None:
+            with spans.span("segment", INFERENCE, frames=len(chunk)):
+                results = segment_frames(session, chunk, spans)
+            with spans.span("overlay", INFERENCE, frames=len(chunk)):
+                pictures = [r.display_overlay(opacity) for r in results]
+            for r in results:
+                counts = np.zeros(classes, np.float64)
+                for entry in r.legend:
+                    counts[entry.id] = entry.share
+                shares.append(counts)
+            size = size or even_size(*pictures[0].shape[:2])
+            encoded.put([p[: size[0], : size[1]] for p in pictures])
+            done += len(chunk)
+            if progress:
+                progress(done, max(done, info.frames))
+            if errors:
+                break
+    finally:
+        stop.set()
+        if errors or reader.is_alive():
+            child.kill()  # a decoder still running is not needed any more (its reader then sees the pipe end)
+        while reader.is_alive():  # unblock a decoder waiting on a full queue
+            try:
+                decoded.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        encoded.put(None)
+        writer.join()
+        container.close()
+    if errors:
+        out.unlink(missing_ok=True)
+        raise errors[0]
+    if size is None:
+        raise BadVideoError(f"'{Path(source).name}' has no video frames")
+    result = VideoResult(out, info, done, size, np.asarray(shares, np.float32), session.labels, session.colours,
+                         time.perf_counter() - start, spans, session.describe())
+    log.info("video: %d frames %d×%d → %s at %.2f× real time (%.1f s)", done, info.width, info.height, out.name,
+             result.speed, result.seconds)
+    return result

@@ -1,0 +1,3 @@
+"""Profiling: the always-on spans every stage records (`spans`), their Chrome trace JSON (`trace`) and their
+Plotly figures (`timeline`).
+"""

@@ -1,0 +1,260 @@
+"""`python app.py --front-ends N`: N copies of the app on loopback ports of their own, behind one public port.
+
+One Gradio process spends CPU on every request outside the engine (routing, upload, queue, event stream,
+file download), so on a many-core machine one process caps the app long before the GPU does. This supervisor starts
+N copies (`--front-ends 1`, each with its own session), serves the public address through HAProxy (configured by
+`haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy that exits (with a
+backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import SegdemoError
+from .children import PR_SET_PDEATHSIG, Backoff, accepts, relay
+from .haproxy import COOKIE, ProxyConfig, executable
+from .haproxy_process import HAProxy
+
+if TYPE_CHECKING:
+    from ..web.demo import AppConfig
+
+log = logging.getLogger("segdemo.serving.frontends")
+
+MAX_FRONT_ENDS = 64
+SUPERVISOR_ENV = "SEGDEMO_SUPERVISOR_PID"  # tells a front end whose death it must not outlive
+SET_BY_SUPERVISOR = ("host", "port", "share", "front_ends", "public", "front_end_index")
+POLL_S = 0.25  # how often a starting front end's port is tried
+STOP_S = 10.0  # a front end's grace between SIGTERM and SIGKILL
+
+
+def child_argv(config: AppConfig, script: str | Path, index: int, port: int) -> list[str]:
+    """`python app.py` with the parent's options, as front end `index` on 127.0.0.1:`port`: public when the parent
+    is (it serves visitors through the proxy), without a share link (the parent's points at the proxy)."""
+    argv = [sys.executable, str(script)]
+    for f in dataclasses.fields(config):  # AppConfig's fields are app.py's options, name for name
+        value = getattr(config, f.name)
+        if f.name in SET_BY_SUPERVISOR or value is None or value is False:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--front-ends", "1", "--front-end-index", str(index)]
+    return argv + (["--public"] if config.is_public else [])
+
+
+def child_env(temp_dir: str) -> dict[str, str]:
+    """The parent's environment for a front end: one Gradio upload and cache folder for all (a visitor moved to
+    another front end still reaches their files), no share link of its own, output unbuffered for the relay."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SEGDEMO_SHARE", "GRADIO_SHARE")}
+    return {**env, "GRADIO_TEMP_DIR": temp_dir, "PYTHONUNBUFFERED": "1", SUPERVISOR_ENV: str(os.getpid())}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why `host`:`port` cannot be served now (None: it can), tried before haproxy is started on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as haproxy binds it
+            s.bind((host, port))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def exit_with_supervisor() -> None:
+    """In a front end: end this process when its supervisor dies, even by SIGKILL (Linux; a no-op elsewhere)."""
+    parent = os.environ.get(SUPERVISOR_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != int(parent):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """`sig` to a front end and anything it started (its own process group: e.g. torch.compile's workers)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+class FrontEnd:
+    """One copy of the app on its own loopback port (kept across restarts: it is in haproxy's configuration):
+    started, relayed, watched and restarted until `stop`."""
+
+    def __init__(self, index: int, port: int, config: AppConfig, script: str | Path, env: dict[str, str]) -> None:
+        self.index, self.port = index, port
+        self.config, self.script, self.env = config, script, env
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                how = await self._run_once(started)
+            except OSError as exc:  # could not start it at all (e.g. out of processes): try again like a crash
+                how = f"could not start ({exc})"
+            if self._stop.is_set():
+                return
+            ran = time.monotonic() - started
+            delay = backoff.after(ran)
+            log.warning("front end %d %s after %.0f s; restarting it in %.0f s", self.index, how, ran, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_once(self, started: float) -> str:
+        """Start the front end and serve until it exits or `stop`; says how it ended."""
+        proc = await asyncio.create_subprocess_exec(
+            *child_argv(self.config, self.script, self.index, self.port), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
+            start_new_session=True)  # the terminal's Ctrl-C reaches the supervisor only, which stops them in order
+        log.info("front end %d started: pid %d, port %d", self.index, proc.pid, self.port)
+        relayed = asyncio.create_task(relay(proc.stdout, f"[frontend {self.index}] "))
+        watch = asyncio.create_task(self._watch(started))
+        exited, stopping = asyncio.create_task(proc.wait()), asyncio.create_task(self._stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        stopping.cancel()
+        if not exited.done():
+            await self._terminate(proc, exited)
+        _signal_group(proc, signal.SIGKILL)  # whatever the front end left running in its process group
+        await relayed
+        return f"(pid {proc.pid}) exited with code {proc.returncode}"
+
+    async def _watch(self, started: float) -> None:
+        """Log when the front end's port first accepts connections (haproxy's health checks decide where visitors
+        go)."""
+        while not await accepts("127.0.0.1", self.port):
+            await asyncio.sleep(POLL_S)
+        log.info("front end %d ready on 127.0.0.1:%d after %.1f s", self.index, self.port, time.monotonic() - started)
+
+    @staticmethod
+    async def _terminate(proc: asyncio.subprocess.Process, exited: asyncio.Task) -> None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), STOP_S)
+        except asyncio.TimeoutError:
+            log.warning("front end pid %d ignored SIGTERM for %.0f s; killing it", proc.pid, STOP_S)
+            _signal_group(proc, signal.SIGKILL)
+            await exited
+
+
+def share_link(host: str, port: int) -> str:
+    """A gradio.live link to the proxy's port, made as Blocks.launch(share=True) makes one (needs internet)."""
+    import secrets
+    from urllib.parse import urlparse, urlunparse
+
+    from gradio import networking
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = networking.setup_tunnel(local, port, secrets.token_urlsafe(32), None, None)
+    return urlunparse(("https", *urlparse(url)[1:]))
+
+
+async def _share(host: str, port: int) -> None:
+    try:
+        url = await asyncio.get_running_loop().run_in_executor(None, share_link, host, port)
+    except Exception as exc:  # noqa: BLE001 — the app keeps serving locally, as Gradio's own launch does
+        log.error("could not create the share link (%s) — check this machine's internet connection; the app keeps "
+                  "serving on port %d", exc, port)
+        return
+    print(f"* Running on public URL: {url}", flush=True)
+
+
+async def supervise(config: AppConfig, script: str | Path) -> int:
+    """Serve config.host:config.port through haproxy to config.front_ends copies of the app until a signal."""
+    try:
+        binary = executable()
+    except SegdemoError as exc:
+        log.error("%s", exc)
+        return 1
+    if problem := bind_problem(config.host, config.port):
+        log.error("cannot serve %s:%d (%s) — choose another --port or stop what uses it", config.host, config.port,
+                  problem)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    made_temp = not os.environ.get("GRADIO_TEMP_DIR")
+    temp = tempfile.mkdtemp(prefix="segdemo-gradio-") if made_temp else os.environ["GRADIO_TEMP_DIR"]
+    ports = free_ports(config.front_ends)
+    fronts = [FrontEnd(i, port, config, script, child_env(temp)) for i, port in enumerate(ports)]
+    proxy = HAProxy(ProxyConfig(config.host, config.port, tuple(ports)), binary)
+    try:
+        return await _serve(config, proxy, fronts, stop, temp)
+    finally:
+        proxy.close()
+        if made_temp:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+async def _serve(config: AppConfig, proxy: HAProxy, fronts: list[FrontEnd], stop: asyncio.Event, temp: str) -> int:
+    """haproxy, then the front ends, until `stop` or haproxy fails; the exit code."""
+    try:
+        await proxy.check()
+    except SegdemoError as exc:
+        log.error("%s", exc)
+        return 1
+    serving = asyncio.create_task(proxy.run())
+    served, stopping = asyncio.create_task(proxy.served.wait()), asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, served, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    runs: list[asyncio.Task] = []
+    if served.done() and not stopping.done():
+        print(f"* Running on local URL:  http://{config.host}:{config.port}", flush=True)
+        log.info("serving %d front ends through haproxy (sticky cookie %s); Gradio files in %s", len(fronts), COOKIE,
+                 temp)
+        runs = [asyncio.create_task(f.run()) for f in fronts]
+        if config.share and not os.environ.get("SPACE_ID"):  # Gradio makes no share link on a Space either
+            runs.append(asyncio.create_task(_share(config.host, config.port)))
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    served.cancel()
+    stopping.cancel()
+    log.info("stopping haproxy and %d front ends", len(fronts))
+    proxy.stop()
+    for front in fronts:
+        front.stop()
+    await asyncio.gather(*runs, return_exceptions=True)
+    try:
+        await serving
+    except SegdemoError as exc:
+        log.error("%s — the app stops", exc)
+        return 1
+    return 0
+
+
+def serve(config: AppConfig, script: str | Path) -> int:
+    """`python app.py --front-ends N` (N > 1): this process supervises; returns the exit code."""
+    return asyncio.run(supervise(config, script))
