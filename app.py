@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 
 # Before anything touches CUDA: on ZeroGPU the `spaces` package must be imported first (a no-op elsewhere).
 from segdemo.web.hosting import gpu_function, on_zero_gpu  # isort: skip
@@ -113,205 +114,245 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     return AppConfig(**vars(args))
 
 
+@dataclass
+class ProfilingPanel:
+    """The Profiling tab's components: made first (unrendered), so the Segment and Live tabs can fill them."""
+
+    timeline: gr.Plot
+    summary_plot: gr.Plot
+    summary_table: gr.Dataframe
+    trace: gr.File
+    live_plot: gr.Plot
+
+    @classmethod
+    def create(cls) -> ProfilingPanel:
+        return cls(
+            gr.Plot(label="Timeline: session load and the last request", elem_id="timeline", render=False),
+            gr.Plot(label="Per-span p50 / p95 over recent requests", render=False),
+            gr.Dataframe(headers=list(SUMMARY_COLUMNS), label="Per-span summary", interactive=False, render=False),
+            gr.File(label="Trace (Chrome trace JSON — open in Perfetto UI or chrome://tracing)", render=False),
+            gr.Plot(label="Live: where each recent webcam frame's time goes (updated every second)",
+                    elem_id="live-chart", render=False))
+
+    def render(self) -> None:
+        for component in (self.timeline, self.summary_plot, self.summary_table, self.trace, self.live_plot):
+            component.render()
+
+
 def build(demo: Demo) -> gr.Blocks:
-    def segment(image, opacity, detailed, visitor, request: gr.Request):
-        if not demo.ready:
-            gr.Info("The model is still loading; your image runs as soon as it is ready.")
-        try:
-            visitor = demo.visitor(visitor, request)
-            response = demo.answer(image, opacity, detailed, visitor)
-        except SegdemoError as exc:
-            raise gr.Error(str(exc)) from None
-        visitor.last = response
-        return str(response.overlay), str(response.classes), response.legend_json(), \
-            timings(response, demo.session), visitor
-
-    def details(visitor):
-        session, response = demo.session, visitor.last
-        if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
-            return (str(view_file(response)), hover_html(response), legend_html(response),
-                    str(legend_file(response)), status_line(response), *(gr.skip(),) * 4,
-                    response.legend_json(), gr.skip())
-        summary = session.history.summary()
-        return (str(view_file(response)), hover_html(response), legend_html(response),
-                str(legend_file(response)), status_line(response),
-                timeline_figure(session.load_spans.spans, response.spans.spans), summary_figure(summary),
-                summary_rows(summary), trace_file(session, response), response.legend_json(),
-                timings(response, session))
-
-    def change_opacity(visitor, opacity, request: gr.Request):
-        if visitor is None or visitor.last is None:
-            return gr.skip(), gr.skip()
-        try:
-            response = demo.kept(visitor, request)
-            overlay = reblend(response, opacity)
-        except SegdemoError as exc:
-            raise gr.Error(str(exc)) from None
-        return str(overlay), hover_html(response, overlay)
-
-    def full_overlay(visitor, opacity, request: gr.Request):
-        try:
-            return str(demo.full_overlay(visitor, request, opacity))
-        except SegdemoError as exc:  # none yet, expired, or another client's session
-            raise gr.Error(str(exc)) from None
-
-    def live(frame, opacity, request: gr.Request):
-        try:
-            done, stream = demo.live_frame(request.session_hash, frame, opacity)
-        except SegdemoError as exc:  # still loading, or a frame that is not an image
-            return gr.skip(), f"⚠️ {exc}", gr.skip()
-        if done is None:  # replaced by a newer frame of the same stream before it reached the engine
-            return gr.skip(), gr.skip(), gr.skip()
-        return done.jpeg, live_readout(stream), live_chart(stream.stats) if stream.stats.chart_due() else gr.skip()
-
-    def video(path, opacity, visitor, request: gr.Request, progress=gr.Progress()):
-        def report(done, total):
-            progress(done / total, desc=f"{done} / {total} frames")
-
-        try:
-            visitor = demo.visitor(visitor, request)
-            result = demo.segment_video(path, opacity, report, visitor)
-        except SegdemoError as exc:
-            raise gr.Error(str(exc)) from None
-        files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
-        return (str(result.path), video_status(result), result.figure(), str(files["csv"]), str(files["json"]),
-                str(files["profiling"]), visitor)
-
-    def startup():
-        return Demo.status_text(demo), gr.Timer(active=not demo.ready)
-
-    def engine(request: gr.Request):
-        demo.saw(request.headers)
-        return (engine_page.engine_markdown(demo), engine_page.engine_rows(demo),
-                gr.update(interactive=not demo.builds_refused))
-
-    def build_engine(precision, request: gr.Request, progress=gr.Progress()):
-        demo.saw(request.headers)
-        try:
-            message = demo.build_engine(precision, lambda fraction, text: progress(fraction, desc=text))
-        except SegdemoError as exc:
-            raise gr.Error(str(exc)) from None
-        return message, *engine(request)[:2]
-
     # delete_cache: Gradio's copies of results older than an hour are removed every hour (long-running Spaces).
     with gr.Blocks(title="segdemo — SegFormer semantic segmentation", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
         banner = gr.Markdown(demo.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)
-        # A visitor: their folder's key and last result (files on disk, no pixels); it and the files expire.
-        state = gr.State(time_to_live=demo.config.session_seconds, delete_callback=demo.visitors.release)
-        with gr.Tab("Segment"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
-                    image.max_bytes = demo.config.image_limits.bytes
-                    run = gr.Button("Segment", variant="primary")
-                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                    gr.Examples(example_files(demo.build_dir), inputs=[image], label="Example photographs")
-                with gr.Column(scale=1):
-                    overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
-                    status = gr.Markdown(elem_id="status")
-                    legend = gr.HTML(label="Classes present", elem_id="legend")
-            with gr.Row():
-                mask = gr.Image(label="Colour mask", type="filepath", elem_id="mask")
-                with gr.Column():
-                    gr.Markdown("**Point at a class to highlight it** (or at its name below)")
-                    hover = hover_view(elem_id="hover")
-            with gr.Row():
-                classes_file = gr.File(label="Class map, original size (palette PNG: pixel value = class id)")
-                legend_dl = gr.File(label="Legend (JSON)")
-                with gr.Column():
-                    overlay_dl = gr.File(label="Overlay, original size (PNG)")
-                    make_overlay = gr.Button("Make the full-size overlay PNG", size="sm")
-            # The API's JSON values travel in components the page never draws (a 150-class JSON tree costs the
-            # browser time before it paints the overlay); the accordion gets its copies in the follow-up step.
-            legend_json = gr.JSON(label="legend", visible=False)
-            timings_json = gr.JSON(label="timings (ms)", visible=False)
-            with gr.Accordion("API values of the last request", open=False):
-                legend_shown = gr.JSON(label="legend")
-                timings_shown = gr.JSON(label="timings (ms)")
-        with gr.Tab("Live"):
-            gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. "
-                        "The newest frame always wins — frames are never queued behind the engine."
-                        + (f" Each visitor streams for up to {demo.config.live_time_limit} s."
-                           if demo.config.live_time_limit else ""))
-            with gr.Row():
-                camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam",
-                                     elem_id="camera")
-                camera.max_bytes = demo.config.image_limits.bytes
-                live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
-            live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-            live_text = gr.Markdown("Start the camera to see the frame rate and per-frame latency.",
-                                       elem_id="live-readout")
-        with gr.Tab("Video"):
-            limits = demo.config.video_limits
-            with gr.Row():
-                with gr.Column():
-                    video_in = gr.Video(label=f"Video ({limits.describe()})", sources=["upload"], include_audio=True,
-                                        elem_id="video-in")
-                    video_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                    video_run = gr.Button("Segment video", variant="primary")
-                with gr.Column():
-                    video_out = gr.Video(label="Segmented video (H.264 MP4)", interactive=False, elem_id="video-out")
-                    video_md = gr.Markdown(elem_id="video-status")
-            share_plot = gr.Plot(label="Share of each class over time", elem_id="share-chart")
-            with gr.Row():
-                shares_csv = gr.File(label="Class shares per frame (CSV)")
-                shares_json = gr.File(label="Class shares per frame (JSON)")
-                video_trace = gr.File(label="Trace of the job (Chrome trace JSON)")
-        with gr.Tab("Profiling"):
-            detailed = gr.Checkbox(label="Detailed: per-layer spans from the backend's profiler (slower requests)")
-            timeline = gr.Plot(label="Timeline: session load and the last request", elem_id="timeline")
-            summary_plot = gr.Plot(label="Per-span p50 / p95 over recent requests")
-            summary_table = gr.Dataframe(headers=list(SUMMARY_COLUMNS),
-                                         label="Per-span summary", interactive=False)
-            trace_dl = gr.File(label="Trace (Chrome trace JSON — open in Perfetto UI or chrome://tracing)")
-            live_plot = gr.Plot(label="Live: where each recent webcam frame's time goes (updated every second)",
-                                elem_id="live-chart")
-        with gr.Tab("Engine") as engine_tab:
-            engine_md = gr.Markdown()
-            ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
-            with gr.Row():
-                build_precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
-                build_button = gr.Button("Build / rebuild engine", interactive=not demo.builds_refused)
-            build_result = gr.Markdown()
+
+        def startup():
+            return {banner: demo.status_text(), timer: gr.Timer(active=not demo.ready)}
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
-        # On ZeroGPU these run in the GPU worker (spaces.GPU); elsewhere the decorator returns them unchanged.
-        segment, build_engine = gpu_function(segment), gpu_function(build_engine)
-        video = gpu_function(video, seconds=VIDEO_GPU_SECONDS)
-        # Requests share the session's one engine slot (Session._engine); decoding and encoding run beside it, so
-        # several requests are in flight while one at a time is in the engine.
-        segment_event = run.click(segment, [image, opacity, detailed, state],
-                                  [overlay, classes_file, legend_json, timings_json, state],
-                                  api_name="segment", api_description=SEGMENT_API_DOC,
-                                  concurrency_limit=demo.config.workers, concurrency_id="requests",
-                                  show_progress="minimal", show_progress_on=[overlay])
-        segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, timeline, summary_plot,
-                                                 summary_table, trace_dl, legend_shown, timings_shown],
-                              js=AFTER_OVERLAY_PAINT,
-                              api_visibility="private", concurrency_limit=demo.config.workers, show_progress="hidden")
-        opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
-                       concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
-        make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
-                           api_description=FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
-        # One stream per visitor: the browser sends a frame only when the last result is back and the server keeps
-        # only the newest (latest frame wins, across concurrent calls too: media.live); time-limited when public.
-        camera.stream(live, [camera, live_opacity], [live_overlay, live_text, live_plot],
-                      stream_every=1 / LIVE_FPS, time_limit=demo.config.live_time_limit,
-                      concurrency_limit=LIVE_VIEWERS, concurrency_id="live", api_visibility="private",
-                      show_progress="hidden")
-        video_run.click(video, [video_in, video_opacity, state],
-                        [video_out, video_md, share_plot, shares_csv, shares_json, video_trace, state],
-                        api_name="segment_video", api_description=VIDEO_API_DOC, concurrency_limit=1,
-                        concurrency_id="video")
-        engine_tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
-        # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
-        build_button.click(build_engine, [build_precision], [build_result, engine_md, ladder],
-                           api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,
-                           concurrency_id="build")
+        # A visitor: their folder's key and last result (files on disk, no pixels); it and the files expire.
+        state = gr.State(time_to_live=demo.config.session_seconds, delete_callback=demo.visitors.release)
+        profiling = ProfilingPanel.create()
+        with gr.Tab("Segment"):
+            segment_tab(demo, state, profiling)
+        with gr.Tab("Live"):
+            live_tab(demo, profiling)
+        with gr.Tab("Video"):
+            video_tab(demo, state)
+        with gr.Tab("Profiling"):
+            profiling.render()
+        with gr.Tab("Engine") as tab:
+            engine_tab(demo, tab)
         blocks.unload(lambda request: demo.visitors.end_session(request.session_hash))  # the tab closed
     return blocks
+
+
+def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
+    """Upload → overlay and class map (the API's /segment), then the follow-up step, re-blends, full-size overlay."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
+            image.max_bytes = demo.config.image_limits.bytes
+            run = gr.Button("Segment", variant="primary")
+            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+            detailed = gr.Checkbox(label="Detailed profiling: per-layer spans from the backend's profiler (slower)")
+            gr.Examples(example_files(demo.build_dir), inputs=[image], label="Example photographs")
+        with gr.Column(scale=1):
+            overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
+            status = gr.Markdown(elem_id="status")
+            legend = gr.HTML(label="Classes present", elem_id="legend")
+    with gr.Row():
+        mask = gr.Image(label="Colour mask", type="filepath", elem_id="mask")
+        with gr.Column():
+            gr.Markdown("**Point at a class to highlight it** (or at its name below)")
+            hover = hover_view(elem_id="hover")
+    with gr.Row():
+        classes_file = gr.File(label="Class map, original size (palette PNG: pixel value = class id)")
+        legend_dl = gr.File(label="Legend (JSON)")
+        with gr.Column():
+            overlay_dl = gr.File(label="Overlay, original size (PNG)")
+            make_overlay = gr.Button("Make the full-size overlay PNG", size="sm")
+    # The API's JSON values travel in components the page never draws (a 150-class JSON tree costs the browser time
+    # before it paints the overlay); the accordion gets its copies in the follow-up step.
+    legend_json = gr.JSON(label="legend", visible=False)
+    timings_json = gr.JSON(label="timings (ms)", visible=False)
+    with gr.Accordion("API values of the last request", open=False):
+        legend_shown = gr.JSON(label="legend")
+        timings_shown = gr.JSON(label="timings (ms)")
+
+    def segment(image_file, opacity_value, detailed_value, visitor, request: gr.Request):
+        if not demo.ready:
+            gr.Info("The model is still loading; your image runs as soon as it is ready.")
+        try:
+            visitor = demo.visitor(visitor, request)
+            response = demo.answer(image_file, opacity_value, detailed_value, visitor)
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        visitor.last = response
+        return {overlay: str(response.overlay), classes_file: str(response.classes),
+                legend_json: response.legend_json(), timings_json: timings(response, demo.session), state: visitor}
+
+    def details(visitor):
+        session, response = demo.session, visitor.last
+        shown = {mask: str(view_file(response)), hover: hover_html(response), legend: legend_html(response),
+                 legend_dl: str(legend_file(response)), status: status_line(response),
+                 legend_shown: response.legend_json()}
+        if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
+            return shown
+        summary = session.history.summary()
+        return {**shown, profiling.timeline: timeline_figure(session.load_spans.spans, response.spans.spans),
+                profiling.summary_plot: summary_figure(summary), profiling.summary_table: summary_rows(summary),
+                profiling.trace: trace_file(session, response), timings_shown: timings(response, session)}
+
+    def change_opacity(visitor, opacity_value, request: gr.Request):
+        if visitor is None or visitor.last is None:
+            return {}
+        try:
+            response = demo.kept(visitor, request)
+            blended = reblend(response, opacity_value)
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        return {overlay: str(blended), hover: hover_html(response, blended)}
+
+    def full_overlay(visitor, opacity_value, request: gr.Request):
+        try:
+            return str(demo.full_overlay(visitor, request, opacity_value))
+        except SegdemoError as exc:  # none yet, expired, or another client's session
+            raise gr.Error(str(exc)) from None
+
+    # On ZeroGPU this runs in the GPU worker (spaces.GPU); elsewhere the decorator returns it unchanged. Requests share
+    # the session's one engine slot; decoding and encoding run beside it, so several are in flight at once.
+    segment_event = run.click(gpu_function(segment), [image, opacity, detailed, state],
+                              [overlay, classes_file, legend_json, timings_json, state],
+                              api_name="segment", api_description=SEGMENT_API_DOC,
+                              concurrency_limit=demo.config.workers, concurrency_id="requests",
+                              show_progress="minimal", show_progress_on=[overlay])
+    segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, profiling.timeline,
+                                             profiling.summary_plot, profiling.summary_table, profiling.trace,
+                                             legend_shown, timings_shown],
+                          js=AFTER_OVERLAY_PAINT, api_visibility="private", concurrency_limit=demo.config.workers,
+                          show_progress="hidden")
+    opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
+                   concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
+    make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
+                       api_description=FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
+
+
+def live_tab(demo: Demo, profiling: ProfilingPanel) -> None:
+    """The visitor's webcam, segmented as it streams (latest frame wins)."""
+    limit = demo.config.live_time_limit
+    gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. The newest "
+                "frame always wins — frames are never queued behind the engine."
+                + (f" Each visitor streams for up to {limit} s." if limit else ""))
+    with gr.Row():
+        camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam", elem_id="camera")
+        camera.max_bytes = demo.config.image_limits.bytes
+        live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
+    live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+    readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.", elem_id="live-readout")
+
+    def live(frame, opacity_value, request: gr.Request):
+        try:
+            done, stream = demo.live_frame(request.session_hash, frame, opacity_value)
+        except SegdemoError as exc:  # still loading, or a frame that is not an image
+            return {readout: f"⚠️ {exc}"}
+        if done is None:  # replaced by a newer frame of the same stream before it reached the engine
+            return {}
+        shown = {live_overlay: done.jpeg, readout: live_readout(stream)}
+        return {**shown, profiling.live_plot: live_chart(stream.stats)} if stream.stats.chart_due() else shown
+
+    # One stream per visitor: the browser sends a frame only when the last result is back and the server keeps only
+    # the newest (latest frame wins, across concurrent calls too: media.live); time-limited when public.
+    camera.stream(live, [camera, live_opacity], [live_overlay, readout, profiling.live_plot],
+                  stream_every=1 / LIVE_FPS, time_limit=limit, concurrency_limit=LIVE_VIEWERS,
+                  concurrency_id="live", api_visibility="private", show_progress="hidden")
+
+
+def video_tab(demo: Demo, state: gr.State) -> None:
+    """A video file → the overlay video, class shares over time and the job's trace (the API's /segment_video)."""
+    with gr.Row():
+        with gr.Column():
+            video_in = gr.Video(label=f"Video ({demo.config.video_limits.describe()})", sources=["upload"],
+                                include_audio=True, elem_id="video-in")
+            video_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+            video_run = gr.Button("Segment video", variant="primary")
+        with gr.Column():
+            video_out = gr.Video(label="Segmented video (H.264 MP4)", interactive=False, elem_id="video-out")
+            video_md = gr.Markdown(elem_id="video-status")
+    share_plot = gr.Plot(label="Share of each class over time", elem_id="share-chart")
+    with gr.Row():
+        shares_csv = gr.File(label="Class shares per frame (CSV)")
+        shares_json = gr.File(label="Class shares per frame (JSON)")
+        video_trace = gr.File(label="Trace of the job (Chrome trace JSON)")
+
+    def video(path, opacity_value, visitor, request: gr.Request, progress=gr.Progress()):
+        def report(done, total):
+            progress(done / total, desc=f"{done} / {total} frames")
+
+        try:
+            visitor = demo.visitor(visitor, request)
+            result = demo.segment_video(path, opacity_value, report, visitor)
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
+        return {video_out: str(result.path), video_md: video_status(result), share_plot: result.figure(),
+                shares_csv: str(files["csv"]), shares_json: str(files["json"]), video_trace: str(files["profiling"]),
+                state: visitor}
+
+    video_run.click(gpu_function(video, seconds=VIDEO_GPU_SECONDS), [video_in, video_opacity, state],
+                    [video_out, video_md, share_plot, shares_csv, shares_json, video_trace, state],
+                    api_name="segment_video", api_description=VIDEO_API_DOC, concurrency_limit=1,
+                    concurrency_id="video")
+
+
+def engine_tab(demo: Demo, tab: gr.Tab) -> None:
+    """What serves the requests (model, backend, ladder) and, where the operator allows it, engine builds."""
+    engine_md = gr.Markdown()
+    ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
+    with gr.Row():
+        precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
+        build_button = gr.Button("Build / rebuild engine", interactive=not demo.builds_refused)
+    build_result = gr.Markdown()
+
+    def engine(request: gr.Request):
+        demo.saw(request.headers)
+        return {engine_md: engine_page.engine_markdown(demo), ladder: engine_page.engine_rows(demo),
+                build_button: gr.update(interactive=not demo.builds_refused)}
+
+    def build_engine(precision_value, request: gr.Request, progress=gr.Progress()):
+        demo.saw(request.headers)
+        try:
+            message = demo.build_engine(precision_value, lambda fraction, text: progress(fraction, desc=text))
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        return {build_result: message, engine_md: engine_page.engine_markdown(demo),
+                ladder: engine_page.engine_rows(demo)}
+
+    tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
+    # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
+    build_button.click(gpu_function(build_engine), [precision], [build_result, engine_md, ladder],
+                       api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,
+                       concurrency_id="build")
 
 
 def create(config: AppConfig) -> tuple[gr.Blocks, Demo]:
@@ -343,14 +384,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-# Module level, so `gradio app.py` (reload mode, which re-imports this file and takes `demo`) and Spaces find the
-# Blocks; `python app.py [options]` builds and launches it the same way — except with --front-ends above 1, where
-# this process only supervises copies of the app behind one port and builds nothing itself.
+# `python app.py [options]` builds and launches the app — or, with --front-ends above 1, only supervises copies of it
+# behind one port. Imported (`gradio app.py`'s reload mode, which takes `demo`), it builds the Blocks from SEGDEMO_*
+# variables alone: the importer's command line is not the app's.
 setup_logging()
-config = parse_args(sys.argv[1:])
-if __name__ == "__main__" and config.front_ends > 1:
-    sys.exit(frontends.serve(config, __file__))
-demo, served = create(config)
-
 if __name__ == "__main__":
+    config = parse_args(sys.argv[1:])
+    if config.front_ends > 1:
+        sys.exit(frontends.serve(config, __file__))
+    demo, served = create(config)
     launch(config, demo, served)
+else:
+    config = parse_args([])
+    demo, served = create(config)

@@ -41,13 +41,14 @@ def test_on_zero_gpu_the_session_loads_on_the_first_request(monkeypatch, build_d
 
 
 def test_app_module_exposes_demo_blocks_for_gradio_reload_and_spaces(build_dir):
-    """Imported (not run), app.py builds its Blocks even with several front ends asked for: only `python app.py`
-    supervises."""
-    code = ("import sys; sys.argv = ['app.py', '--model', 'random:tiny', '--backend', 'onnxruntime', '--build-dir', "
-            f"{str(build_dir)!r}]; import app, gradio; print(type(app.demo).__name__, "
-            "isinstance(app.demo, gradio.Blocks), app.config.model, app.config.front_ends)")
+    """Imported (not run), app.py builds its Blocks from SEGDEMO_* variables, even with several front ends asked for
+    (only `python app.py` supervises), and never reads the importer's command line."""
+    code = ("import sys; sys.argv = ['gradio', 'app.py', '--not-an-app-option']; import app, gradio; "
+            "print(type(app.demo).__name__, isinstance(app.demo, gradio.Blocks), app.config.model, "
+            "app.config.front_ends)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False",
-                               "SEGDEMO_FRONT_ENDS": "2"})
+                               "SEGDEMO_FRONT_ENDS": "2", "SEGDEMO_MODEL": "random:tiny",
+                               "SEGDEMO_BACKEND": "onnxruntime", "SEGDEMO_BUILD_DIR": str(build_dir)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-4:] == ["Blocks", "True", "random:tiny", "2"]
