@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPILED_DIR = "compiled"
-_CODE = ("network.py", "backends/torch_cuda/aot.py")  # the code whose output the package is: part of the key
+_CODE = ("model/network.py", "backends/torch_cuda/aot.py")  # the code whose output the package is: part of the key
 
 
 def pixel_network(net: torch.nn.Module, precision: str) -> torch.nn.Module:
