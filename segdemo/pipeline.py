@@ -156,9 +156,12 @@ class Session:
 
     def _run_batch(self, items: list[Any], spans: SpanRecorder) -> list[Any]:
         """The batcher's function, looked up on each batch's backend (reload_backend may replace it)."""
+        backend = self.backend
         if self._batch_renders:
-            return self.backend.render_batch(items, spans)
-        return self.backend.run_batch(items, spans)
+            assert isinstance(backend, backends.BatchRenderer)  # reload_backend keeps the backend's class
+            return backend.render_batch(items, spans)
+        assert isinstance(backend, backends.BatchRunner)  # else _batcher made no batcher
+        return backend.run_batch(items, spans)
 
     def _start_warm_up(self, mode: str) -> threading.Thread | None:
         """Warm up now, in the background, or not at all (see __init__); returns the background thread."""
@@ -222,6 +225,7 @@ class Session:
             if ticket is not None and batched is None:
                 ticket.release()  # it will not join a batch: none should wait for it
             if route.on_device:
+                assert renderer is not None  # choose_route goes on the device only with a renderer
                 result = self._on_device(renderer, source, image, size, shown, spans, batched)
             else:
                 if isinstance(source, EncodedJpeg):  # a device decoder's JPEG that rides a batch after all
@@ -249,6 +253,8 @@ class Session:
         download of what is shown, plus the class map."""
         out_size = output_size(size, self.max_side)
         if batched is not None:
+            # a ticket comes from the batcher, which batches whole requests here: a BatchRenderer's
+            assert self.batcher is not None and isinstance(self.backend, backends.BatchRenderer)
             job = backends.RenderJob(source, DEFAULT_OPACITY, out_size, shown)
             try:  # decoding and resizing in this thread, beside the batch on the device
                 job = self.backend.prepare(job, spans)
@@ -273,6 +279,7 @@ class Session:
         with spans.span("resize", INFERENCE, size=list(rgb.shape[:2])):
             model_input = prepare(rgb, self.source.input_size, self.max_side)
         if batched is not None:
+            assert self.batcher is not None  # a ticket comes from the batcher
             computed = self.batcher.submit(model_input, spans, batched)
         else:
             with self._engine(spans):

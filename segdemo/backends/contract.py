@@ -42,7 +42,7 @@ class Backend(ABC):
     """Runs the fused graph: uint8 RGB resized to the network's input → uint8 class map of the requested size."""
 
     name: ClassVar[str]
-    device: ClassVar[str]  # "cpu" or "cuda"
+    device: str  # "cpu" or "cuda" (a class attribute; triton's names its server, per instance)
     precision: str  # what it actually runs: "fp32" or "fp16"
 
     @abstractmethod

@@ -127,7 +127,7 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         return classes[0]
 
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
-        if not self.batched:
+        if self.post is None:  # not batched
             return [self.run(model_input, spans) for model_input in inputs]
         with spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)):
             with spans.span("network", INFERENCE, batch=len(inputs)):

@@ -195,7 +195,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         app_client = app.ready(first, APP_EXTRA, work / "client")
         app.settle(args.backend)
         log.info("bench --app: floor ready after %.1f s, app after %.1f s", floor.ready_s, app.ready_s)
-        api, served = {}, {}
+        api: dict[str, dict[str, Any]] = {}
+        served: dict[str, Any] = {}
         for name in names:
             paths = images[name]["paths"]
             log.info("bench --app: API, %s …", name)

@@ -163,7 +163,7 @@ def _add_agreement(runs: list[dict], work: Path, images: dict[str, list[str]]) -
 
 def _meta(args: argparse.Namespace, runs: list[dict], onnx_file: Path,
           sizes: list[tuple[int, int]]) -> dict[str, Any]:
-    facts = next((r["facts"] for r in runs if "facts" in r), {})
+    facts: dict[str, Any] = next((r["facts"] for r in runs if "facts" in r), {})
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "model": args.model,

@@ -201,7 +201,8 @@ def _drive_processes(url: str, kind: str, images: list[tuple[Path, tuple[int, in
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
     count = client_processes(args.clients, args.client_processes)
     expected_file = work / f"expected-{kind}.npz"
-    np.savez(expected_file, **{str(i): m for i, m in enumerate(expected)})
+    # numpy's stub lets **kwds reach allow_pickle (a bool); the keys here are array names
+    np.savez(expected_file, **{str(i): m for i, m in enumerate(expected)})  # type: ignore[arg-type]
     barrier, results = context.Barrier(count + 1), context.Queue()
     shares = [args.clients // count + (1 if p < args.clients % count else 0) for p in range(count)]
     processes = []
@@ -307,7 +308,7 @@ def table(results: dict[str, Any]) -> str:
             f"images 448–512 px a side", "",
             "| run | images/s | × unbatched | p50 ms | p95 ms | p99 ms | failures | wrong | mean batch |",
             "|---|---|---|---|---|---|---|---|---|"]
-    base = {}
+    base: dict[str, float] = {}
     for label, run in results["runs"].items():
         target = label.split(",")[0]
         base.setdefault(target, run["throughput_per_s"] or 1.0)

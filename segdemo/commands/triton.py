@@ -74,12 +74,14 @@ def _serve(args: argparse.Namespace) -> int:
     with TritonServer(args.repository, args.host, args.http_port, args.grpc_port) as server:
         print(f"tritonserver ready on {args.repository}: gRPC {server.grpc_address}, HTTP {server.http_address}; "
               f"Ctrl-C stops it", flush=True)
+        process = server.process
+        assert process is not None  # started on entering the with block
         try:
-            while server.process.poll() is None:
+            while process.poll() is None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             return 0
-        print(f"tritonserver exited with code {server.process.returncode}")
+        print(f"tritonserver exited with code {process.returncode}")
         return 1
 
 

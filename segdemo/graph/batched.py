@@ -71,7 +71,9 @@ def network_graph(source: ModelSource) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(2, 3, *source.input_size),), buffer, input_names=["pixel_values"],
+        # torch annotates f as a path; the TorchScript exporter (dynamo=False) also writes to a file object
+        torch.onnx.export(net, (torch.zeros(2, 3, *source.input_size),), buffer,  # type: ignore[arg-type]
+                          input_names=["pixel_values"],
                           output_names=["logits_nchw"], opset_version=OPSET, do_constant_folding=True, dynamo=False,
                           dynamic_axes={"pixel_values": {0: "batch"}, "logits_nchw": {0: "batch"}})
     model = onnx.load_from_string(buffer.getvalue())

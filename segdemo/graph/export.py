@@ -115,8 +115,9 @@ def _export_network(network, input_size: tuple[int, int]) -> onnx.ModelProto:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python bools in attention code
         # The TorchScript exporter keeps the graph static and small (no dynamo shape guards).
+        # torch annotates f as a path; the TorchScript exporter (dynamo=False) also writes to a file object
         torch.onnx.export(
-            net, (dummy,), buffer, input_names=["pixel_values"], output_names=["logits"],
+            net, (dummy,), buffer, input_names=["pixel_values"], output_names=["logits"],  # type: ignore[arg-type]
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())

@@ -104,7 +104,7 @@ class DecoderProcess:
         if kind == FRAME:
             if frame is None or size != frame.nbytes:
                 self._unexpected(b"?", b"")
-            self._fill(memoryview(frame).cast("B"))
+            self._fill(frame.data.cast("B"))
             return kind, b""
         if size > MAX_NOTE:
             self._unexpected(b"?", b"")

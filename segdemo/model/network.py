@@ -8,7 +8,7 @@ stage applied *before* upsampling. For b4 at 512² this removes the 3072→768 c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +19,8 @@ def folded_logits(model: torch.nn.Module) -> torch.nn.Module:
     import torch
     from torch.nn import functional
 
-    head = model.decode_head
+    segformer: Any = model  # its submodules by name (torch types nn.Module attributes as Tensor | Module)
+    head = segformer.decode_head
     config = head.config
     if getattr(config, "reshape_last_stage", True) is False:
         raise ValueError("folding needs reshape_last_stage=True (the layout of every published SegFormer)")
@@ -40,7 +41,7 @@ def folded_logits(model: torch.nn.Module) -> torch.nn.Module:
     class FoldedSegformer(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.encoder = model.segformer
+            self.encoder = segformer.segformer
             self.projections = torch.nn.ParameterList([torch.nn.Parameter(w, requires_grad=False) for w in weights])
             self.bias = torch.nn.Parameter(bias[None, :, None, None].contiguous(), requires_grad=False)
             self.classifier = head.classifier
@@ -48,7 +49,7 @@ def folded_logits(model: torch.nn.Module) -> torch.nn.Module:
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
             states = self.encoder(pixel_values, output_hidden_states=True).hidden_states
             size = states[0].shape[2:]
-            mixed = self.bias
+            mixed: torch.Tensor = self.bias
             for state, weight in zip(states, self.projections, strict=True):
                 projected = functional.conv2d(state, weight)
                 if projected.shape[2:] != size:

@@ -16,7 +16,8 @@ LABEL_MIN_SHARE = 0.05  # bars narrower than this share of the axis carry no lab
 
 def _depths(spans: list[Span]) -> list[int]:
     """Nesting level of each span among the spans of its own thread and category."""
-    depths, stacks = [], {}
+    depths: list[int] = []
+    stacks: dict[tuple[str, str], list[int]] = {}
     for s in spans:
         stack = stacks.setdefault((s.thread, s.category), [])
         while stack and s.start_ns >= stack[-1]:

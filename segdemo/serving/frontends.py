@@ -141,6 +141,7 @@ class FrontEnd:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
             start_new_session=True)  # the terminal's Ctrl-C reaches the supervisor only, which stops them in order
         log.info("front end %d started: pid %d, port %d", self.index, proc.pid, self.port)
+        assert proc.stdout is not None  # stdout=PIPE
         relayed = asyncio.create_task(relay(proc.stdout, f"[frontend {self.index}] "))
         watch = asyncio.create_task(self._watch(started))
         exited, stopping = asyncio.create_task(proc.wait()), asyncio.create_task(self._stop.wait())

@@ -85,6 +85,7 @@ class HAProxy:
             preexec_fn=end_with_parent)  # noqa: PLW1509 — the supervisor forks from its one event-loop thread
         self.pid = proc.pid
         log.info("haproxy started: pid %d, configuration %s", proc.pid, self.path)
+        assert proc.stdout is not None  # stdout=PIPE
         relayed = asyncio.create_task(relay(proc.stdout, "[haproxy] "))
         watch = asyncio.create_task(self._watch())
         exited, stopping = asyncio.create_task(proc.wait()), asyncio.create_task(self._stop.wait())

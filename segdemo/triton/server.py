@@ -109,18 +109,18 @@ class TritonServer:
         with open(log_file, "ab") as fh:
             # Its own session: Ctrl-C in a terminal reaches us, and we stop it in order. The parent-death signal
             # ends it if we die without stopping it (a killed test run must not leave servers behind).
-            self.process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
+            self.process = process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True, preexec_fn=_end_with_parent)
-        self._wait_ready(timeout, log_file)
+        self._wait_ready(process, timeout, log_file)
         log.info("tritonserver ready: gRPC %s, HTTP %s (log %s)", self.grpc_address, self.http_address, log_file)
         return self
 
-    def _wait_ready(self, timeout: float, log_file: Path) -> None:
+    def _wait_ready(self, process: subprocess.Popen, timeout: float, log_file: Path) -> None:
         deadline = time.monotonic() + timeout
         url = f"http://{self.http_address}/v2/health/ready"
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SegdemoError(f"tritonserver exited with code {self.process.returncode} while starting — "
+            if process.poll() is not None:
+                raise SegdemoError(f"tritonserver exited with code {process.returncode} while starting — "
                                    f"see {log_file}:\n{_tail(log_file)}")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(url, timeout=1) as response:

@@ -21,7 +21,7 @@ class ImageUpload(gr.Image):
     # __init__: Gradio builds a component's front-end config from its constructor's signature.
     max_bytes: int | None = None
 
-    def preprocess(self, payload):  # type: ignore[override]
+    def preprocess(self, payload):
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
@@ -46,7 +46,7 @@ class LiveOverlay(gr.Image):
 
     is_template = True
 
-    def postprocess(self, value):  # type: ignore[override]
+    def postprocess(self, value):
         if isinstance(value, (bytes, bytearray)):
             return ImageData(url="data:image/jpeg;base64," + base64.b64encode(value).decode(), orig_name="frame.jpg",
                              mime_type="image/jpeg")

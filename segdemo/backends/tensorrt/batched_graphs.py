@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def channels_first_logits(model: onnx.ModelProto) -> list[int]:
             for d in inferred.graph.output[0].type.tensor_type.shape.dim]
     if None in dims[1:]:
         raise SegdemoError(f"could not work out the size of the batched graph's logits ({dims}) — report this")
-    height, width, classes = dims[1:]
+    height, width, classes = cast("list[int]", dims[1:])  # none is None past the check above
     nchw = final.input[0]
     graph.node.remove(final)
     for node in graph.node:

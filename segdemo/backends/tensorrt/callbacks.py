@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from types import ModuleType
 from typing import Any
 
 from ...graph.fp16 import ProgressFn
 
 
 @functools.cache  # TensorRT keeps the first logger it sees; a second one only earns a warning
-def trt_logger(trt: ModuleType) -> Any:
+def trt_logger(trt: Any) -> Any:  # trt: the tensorrt or tensorrt_rtx module
     """A TensorRT logger that speaks through Python logging (warnings and errors only, unless -v)."""
 
     class Logger(trt.ILogger):
@@ -31,7 +30,7 @@ def trt_logger(trt: ModuleType) -> Any:
     return Logger()
 
 
-def progress_monitor(trt: ModuleType, progress: ProgressFn) -> Any:
+def progress_monitor(trt: Any, progress: ProgressFn) -> Any:
     """An IProgressMonitor turning TensorRT's nested build phases into one fraction for `progress`."""
 
     class Monitor(trt.IProgressMonitor):

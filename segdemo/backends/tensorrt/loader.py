@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class EngineLoader:
                  source: ModelSource | None = None, max_batch: int = 1) -> None:
         """`source` and `max_batch` > 1: load the batched graphs' plans (exported from `source` once)."""
         self.onnx_file, self.name = onnx_file, backend
-        self.options = {"build_dir": build_dir, "targets": targets, "progress": progress}
+        self.options: dict[str, Any] = {"build_dir": build_dir, "targets": targets, "progress": progress}
         self.min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
         if max_batch > 1 and source is None:
             raise ValueError("batching exports the batched graph from the model: pass source=")
@@ -128,12 +128,13 @@ class EngineLoader:
                 precision, spans)
             return LoadedEngine(self.name, self.trt, self.runtime, engine, precision,
                                 profile_max(engine, artifact.sidecar), artifact)
+        source = cast("ModelSource", self.source)  # __init__ requires it for max_batch > 1
         build_dir = self.options["build_dir"]
         build_dir = build_dir if build_dir is not None else self.onnx_file.parent.parent
         with spans.span("batched onnx export", LOAD, max_batch=self.max_batch):
-            network, _ = ensure_batched_onnx(self.source, build_dir)
+            network, _ = ensure_batched_onnx(source, build_dir)
         (engine, artifact), (post_engine, post_artifact) = self._deserialize_all(
-            lambda force: list(ensure_batch_engines(self.onnx_file, network, self.source.input_size, self.max_batch,
+            lambda force: list(ensure_batch_engines(self.onnx_file, network, source.input_size, self.max_batch,
                                                     precision, self.name, force=force, **self.options)),
             precision, spans)
         post = LoadedEngine(self.name, self.trt, self.runtime, post_engine, post_artifact.sidecar["precision"],
@@ -172,7 +173,7 @@ class EngineLoader:
         loaded = self.deserialize(precision, spans)
         with spans.span("create context", LOAD, backend=self.name):
             runner = bind(loaded)
-        artifact = loaded.artifact
+        artifact = cast(Engine, loaded.artifact)  # deserialize's engines come from the cache, never a bare plan
         log.info("%s engine %s: %.1f MB plan, %.1f MB device memory (%s)", self.name, artifact.plan.name,
                  artifact.plan.stat().st_size / 1e6, runner.device_memory_bytes / 1e6,
                  "cache hit" if artifact.cache_hit else f"built in {artifact.seconds:.1f} s")
@@ -186,13 +187,13 @@ class EngineLoader:
 
     def _guard_accuracy(self, loaded: LoadedEngine, runner: Runner, spans: SpanRecorder) -> str | None:
         """On a plan's first load, compare it with ONNX Runtime fp32 and record that; the fallback note, if any."""
-        artifact = loaded.artifact
+        artifact = cast(Engine, loaded.artifact)  # from deserialize: a cache entry, never a bare plan
         meta = artifact.sidecar
         accuracy = meta.get("accuracy", {})
         agreement = accuracy.get("engine_agreement")
         if agreement is None:
             with spans.span("accuracy check", LOAD, backend=self.name, precision=loaded.precision) as attrs:
-                pixels = probe_image(runner.image_shape[1:3])
+                pixels = probe_image(cast("tuple[int, int]", runner.image_shape[1:3]))  # [batch, H, W, 3]
                 reference = probe_reference(self.onnx_file)[0]  # the same probe, input size and output size
                 ours = runner.run(ModelInput(pixels, PROBE_OUT_SIZE, PROBE_OUT_SIZE), SpanRecorder())
                 agreement = float((reference == ours).mean())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -185,7 +185,9 @@ class TensorRTBackend(Backend, BatchRunner):
         bind = TensorRTBatchRunner if max_batch > 1 else TensorRTRunner
         self.loaded, self.runner = loader.load(precision, spans, bind)
         # What the app, the bench and the tests read: the precision actually run (after any accuracy fallback).
-        self.precision, self.notes, self.artifact = self.loaded.precision, self.loaded.notes, self.loaded.artifact
+        self.precision, self.notes = self.loaded.precision, self.loaded.notes
+        # EngineLoader's engines are cache entries (a bare plan file, with no artifact, is load_plan's)
+        self.artifact = cast("Engine", self.loaded.artifact)
         self.device_memory_bytes = self.runner.device_memory_bytes
 
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
@@ -220,7 +222,7 @@ class TensorRTBackend(Backend, BatchRunner):
             facts["Batching"] = (f"up to {self.max_batch} requests per run (network plan's batch profile "
                                  f"{batch.get('min', ['?'])[0]}–{batch.get('max', ['?'])[0]}, optimised for "
                                  f"{batch.get('opt', ['?'])[0]}; post-processing per image: "
-                                 f"{_plan_fact(self.loaded.post.artifact)})")
+                                 f"{_plan_fact(cast('Engine', self.loaded.post.artifact))})")
         return facts
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from ...profiling.spans import INFERENCE, LAYER, SpanRecorder
 
 
-def layer_profiler(trt: ModuleType) -> Any:
+def layer_profiler(trt: Any) -> Any:  # trt: the tensorrt or tensorrt_rtx module
     """An IProfiler collecting (layer, ms); made here because its base class lives in the TensorRT module."""
 
     class Profiler(trt.IProfiler):

@@ -35,6 +35,9 @@ def pixel_network(net: torch.nn.Module, precision: str) -> torch.nn.Module:
     scale, shift = normalisation()
 
     class PixelNetwork(torch.nn.Module):
+        scale: torch.Tensor  # buffers (torch types registered attributes as Tensor | Module)
+        shift: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.net = net
@@ -91,7 +94,8 @@ def _load_program(path: Path) -> torch.nn.Module:
 
     module = torch.export.load(str(path)).module()
     # Saved weights come back contiguous; channels-last is what cuDNN runs fastest here (see network).
-    return module.to(memory_format=torch.channels_last)
+    # Module.to takes memory_format at run time; torch's overloads leave it out
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _make_script(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .render import Pictures, device_spans, download
 
 if TYPE_CHECKING:
     from ...model.source import ModelSource
+    from .graphs import BatchGraph
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         if any(max(model_input.out_size) > MAX_GRAPHED_SIDE for model_input in inputs):
             return [self.run(model_input, spans) for model_input in inputs]
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)) as attrs:
-            entry = network.batch_graph(len(inputs))
+            entry = cast("BatchGraph", network.batch_graph(len(inputs)))  # checked above
             events = self.events
             with torch.inference_mode(), torch.cuda.stream(self.stream):
                 host = self.host_batch[: len(inputs)]
@@ -239,7 +240,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                 self.events[1].record(self.stream)
                 self.network.replay()
                 self.events[2].record(self.stream)
-                maps = self.pictures.class_maps(entry, out_size, tuple(image.shape[:2]), display)
+                maps = self.pictures.class_maps(entry, out_size, cast("tuple[int, int]", tuple(image.shape[:2])),
+                                                display)
                 (rendered,) = self.pictures.render_and_download([(job, image, host_image, maps)])
             attrs.update(decoder=self.decoder_name if host_image is None else "host", bucket=list(bucket(out_size)),
                          out_size=list(out_size), display=list(display))
@@ -259,7 +261,8 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             with torch.inference_mode(), torch.cuda.stream(self.stream):
                 host_start = time.perf_counter_ns()
                 self.events[0].record(self.stream)
-                images = device_images(jobs, spans, self.cuda, self.jpeg_decoder, self.stream)
+                # each refused job keeps its error; the others' entries become their Rendered (returned as such)
+                images: list[Any] = device_images(jobs, spans, self.cuda, self.jpeg_decoder, self.stream)
                 ready = [i for i, image in enumerate(images) if not isinstance(image, Exception)]
                 if not ready:
                     return images

@@ -123,4 +123,4 @@ class PostGraphs:
     def close(self) -> None:
         """Drop the graphs, their pool and pinned buffers (callers hold the backend's lock)."""
         self.entries.clear()
-        self.pool = self.host_grid = self.host_classes = self.logits = None
+        self.pool = self.host_grid = self.host_classes = self.logits = None  # type: ignore[assignment]  # closed

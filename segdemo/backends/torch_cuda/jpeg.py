@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -99,6 +99,7 @@ def checked_decoder(device: torch.device, stream: torch.cuda.Stream) -> GpuJpegD
     from .nvjpeg import HardwareDecoder, PlanarDecoder
 
     tables = torch.from_numpy(ycc_tables()).to(device)
+    samples: list[tuple[torch.Tensor, tuple[int, int]]]
     decoders, worst, samples = [], 0.0, []
     for kind in (HardwareDecoder, PlanarDecoder):
         planar, mean, samples = _checked(kind, device, stream, tables) or (None, 0.0, samples)
@@ -169,10 +170,10 @@ def _sample_jpegs() -> tuple[tuple[bytes, JpegHeader, np.ndarray], ...]:
     y, x = np.mgrid[0:49, 0:67].astype(np.float32)
     blob = 120 * np.exp(-((x - 40) ** 2 + (y - 20) ** 2) / 200)
     image = np.stack([x * 3 + blob, y * 4 + 40 + 30 * np.sin(x), 180 - blob], axis=2).clip(0, 255).astype(np.uint8)
-    samples = []
+    samples: list[tuple[bytes, JpegHeader, np.ndarray]] = []
     for subsampling in (2, 1, 0):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
         data = buffer.getvalue()
-        samples.append((data, plain_jpeg(data), decode(data)))
+        samples.append((data, cast("JpegHeader", plain_jpeg(data)), decode(data)))  # Pillow's baseline JPEG: plain
     return tuple(samples)

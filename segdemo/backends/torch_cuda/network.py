@@ -37,6 +37,8 @@ def _first_line(exc: Exception) -> str:
 class Network:
     """The loaded network, its batch-1 graph over static pixels and logits, and the batch buckets' graphs."""
 
+    graph: torch.cuda.CUDAGraph | None  # set by capture; None: an AOTInductor network launched per request
+
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str, device: torch.device,
                  wanted: bool, lock: threading.Lock, closing: threading.Event, build_dir: Path | None = None,
                  progress: Callable[[float, str], None] | None = None) -> None:
@@ -75,7 +77,7 @@ class Network:
                 log.warning("AOTInductor compilation failed (%s: %s); using the exported program",
                             type(exc).__name__, _first_line(exc))
                 self.aot = False
-        self.eager_net: Callable | None = None  # the exported program (loaded in the background), for batches
+        self.eager_net: torch.nn.Module | None = None  # the exported program (loaded in the background), for batches
         self.exported = functools.partial(self._program_network, source, spans, build_dir, progress)
         if not self.aot:
             self.net = self._startup_network(source, spans, build_dir, progress)
@@ -130,7 +132,7 @@ class Network:
             net.requires_grad_(False)
             # Channels-last weights match the token layout ([B, H·W, C] viewed as NCHW is NHWC in memory): cuDNN
             # then runs the depthwise and reduction convolutions without layout copies.
-            net.to(memory_format=torch.channels_last)
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as in aot._load_program
             return pixel_network(net, self.precision)
 
     def _startup_network(self, source: ModelSource, spans: SpanRecorder, build_dir: Path | None,
@@ -147,7 +149,7 @@ class Network:
             return self.exported()
 
     def _program_network(self, source: ModelSource, spans: SpanRecorder, build_dir: Path | None,
-                         progress: Callable[[float, str], None] | None) -> Callable:
+                         progress: Callable[[float, str], None] | None) -> torch.nn.Module:
         """The exported program from build/compiled (made on the first start), or the transformers model if
         torch.export cannot trace it; loaded once."""
         if self.eager_net is None:

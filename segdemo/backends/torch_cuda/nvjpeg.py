@@ -83,10 +83,10 @@ class _Decoder:
     def close(self) -> None:
         if self.state:
             self.lib.nvjpegJpegStateDestroy(self.state)
-            self.state = None
+            self.state = None  # type: ignore[assignment]  # closed: nothing uses it after close
         if self.handle:
             self.lib.nvjpegDestroy(self.handle)
-            self.handle = None
+            self.handle = None  # type: ignore[assignment]  # closed: nothing uses it after close
 
 
 class PlanarDecoder(_Decoder):

@@ -4,7 +4,7 @@ bincount, libjpeg's colour, the ONNX graph's Resize + ArgMax), so a GPU backend 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -76,7 +76,8 @@ def device_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torc
     """pil_bilinear_taps on `device`, uploaded once (a pageable upload would wait for the device's queue)."""
     import torch
 
-    return tuple(torch.from_numpy(array).to(device) for array in pil_bilinear_taps(in_size, out_size))
+    return cast("tuple[torch.Tensor, torch.Tensor]",  # pil_bilinear_taps gives two arrays
+                tuple(torch.from_numpy(array).to(device) for array in pil_bilinear_taps(in_size, out_size)))
 
 
 def colourise(class_map: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -109,7 +110,7 @@ def class_counts(class_map: torch.Tensor, bins: int = 256) -> torch.Tensor:
         counts = torch.histc(flat[start:start + COUNT_CHUNK].to(torch.float32), bins=bins, min=0, max=bins)
         counts = counts.to(torch.int64)
         total = counts if total is None else total + counts
-    return total
+    return cast("torch.Tensor", total)  # the loop runs at least once
 
 
 COUNT_CHUNK = (1 << 24) - 1  # float32 counts stay exact below 2^24
@@ -227,7 +228,7 @@ def jpeg_planes_to_rgb(planes: torch.Tensor, sampling: tuple[int, int], tables: 
 
 def bucket(size: tuple[int, int]) -> tuple[int, int]:
     """The padded output size whose graph serves `size`."""
-    return tuple(-(-side // BUCKET) * BUCKET for side in size)
+    return cast("tuple[int, int]", tuple(-(-side // BUCKET) * BUCKET for side in size))
 
 
 def source_coordinates(in_size: int, out_size: int, padded: int) -> np.ndarray:

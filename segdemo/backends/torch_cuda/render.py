@@ -4,7 +4,7 @@ their one download into pinned memory, timed by CUDA events."""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -61,10 +61,12 @@ class Pictures:
         self.events[5].synchronize()
         host_counts, arrays = host[0].numpy().view(np.int64), iter(host[1:])
         rendered = []
-        for index, ((job, _, host_image, _), image) in enumerate(zip(done, parts, strict=True)):
-            classes, shown_map, blended, *shown = (next(arrays).numpy() for _ in image)
-            rendered.append(Rendered(classes, host_counts[index], shown[0] if shown else host_image, shown_map,
-                                     blended, clamp_opacity(job.opacity)))
+        for index, ((job, _, host_image, _), downloaded) in enumerate(zip(done, parts, strict=True)):
+            class_map, display_map, overlay, *display = (next(arrays).numpy() for _ in downloaded)
+            # no display picture downloaded: the host's image is the one shown (see parts above)
+            display_image = display[0] if display else cast(np.ndarray, host_image)
+            rendered.append(Rendered(class_map, host_counts[index], display_image, display_map, overlay,
+                                     clamp_opacity(job.opacity)))
         return rendered
 
     def nearest(self, class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,7 +84,7 @@ class Pictures:
 
     def close(self) -> None:
         self.blend_tables.clear()
-        self.lut = None
+        self.lut = None  # type: ignore[assignment]  # closed: nothing uses it after close
 
 
 def download(parts: list[torch.Tensor]) -> list[torch.Tensor]:
