@@ -139,44 +139,44 @@ class ProfilingPanel:
             component.render()
 
 
-def build(demo: Demo) -> gr.Blocks:
+def build(served: Demo) -> gr.Blocks:
     # delete_cache: Gradio's copies of results older than an hour are removed every hour (long-running Spaces).
     with gr.Blocks(title="segdemo — SegFormer semantic segmentation", delete_cache=(3600, 3600)) as blocks:
         gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
-        banner = gr.Markdown(demo.status_text(), elem_id="banner")
+        banner = gr.Markdown(served.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)
 
         def startup():
-            return {banner: demo.status_text(), timer: gr.Timer(active=not demo.ready)}
+            return {banner: served.status_text(), timer: gr.Timer(active=not served.ready)}
 
         timer.tick(startup, None, [banner, timer], api_visibility="private")
         # A visitor: their folder's key and last result (files on disk, no pixels); it and the files expire.
-        state = gr.State(time_to_live=demo.config.session_seconds, delete_callback=demo.visitors.release)
+        state = gr.State(time_to_live=served.config.session_seconds, delete_callback=served.visitors.release)
         profiling = ProfilingPanel.create()
         with gr.Tab("Segment"):
-            segment_tab(demo, state, profiling)
+            segment_tab(served, state, profiling)
         with gr.Tab("Live"):
-            live_tab(demo, profiling)
+            live_tab(served, profiling)
         with gr.Tab("Video"):
-            video_tab(demo, state)
+            video_tab(served, state)
         with gr.Tab("Profiling"):
             profiling.render()
         with gr.Tab("Engine") as tab:
-            engine_tab(demo, tab)
-        blocks.unload(lambda request: demo.visitors.end_session(request.session_hash))  # the tab closed
+            engine_tab(served, tab)
+        blocks.unload(lambda request: served.visitors.end_session(request.session_hash))  # the tab closed
     return blocks
 
 
-def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
+def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
     """Upload → overlay and class map (the API's /segment), then the follow-up step, re-blends, full-size overlay."""
     with gr.Row():
         with gr.Column(scale=1):
             image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
-            image.max_bytes = demo.config.image_limits.bytes
+            image.max_bytes = served.config.image_limits.bytes
             run = gr.Button("Segment", variant="primary")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
             detailed = gr.Checkbox(label="Detailed profiling: per-layer spans from the backend's profiler (slower)")
-            gr.Examples(example_files(demo.build_dir), inputs=[image], label="Example photographs")
+            gr.Examples(example_files(served.build_dir), inputs=[image], label="Example photographs")
         with gr.Column(scale=1):
             overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
             status = gr.Markdown(elem_id="status")
@@ -201,19 +201,19 @@ def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
         timings_shown = gr.JSON(label="timings (ms)")
 
     def segment(image_file, opacity_value, detailed_value, visitor, request: gr.Request):
-        if not demo.ready:
+        if not served.ready:
             gr.Info("The model is still loading; your image runs as soon as it is ready.")
         try:
-            visitor = demo.visitor(visitor, request)
-            response = demo.answer(image_file, opacity_value, detailed_value, visitor)
+            visitor = served.visitor(visitor, request)
+            response = served.answer(image_file, opacity_value, detailed_value, visitor)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
         visitor.last = response
         return {overlay: str(response.overlay), classes_file: str(response.classes),
-                legend_json: response.legend_json(), timings_json: timings(response, demo.session), state: visitor}
+                legend_json: response.legend_json(), timings_json: timings(response, served.session), state: visitor}
 
     def details(visitor):
-        session, response = demo.session, visitor.last
+        session, response = served.session, visitor.last
         shown = {mask: str(view_file(response)), hover: hover_html(response), legend: legend_html(response),
                  legend_dl: str(legend_file(response)), status: status_line(response),
                  legend_shown: response.legend_json()}
@@ -228,7 +228,7 @@ def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
         if visitor is None or visitor.last is None:
             return {}
         try:
-            response = demo.kept(visitor, request)
+            response = served.kept(visitor, request)
             blended = reblend(response, opacity_value)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
@@ -236,7 +236,7 @@ def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
 
     def full_overlay(visitor, opacity_value, request: gr.Request):
         try:
-            return str(demo.full_overlay(visitor, request, opacity_value))
+            return str(served.full_overlay(visitor, request, opacity_value))
         except SegdemoError as exc:  # none yet, expired, or another client's session
             raise gr.Error(str(exc)) from None
 
@@ -245,35 +245,35 @@ def segment_tab(demo: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
     segment_event = run.click(gpu_function(segment), [image, opacity, detailed, state],
                               [overlay, classes_file, legend_json, timings_json, state],
                               api_name="segment", api_description=SEGMENT_API_DOC,
-                              concurrency_limit=demo.config.workers, concurrency_id="requests",
+                              concurrency_limit=served.config.workers, concurrency_id="requests",
                               show_progress="minimal", show_progress_on=[overlay])
     segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, profiling.timeline,
                                              profiling.summary_plot, profiling.summary_table, profiling.trace,
                                              legend_shown, timings_shown],
-                          js=AFTER_OVERLAY_PAINT, api_visibility="private", concurrency_limit=demo.config.workers,
+                          js=AFTER_OVERLAY_PAINT, api_visibility="private", concurrency_limit=served.config.workers,
                           show_progress="hidden")
     opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
-                   concurrency_limit=demo.config.workers, trigger_mode="always_last", show_progress="hidden")
+                   concurrency_limit=served.config.workers, trigger_mode="always_last", show_progress="hidden")
     make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
-                       api_description=FULL_OVERLAY_API_DOC, concurrency_limit=demo.config.workers)
+                       api_description=FULL_OVERLAY_API_DOC, concurrency_limit=served.config.workers)
 
 
-def live_tab(demo: Demo, profiling: ProfilingPanel) -> None:
+def live_tab(served: Demo, profiling: ProfilingPanel) -> None:
     """The visitor's webcam, segmented as it streams (latest frame wins)."""
-    limit = demo.config.live_time_limit
+    limit = served.config.live_time_limit
     gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. The newest "
                 "frame always wins — frames are never queued behind the engine."
                 + (f" Each visitor streams for up to {limit} s." if limit else ""))
     with gr.Row():
         camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam", elem_id="camera")
-        camera.max_bytes = demo.config.image_limits.bytes
+        camera.max_bytes = served.config.image_limits.bytes
         live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
     live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
     readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.", elem_id="live-readout")
 
     def live(frame, opacity_value, request: gr.Request):
         try:
-            done, stream = demo.live_frame(request.session_hash, frame, opacity_value)
+            done, stream = served.live_frame(request.session_hash, frame, opacity_value)
         except SegdemoError as exc:  # still loading, or a frame that is not an image
             return {readout: f"⚠️ {exc}"}
         if done is None:  # replaced by a newer frame of the same stream before it reached the engine
@@ -288,11 +288,11 @@ def live_tab(demo: Demo, profiling: ProfilingPanel) -> None:
                   concurrency_id="live", api_visibility="private", show_progress="hidden")
 
 
-def video_tab(demo: Demo, state: gr.State) -> None:
+def video_tab(served: Demo, state: gr.State) -> None:
     """A video file → the overlay video, class shares over time and the job's trace (the API's /segment_video)."""
     with gr.Row():
         with gr.Column():
-            video_in = gr.Video(label=f"Video ({demo.config.video_limits.describe()})", sources=["upload"],
+            video_in = gr.Video(label=f"Video ({served.config.video_limits.describe()})", sources=["upload"],
                                 include_audio=True, elem_id="video-in")
             video_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
             video_run = gr.Button("Segment video", variant="primary")
@@ -310,11 +310,11 @@ def video_tab(demo: Demo, state: gr.State) -> None:
             progress(done / total, desc=f"{done} / {total} frames")
 
         try:
-            visitor = demo.visitor(visitor, request)
-            result = demo.segment_video(path, opacity_value, report, visitor)
+            visitor = served.visitor(visitor, request)
+            result = served.segment_video(path, opacity_value, report, visitor)
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        files = write_outputs(result, result.path.parent, demo.session.load_spans.spans)
+        files = write_outputs(result, result.path.parent, served.session.load_spans.spans)
         return {video_out: str(result.path), video_md: video_status(result), share_plot: result.figure(),
                 shares_csv: str(files["csv"]), shares_json: str(files["json"]), video_trace: str(files["profiling"]),
                 state: visitor}
@@ -325,28 +325,28 @@ def video_tab(demo: Demo, state: gr.State) -> None:
                     concurrency_id="video")
 
 
-def engine_tab(demo: Demo, tab: gr.Tab) -> None:
+def engine_tab(served: Demo, tab: gr.Tab) -> None:
     """What serves the requests (model, backend, ladder) and, where the operator allows it, engine builds."""
     engine_md = gr.Markdown()
     ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
     with gr.Row():
         precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
-        build_button = gr.Button("Build / rebuild engine", interactive=not demo.builds_refused)
+        build_button = gr.Button("Build / rebuild engine", interactive=not served.builds_refused)
     build_result = gr.Markdown()
 
     def engine(request: gr.Request):
-        demo.saw(request.headers)
-        return {engine_md: engine_page.engine_markdown(demo), ladder: engine_page.engine_rows(demo),
-                build_button: gr.update(interactive=not demo.builds_refused)}
+        served.saw(request.headers)
+        return {engine_md: engine_page.engine_markdown(served), ladder: engine_page.engine_rows(served),
+                build_button: gr.update(interactive=not served.builds_refused)}
 
     def build_engine(precision_value, request: gr.Request, progress=gr.Progress()):
-        demo.saw(request.headers)
+        served.saw(request.headers)
         try:
-            message = demo.build_engine(precision_value, lambda fraction, text: progress(fraction, desc=text))
+            message = served.build_engine(precision_value, lambda fraction, text: progress(fraction, desc=text))
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return {build_result: message, engine_md: engine_page.engine_markdown(demo),
-                ladder: engine_page.engine_rows(demo)}
+        return {build_result: message, engine_md: engine_page.engine_markdown(served),
+                ladder: engine_page.engine_rows(served)}
 
     tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
     # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
