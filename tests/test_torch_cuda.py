@@ -42,10 +42,10 @@ def cuda_sessions(build_dir):
 
     from segdemo.pipeline import Session
 
-    sessions = {"fp16": Session("random:b0", "torch-cuda", "fp16", build=build_dir)}  # default: torch.compile
+    sessions = {"fp16": Session("random:b0", "torch-cuda", "fp16", build_dir=build_dir)}  # default: torch.compile
     os.environ[torch_cuda.COMPILE_ENV] = "0"  # and the uncompiled graph path, in fp32
     try:
-        sessions["fp32"] = Session("random:b0", "torch-cuda", "fp32", build=build_dir)
+        sessions["fp32"] = Session("random:b0", "torch-cuda", "fp32", build_dir=build_dir)
     finally:
         del os.environ[torch_cuda.COMPILE_ENV]
     assert sessions["fp16"].settle(900)  # the compiled network arrives in the background
@@ -204,7 +204,7 @@ def test_second_start_loads_the_exported_network_without_transformers(cuda_sessi
     code = (
         "import json, sys, time, numpy as np\n"
         "from segdemo.pipeline import Session\n"
-        f"s = Session('random:b0', 'torch-cuda', 'fp16', build={str(build_dir)!r})\n"
+        f"s = Session('random:b0', 'torch-cuda', 'fp16', build_dir={str(build_dir)!r})\n"
         "compiled_at_ready = s.backend.compiled\n"
         f"np.save({str(build_dir / 'second.npy')!r}, s.segment({str(image_file)!r}).class_map)\n"
         "settled = s.settle(900)\n"
@@ -240,7 +240,7 @@ def batched_fp32(build_dir):
 
     os.environ[torch_cuda.COMPILE_ENV] = "0"
     try:
-        session = Session("random:b0", "torch-cuda", "fp32", build=build_dir, max_batch=4, batch_window_ms=50)
+        session = Session("random:b0", "torch-cuda", "fp32", build_dir=build_dir, max_batch=4, batch_window_ms=50)
     finally:
         del os.environ[torch_cuda.COMPILE_ENV]
     with session:
