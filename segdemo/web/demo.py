@@ -6,7 +6,8 @@ import html
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,24 +189,26 @@ class Demo:
             raise SegdemoError(self.error or "the model failed to load")
         return self.session
 
-    def segment(self, image: Any, detailed: bool = False) -> Segmentation:
-        """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
+    @contextmanager
+    def _admitted(self, image: Any) -> Iterator[Session]:
+        """Check an upload from its header (before anything decodes it), then hold its pixels of the budget while the
+        block segments it on the loaded session; SegdemoError with a user-facing sentence on bad input."""
         if image is None:
             raise SegdemoError("no image was given — upload, paste or pick an example first")
-        facts = inspect_image(image, self.config.image_limits)  # before anything decodes it
+        facts = inspect_image(image, self.config.image_limits)
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         session = self.wait(timeout=900)
         with self.pixels.hold(facts.pixels):
+            yield session
+
+    def segment(self, image: Any, detailed: bool = False) -> Segmentation:
+        """Segment one upload; raises SegdemoError with a user-facing sentence on bad input."""
+        with self._admitted(image) as session:
             return session.segment(image, detailed=detailed)
 
     def answer(self, image: Any, opacity: float, detailed: bool, visitor: Visitor) -> Response:
         """Segment one upload and write the visitor's result files (replacing their older ones)."""
-        if image is None:
-            raise SegdemoError("no image was given — upload, paste or pick an example first")
-        facts = inspect_image(image, self.config.image_limits)
-        self._begin_load()
-        session = self.wait(timeout=900)
-        with self.pixels.hold(facts.pixels):  # the full-size class map is written before the pixels are let go
+        with self._admitted(image) as session:  # the full-size class map is written before the pixels are let go
             result = session.segment(image, detailed=detailed)
             return respond(result, opacity, self.visitors.result_folder(visitor), sent=image)
 
