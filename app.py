@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
 from segdemo.web import engine_page
 from segdemo.web.bodylimit import BodyLimit
-from segdemo.web.components import ImageUpload, LiveOverlay, hover_view
+from segdemo.web.components import ImageUpload, LiveOverlay
 from segdemo.web.config import AppConfig
 from segdemo.web.demo import (
     FULL_OVERLAY_API_DOC,
@@ -32,40 +33,15 @@ from segdemo.web.demo import (
     SEGMENT_API_DOC,
     VIDEO_API_DOC,
     Demo,
-    example_files,
     live_readout,
     video_status,
 )
-from segdemo.web.response import (
-    SUMMARY_COLUMNS,
-    hover_html,
-    legend_file,
-    legend_html,
-    reblend,
-    status_line,
-    summary_rows,
-    timings,
-    trace_file,
-    view_file,
-)
+from segdemo.web.examples import EXAMPLE_OPACITY, example_files, examples_cache_folder
+from segdemo.web.page import CSS, PAGE_JS, theme
+from segdemo.web.response import SUMMARY_COLUMNS, reblend, status_line, summary_rows, timings, trace_file
+from segdemo.web.view import PAINT_JS, SAVE_JS, downloads_html, result_view, view_html
 
 VIDEO_GPU_SECONDS = 180  # ZeroGPU: a 60 s clip at ≥ 2× real time, plus loading the session in a fresh worker
-# The follow-up step (legend, hover view, colour mask, plots) starts once the overlay is painted, so its work never
-# competes with the overlay's download and paint; it gives up waiting after 2 s.
-AFTER_OVERLAY_PAINT = """(state) => new Promise(resolve => {
-  const go = () => requestAnimationFrame(() => resolve(state));
-  const timer = setTimeout(go, 2000);
-  requestAnimationFrame(() => {
-    const img = document.querySelector('#overlay img');
-    if (!img || (img.complete && img.naturalWidth)) { clearTimeout(timer); return go(); }
-    const done = () => { clearTimeout(timer); go(); };
-    img.addEventListener('load', done, {once: true});
-    img.addEventListener('error', done, {once: true});
-  });
-})"""
-CSS = ".segdemo-legend td, .segdemo-legend th {padding: 2px 8px} .segdemo-legend {font-size: 0.92em}"
-
-
 def parse_args(argv: list[str] | None = None) -> AppConfig:
     env = AppConfig.from_env()
     p = argparse.ArgumentParser(description="segdemo web app (options also read from SEGDEMO_* variables)")
@@ -142,7 +118,8 @@ class ProfilingPanel:
 def build(served: Demo) -> gr.Blocks:
     # delete_cache: Gradio's copies of results older than an hour are removed every hour (long-running Spaces).
     with gr.Blocks(title="segdemo — SegFormer semantic segmentation", delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown("# segdemo — SegFormer semantic segmentation\nADE20K's 150 classes, one fused graph per model.")
+        gr.Markdown("# segdemo — semantic segmentation in your browser\nEvery pixel of a photo gets one of 150 "
+                    "everyday classes (wall, sky, person, car, tree…) from a SegFormer model.", elem_id="title")
         banner = gr.Markdown(served.status_text(), elem_id="banner")
         timer = gr.Timer(1.0)
 
@@ -153,52 +130,63 @@ def build(served: Demo) -> gr.Blocks:
         # A visitor: their folder's key and last result (files on disk, no pixels); it and the files expire.
         state = gr.State(time_to_live=served.config.session_seconds, delete_callback=served.visitors.release)
         profiling = ProfilingPanel.create()
-        with gr.Tab("Segment"):
-            segment_tab(served, state, profiling)
-        with gr.Tab("Live"):
-            live_tab(served, profiling)
-        with gr.Tab("Video"):
-            video_tab(served, state)
-        with gr.Tab("Profiling"):
-            profiling.render()
-        with gr.Tab("Engine") as tab:
-            engine_tab(served, tab)
-        blocks.unload(lambda request: served.visitors.end_session(request.session_hash))  # the tab closed
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Segment"):
+                segment_tab(served, state, profiling)
+            with gr.Tab("Live"):
+                live_tab(served, profiling)
+            with gr.Tab("Video"):
+                video_tab(served, state)
+            with gr.Tab("Profiling"):
+                profiling.render()
+            with gr.Tab("Engine") as tab:
+                engine_tab(served, tab)
+
+        def ended(request: gr.Request) -> None:  # the tab closed or reloaded: the visitor's files go now
+            served.visitors.end_session(request.session_hash)
+
+        blocks.unload(ended)
     return blocks
 
 
 def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> None:
-    """Upload → overlay and class map (the API's /segment), then the follow-up step, re-blends, full-size overlay."""
-    with gr.Row():
-        with gr.Column(scale=1):
-            image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"])
+    """Upload or pick an example → one picture to explore (the API's /segment), the follow-up step, downloads."""
+    # What the API answers with travels in components the page never draws: the view paints the overlay itself.
+    overlay = gr.Image(label="Overlay", type="filepath", visible=False)
+    classes_file = gr.File(label="Class map, original size (palette PNG: pixel value = class id)", visible=False)
+    legend_json = gr.JSON(label="Legend", visible=False)
+    timings_json = gr.JSON(label="Timings (ms)", visible=False)
+    overlay_dl = gr.File(label="Overlay, original size (PNG)", visible=False)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            image = ImageUpload(type="filepath", label="Your image", sources=["upload", "clipboard", "webcam"],
+                                height=240, render=False)
             image.max_bytes = served.config.image_limits.bytes
+            files = example_files(served.build_dir)
+            examples = gr.Examples(files, inputs=[image], label="Examples: click one to segment it", elem_id="examples",
+                                   examples_per_page=len(files), cache_examples=True, cache_mode="lazy",
+                                   fn=gpu_function(lambda path: example_answer(path)), api_visibility="private",
+                                   outputs=[overlay, classes_file, legend_json, timings_json])
+            image.render()
             run = gr.Button("Segment", variant="primary")
-            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-            detailed = gr.Checkbox(label="Detailed profiling: per-layer spans from the backend's profiler (slower)")
-            gr.Examples(example_files(served.build_dir), inputs=[image], label="Example photographs")
-        with gr.Column(scale=1):
-            overlay = gr.Image(label="Overlay", type="filepath", elem_id="overlay")
+            opacity = gr.Slider(0, 1, value=EXAMPLE_OPACITY, step=0.05, label="Overlay opacity")
+            detailed = gr.Checkbox(label="Detailed profiling (per-layer spans on the Profiling tab; slower)")
+        with gr.Column(scale=3, min_width=300):
+            view = result_view(elem_id="overlay", label="Result")
             status = gr.Markdown(elem_id="status")
-            legend = gr.HTML(label="Classes present", elem_id="legend")
-    with gr.Row():
-        mask = gr.Image(label="Colour mask", type="filepath", elem_id="mask")
-        with gr.Column():
-            gr.Markdown("**Point at a class to highlight it** (or at its name below)")
-            hover = hover_view(elem_id="hover")
-    with gr.Row():
-        classes_file = gr.File(label="Class map, original size (palette PNG: pixel value = class id)")
-        legend_dl = gr.File(label="Legend (JSON)")
-        with gr.Column():
-            overlay_dl = gr.File(label="Overlay, original size (PNG)")
-            make_overlay = gr.Button("Make the full-size overlay PNG", size="sm")
-    # The API's JSON values travel in components the page never draws (a 150-class JSON tree costs the browser time
-    # before it paints the overlay); the accordion gets its copies in the follow-up step.
-    legend_json = gr.JSON(label="legend", visible=False)
-    timings_json = gr.JSON(label="timings (ms)", visible=False)
-    with gr.Accordion("API values of the last request", open=False):
-        legend_shown = gr.JSON(label="legend")
-        timings_shown = gr.JSON(label="timings (ms)")
+            with gr.Row(visible=False, elem_id="downloads-row") as downloads_row:
+                downloads = gr.HTML(elem_id="downloads", min_width=280)
+                make_overlay = gr.Button("Full-size overlay (PNG)", size="sm", scale=0, min_width=190)
+
+    def answer_values(response):
+        return {overlay: str(response.overlay), classes_file: str(response.classes),
+                legend_json: response.legend_json(), timings_json: timings(response, served.session)}
+
+    def example_answer(path):  # what Gradio caches for an example (on its first click)
+        try:
+            return answer_values(served.example(path))
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
 
     def segment(image_file, opacity_value, detailed_value, visitor, request: gr.Request):
         if not served.ready:
@@ -209,30 +197,36 @@ def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> Non
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
         visitor.last = response
-        return {overlay: str(response.overlay), classes_file: str(response.classes),
-                legend_json: response.legend_json(), timings_json: timings(response, served.session), state: visitor}
+        return {**answer_values(response), state: visitor}
 
     def details(visitor):
         session, response = served.session, visitor.last
-        shown = {mask: str(view_file(response)), hover: hover_html(response), legend: legend_html(response),
-                 legend_dl: str(legend_file(response)), status: status_line(response),
-                 legend_shown: response.legend_json()}
+        shown = {view: view_html(response), status: status_line(response), downloads: downloads_html(response),
+                 downloads_row: gr.Row(visible=True)}
         if session is None:  # ZeroGPU: the session lives in the GPU worker; show what the result itself holds
             return shown
         summary = session.history.summary()
         return {**shown, profiling.timeline: timeline_figure(session.load_spans.spans, response.spans.spans),
                 profiling.summary_plot: summary_figure(summary), profiling.summary_table: summary_rows(summary),
-                profiling.trace: trace_file(session, response), timings_shown: timings(response, session)}
+                profiling.trace: trace_file(session, response)}
+
+    def example_details(example, opacity_value, visitor, request: gr.Request):
+        try:
+            visitor = served.adopt_example(files[example[0]], visitor, request)
+            shown = {**details(visitor), state: visitor}
+            if round(opacity_value, 2) != EXAMPLE_OPACITY:  # the cached answer is at the default opacity
+                shown[overlay] = str(reblend(visitor.last, opacity_value))
+        except SegdemoError as exc:
+            raise gr.Error(str(exc)) from None
+        return shown
 
     def change_opacity(visitor, opacity_value, request: gr.Request):
         if visitor is None or visitor.last is None:
             return {}
         try:
-            response = served.kept(visitor, request)
-            blended = reblend(response, opacity_value)
+            return {overlay: str(reblend(served.kept(visitor, request), opacity_value))}
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return {overlay: str(blended), hover: hover_html(response, blended)}
 
     def full_overlay(visitor, opacity_value, request: gr.Request):
         try:
@@ -240,22 +234,32 @@ def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> Non
         except SegdemoError as exc:  # none yet, expired, or another client's session
             raise gr.Error(str(exc)) from None
 
+    detail_outputs = [view, status, downloads, downloads_row, profiling.timeline, profiling.summary_plot,
+                      profiling.summary_table, profiling.trace]
     # On ZeroGPU this runs in the GPU worker (spaces.GPU); elsewhere the decorator returns it unchanged. Requests share
     # the session's one engine slot; decoding and encoding run beside it, so several are in flight at once.
     segment_event = run.click(gpu_function(segment), [image, opacity, detailed, state],
                               [overlay, classes_file, legend_json, timings_json, state],
                               api_name="segment", api_description=SEGMENT_API_DOC,
                               concurrency_limit=served.config.workers, concurrency_id="requests",
-                              show_progress="minimal", show_progress_on=[overlay])
-    segment_event.success(details, [state], [mask, hover, legend, legend_dl, status, profiling.timeline,
-                                             profiling.summary_plot, profiling.summary_table, profiling.trace,
-                                             legend_shown, timings_shown],
-                          js=AFTER_OVERLAY_PAINT, api_visibility="private", concurrency_limit=served.config.workers,
-                          show_progress="hidden")
-    opacity.change(change_opacity, [state, opacity], [overlay, hover], api_name="reblend", api_visibility="private",
-                   concurrency_limit=served.config.workers, trigger_mode="always_last", show_progress="hidden")
+                              show_progress="minimal", show_progress_on=[view])
+    # The follow-up step (view, status, downloads, plots) starts once the overlay is painted, so its work never
+    # competes with the overlay's download and paint.
+    segment_event.success(None, [overlay], None, js=PAINT_JS, api_visibility="private").success(
+        details, [state], detail_outputs, api_visibility="private", concurrency_limit=served.config.workers,
+        show_progress="hidden")
+    # An example: Gradio loads (or makes, on its first click) the cached answer, then the view adopts the shared result.
+    examples.cache_event.success(None, [overlay], None, js=PAINT_JS, api_visibility="private").success(
+        example_details, [examples.dataset, opacity, state], [*detail_outputs, overlay, state],
+        api_visibility="private", concurrency_limit=served.config.workers, concurrency_id="requests",
+        show_progress="hidden",
+    ).success(None, [overlay], None, js=PAINT_JS, api_visibility="private")
+    opacity.change(change_opacity, [state, opacity], [overlay], api_name="reblend", api_visibility="private",
+                   concurrency_limit=served.config.workers, trigger_mode="always_last", show_progress="hidden",
+                   ).success(None, [overlay], None, js=PAINT_JS, api_visibility="private")
     make_overlay.click(full_overlay, [state, opacity], [overlay_dl], api_name="full_overlay",
-                       api_description=FULL_OVERLAY_API_DOC, concurrency_limit=served.config.workers)
+                       api_description=FULL_OVERLAY_API_DOC, concurrency_limit=served.config.workers,
+                       ).success(None, [overlay_dl], None, js=SAVE_JS, api_visibility="private")
 
 
 def live_tab(served: Demo, profiling: ProfilingPanel) -> None:
@@ -360,6 +364,10 @@ def create(config: AppConfig) -> tuple[gr.Blocks, Demo]:
     if config.front_end_index is not None:
         frontends.exit_with_supervisor()
     served = Demo(config).start()
+    # Gradio caches the examples' answers on their first click, in a folder per model set-up (the operator's
+    # GRADIO_EXAMPLES_CACHE wins).
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(examples_cache_folder(
+        served.build_dir, config.model, config.backend, config.precision, config.display_side)))
     blocks = build(served)
     blocks.queue(max_size=config.queue_size)
     return blocks, served
@@ -375,7 +383,8 @@ def launch(config: AppConfig, blocks: gr.Blocks, served: Demo) -> None:
     # are removed, instead of the process dying where it stands.
     signal.signal(signal.SIGTERM, _interrupt)
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share,
-                  max_file_size=f"{config.upload_mb}mb", css=CSS, footer_links=["api", "gradio"],
+                  max_file_size=f"{config.upload_mb}mb", css=CSS, js=PAGE_JS, theme=theme(),
+                  footer_links=["api", "gradio"],
                   allowed_paths=[str(served.visitors.root)], state_session_capacity=config.max_sessions,
                   app_kwargs={"middleware": [limit]})
 

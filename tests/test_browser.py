@@ -61,52 +61,18 @@ def page(app_url, browser):
 
 
 def test_upload_segment_and_profile(page, photo_file, tmp_path):
+    """Upload → Segment → the result view (tests/test_page.py covers its interaction) → the Profiling timeline."""
     page.locator("input[type=file]").first.set_input_files(str(photo_file))
-    page.get_by_role("button", name="Segment").click()
-    page.locator("#overlay img").wait_for(state="visible", timeout=120_000)
-    page.locator("#legend table.segdemo-legend").wait_for(timeout=60_000)
-    legend_rows = page.locator("#legend table.segdemo-legend tbody tr")
-    assert legend_rows.count() >= 1
-    assert "%" in legend_rows.first.inner_text()
+    page.get_by_role("button", name="Segment", exact=True).click()
+    page.locator("#overlay .segdemo-view[data-ready='1']").wait_for(timeout=120_000)
+    chips = page.locator("#overlay .chip")
+    assert chips.count() >= 1 and "%" in chips.first.inner_text()
     page.locator("#status").get_by_text("onnxruntime").wait_for(timeout=30_000)
     assert "random weights" in page.locator("#status").inner_text()
     page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
     if os.environ.get("SEGDEMO_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=False)
-
-    # The hover view: pointing at the picture highlights the class under the pointer and names it; so do the chips.
-    view = page.locator("#hover .segdemo-hover[data-ready='1']")
-    view.wait_for(timeout=30_000)
-    stage = view.locator(".stage")
-    stage.scroll_into_view_if_needed()
-    box = stage.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.wait_for_function("Number(document.querySelector('#hover .segdemo-hover').dataset.highlighted) >= 0",
-                           timeout=10_000)
-    tip = view.locator(".tip")
-    assert tip.is_visible() and "%" in tip.inner_text()
-    shaded = page.evaluate("""() => {  // pixels outside the class are dimmed, the class itself is not
-        const c = document.querySelector('#hover canvas.shade');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let dim = 0, clear = 0;
-        for (let j = 3; j < d.length; j += 4) { if (d[j] > 0) dim++; else clear++; }
-        return [dim, clear];
-    }""")
-    assert shaded[1] > 0 and sum(shaded) == box_pixels(page)
-    chip = view.locator(".chip").last
-    chip.hover()
-    page.wait_for_function("id => document.querySelector('#hover .segdemo-hover').dataset.highlighted === id",
-                           arg=chip.get_attribute("data-id"), timeout=10_000)
-
-    # The opacity slider re-blends the overlay without another inference.
-    before = page.locator("#overlay img").get_attribute("src")
-    number = page.get_by_label("number input for Overlay opacity")
-    number.fill("1")
-    number.press("Enter")
-    page.wait_for_function(
-        "before => { const i = document.querySelector('#overlay img'); return i && i.src !== before; }",
-        arg=before, timeout=30_000)
 
     page.get_by_role("tab", name="Profiling").click()
     timeline = page.locator("#timeline .js-plotly-plot")
@@ -116,12 +82,6 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     page.screenshot(path=str(os.environ.get("SEGDEMO_PROFILING_SHOT", tmp_path / "profiling.png")), full_page=True)
     lanes = page.locator("#timeline").inner_text()
     assert "load" in lanes and "inference" in lanes
-
-
-def box_pixels(page) -> int:
-    """Pixels of the hover view's class map (its canvas has the display size)."""
-    return page.evaluate("(() => { const c = document.querySelector('#hover canvas.shade');"
-                         " return c.width * c.height; })()")
 
 
 def test_engine_tab_shows_ladder(page):
@@ -242,17 +202,16 @@ def test_two_visitors_use_the_app_through_the_front_ends_proxy(browser, build_di
             page.wait_for_function("(() => { const b = document.querySelector('#banner');"
                                    " return b && !b.innerText.includes('Starting:'); })()", timeout=300_000)
             page.locator("input[type=file]").first.set_input_files(str(photo_file))
-            page.get_by_role("button", name="Segment").click()
-            page.locator("#overlay img").wait_for(state="visible", timeout=120_000)
-            page.locator("#legend table.segdemo-legend tbody tr").first.wait_for(timeout=60_000)
-            page.locator("#hover .segdemo-hover[data-ready='1']").wait_for(timeout=30_000)
-            before = page.locator("#overlay img").get_attribute("src")
+            page.get_by_role("button", name="Segment", exact=True).click()
+            page.locator("#overlay .segdemo-view[data-ready='1']").wait_for(timeout=120_000)  # the follow-up too
+            before = page.locator("#overlay img.after").get_attribute("src")
             number = page.get_by_label("number input for Overlay opacity")  # re-blends from this visitor's gr.State
             number.fill("1")
             number.press("Enter")
             page.wait_for_function(  # the re-blended overlay is downloaded and decoded through the proxy too
-                "before => { const i = document.querySelector('#overlay img');"
-                " return i && i.src !== before && i.complete && i.naturalWidth > 0; }", arg=before, timeout=30_000)
+                "before => { const i = document.querySelector('#overlay img.after');"
+                " return i && i.getAttribute('src') !== before && i.complete && i.naturalWidth > 0; }", arg=before,
+                timeout=30_000)
             (cookie,) = [c for c in context.cookies() if c["name"] == COOKIE]
             pins.append(cookie["value"].split(".")[0])
             page.screenshot(path=str(tmp_path / f"visitor-{visitor}.png"), full_page=True)

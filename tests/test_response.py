@@ -12,7 +12,7 @@ from PIL import Image
 from segdemo.image.classmap import restore_size
 from segdemo.image.preprocess import resize_for_model
 from segdemo.image.visuals import colour_mask, jpeg_bytes, overlay, read_class_map
-from segdemo.web import response
+from segdemo.web import response, view
 
 from .conftest import photo
 
@@ -57,13 +57,17 @@ def test_response_files_have_the_right_sizes(small_display, tmp_path):
         assert (shown.format, shown.size) == ("JPEG", (240, 320))
     classes = read_class_map(answer.classes)
     assert classes.shape == (800, 600) and np.array_equal(classes, result.class_map)
-    view = read_class_map(response.view_file(answer))
-    assert np.array_equal(view, result.display_map)
+    shown_map = read_class_map(response.view_file(answer))
+    assert np.array_equal(shown_map, result.display_map)
     with Image.open(response.full_overlay_file(answer, 0.5)) as full:
         assert (full.format, full.size) == ("PNG", (600, 800))
-    markup = response.hover_html(answer)
+    with Image.open(response.photo_file(answer)) as shown_photo:  # what the view shows under hidden classes
+        assert (shown_photo.format, shown_photo.size) == ("JPEG", (240, 320))
+    markup = view.view_html(answer)
     assert response.file_url(response.view_file(answer)) in markup and "data-legend=" in markup
-    assert markup.count("class='chip'") == min(len(result.legend), 40)
+    assert response.file_url(response.photo_file(answer)) in markup
+    assert markup.count("class='chip'") == len(result.legend)  # every class, the top few shown at first
+    assert markup.count("<li class=extra>") == max(0, len(result.legend) - view.TOP_CLASSES)
     # Re-blends come from the kept display pictures, exactly as from the result itself.
     with Image.open(response.reblend(answer, 0.3)) as blended:
         expected = Image.open(io.BytesIO(jpeg_bytes(result.display_overlay(0.3))))

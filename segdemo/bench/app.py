@@ -248,6 +248,6 @@ def _meta(args: argparse.Namespace, served: dict[str, Any], app_argv: list[str],
         "app_command": "python " + shlex.join([*app_argv, "--port", "PORT"]),
         "browser_method": "headless Chromium, a fresh page per page state; upload first (untimed, until the preview "
                           "is loaded), then click → #overlay img with a new src loaded + one rAF; everything = "
-                          "overlay, legend, hover, status and timeline each past its loading state (or changed), "
+                          "overlay, status, downloads and timeline each past its loading state (or changed), "
                           "images loaded, + one rAF",
     }

@@ -13,7 +13,7 @@ from . import app_report as report
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-APP_TARGETS = ["overlay", "legend", "hover", "status", "timeline"]
+APP_TARGETS = ["overlay", "status", "downloads", "timeline"]
 FLOOR_TARGETS = ["overlay"]
 PAGE_STATES = {"Profiling never opened": False, "Profiling opened once": True}
 READY_MS = 900_000  # the page waits for the app's background start-up (banner) at most this long
@@ -22,7 +22,7 @@ CLICK_TIMEOUT_MS = 120_000
 # One page.evaluate per click: snapshot, t0, click, then poll once per frame. A target is "done" once its Gradio
 # loading state came and went (seen by a MutationObserver: a fast one can start and end between two frames) or its
 # content changed, and every <img> in it is loaded; identical values leave the DOM as it was, hence the loading state
-# (and, for the follow-up step, which shows none, the hover view that always changes).
+# (and, for the follow-up step, which shows none, the download links that always change).
 CLICK_JS = """async ({targets, timeoutMs}) => {
   const frame = () => new Promise(r => requestAnimationFrame(r)), el = id => document.getElementById(id);
   const pending = e => { const t = e && e.querySelector('[data-testid="status-tracker"]');
@@ -30,7 +30,7 @@ CLICK_JS = """async ({targets, timeoutMs}) => {
   const loaded = e => [...e.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0);
   const content = e => { const c = e.cloneNode(true);
     c.querySelectorAll('[data-testid="status-tracker"]').forEach(t => t.remove()); return c.innerHTML; };
-  const img = () => document.querySelector('#overlay img');
+  const img = () => document.querySelector('#overlay img.after') || document.querySelector('#overlay img');
   const button = [...document.querySelectorAll('button.primary')].find(b => b.innerText.trim() === 'Segment');
   if (!button) return {error: 'no Segment button'};
   const snap = {}, saw = {}, src0 = img() ? img().src : null;
@@ -40,12 +40,12 @@ CLICK_JS = """async ({targets, timeoutMs}) => {
     if (srcAt === null && t0 !== null && img() && img().src !== src0) srcAt = performance.now() - t0; };
   const observer = new MutationObserver(watch);
   observer.observe(document.body, {subtree: true, childList: true, attributeFilter: ['class', 'src']});
-  // The follow-up step's outputs arrive together; the hover view names its request's files, so it always changes,
-  // and a target whose value came back the same (an equal status line) is done when the hover view is.
+  // The follow-up step's outputs arrive together; the download links name the request's files, so they always
+  // change, and a target whose value came back the same (an equal status line) is done when the links are.
   const changed = id => { const e = el(id); return !!e && (saw[id] || content(e) !== snap[id]); };
   const done = id => { const e = el(id); if (!e) return snap[id] === null;
-    return !pending(e) && loaded(e) && (changed(id) || (id !== 'hover' && id !== 'overlay' &&
-                                                        targets.includes('hover') && changed('hover'))); };
+    return !pending(e) && loaded(e) && (changed(id) || (id !== 'downloads' && id !== 'overlay' &&
+                                                        targets.includes('downloads') && changed('downloads'))); };
   const overlayDone = () => { const i = img(); if (!i || !i.complete || !i.naturalWidth) return false;
     return i.src !== src0 || (saw.overlay && !pending(el('overlay'))); };
   performance.clearResourceTimings();  // the buffer holds 250 entries; each click adds about 25

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 def _cold_start(args: argparse.Namespace) -> int:
     from ..artifacts import resolve_build_dir
     from ..bench.cold_start import cold_starts, table
-    from ..web.demo import example_files
+    from ..web.examples import example_files
 
     build_dir = resolve_build_dir(args.build_dir)
     image = args.image or Path(example_files(build_dir)[0])

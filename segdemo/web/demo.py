@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import resolve_build_dir
 from ..errors import ModelNotFoundError, SegdemoError
 from ..media.live import LiveFrame, LiveStream, LiveStreams
 from ..media.video_io import probe
@@ -21,6 +19,7 @@ from ..model.source import DEFAULT_MODEL, preset_for
 from ..pipeline import Segmentation, Session
 from .admission import PixelBudget, inspect_image
 from .config import AppConfig
+from .examples import ExampleResults
 from .hosting import on_zero_gpu
 from .response import Response, full_overlay_file, respond
 from .visitors import Visitor, VisitorFolders, fingerprint
@@ -48,7 +47,6 @@ VIDEO_API_DOC = (
 # behind it, so the app treats itself as public from then on.
 FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 RUNTIME_DISTS = ("onnxruntime", "torch", "tensorrt", "tensorrt-cu13", "tensorrt-rtx-cu13", "transformers", "gradio")
-EXAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")  # photographs bundled with scikit-image
 PIXEL_BUDGET = 2  # full-size images (at the pixel limit) decoded and segmented at once; more wait their turn
 LIVE_FPS = 30  # the browser sends at most this many webcam frames a second (one at a time: never ahead of results)
 LIVE_VIEWERS = 4  # live streams served at once; more visitors wait in the queue for a free one
@@ -73,6 +71,7 @@ class Demo:
     proxied: bool = False  # a request came through a proxy (forwarded headers): the app is public from then on
     visitors: VisitorFolders = field(init=False)
     pixels: PixelBudget = field(init=False)
+    examples: ExampleResults = field(default_factory=ExampleResults)
 
     def __post_init__(self) -> None:
         self.visitors = VisitorFolders(self.config.session_seconds, self.config.max_sessions)
@@ -212,6 +211,18 @@ class Demo:
             result = session.segment(image, detailed=detailed)
             return respond(result, opacity, self.visitors.result_folder(visitor), sent=image)
 
+    def example(self, path: str) -> Response:
+        """An example photograph's result, shared by every visitor (made on its first click)."""
+        with self._admitted(path) as session:
+            return self.examples.get(session, path, self.visitors.root / "examples")
+
+    def adopt_example(self, path: str, visitor: Visitor | None, request: Any) -> Visitor:
+        """The request's visitor, whose last result is now the example's (for the follow-ups)."""
+        visitor = self.visitor(visitor, request)
+        self.visitors.folder(visitor)  # known from now on, like a visitor who segmented an upload
+        visitor.last = self.example(path)
+        return visitor
+
     def visitor(self, visitor: Visitor | None, request: Any) -> Visitor:
         """The request's visitor: the session's own, or a new one; refuses a session held by another client."""
         self.saw(getattr(request, "headers", None))
@@ -293,21 +304,3 @@ def video_status(result: VideoResult) -> str:
     if result.facts.get("random_weights"):
         line += " · ⚠️ random weights: masks are meaningless"
     return line
-
-
-def example_files(folder: Path | None = None) -> list[str]:
-    """Example photographs (from scikit-image's bundled data) written once as JPEG files."""
-    from PIL import Image
-    from skimage import data
-
-    target = resolve_build_dir(folder) / "examples"
-    target.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in EXAMPLE_PHOTOS:
-        path = target / f"{name}.jpg"
-        if not path.is_file():  # written whole, then renamed: copies of the app (--front-ends) start together
-            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            Image.fromarray(getattr(data, name)()).save(partial, format="JPEG", quality=92)
-            os.replace(partial, path)
-        paths.append(str(path))
-    return paths

@@ -1,12 +1,12 @@
 """What one request answers with in the app: the files (display overlay, class maps, legend, trace) written outside
-the engine slot, and the markup and values the page shows (status line, legend table, hover view, timings)."""
+the engine slot, made again on demand (re-blends, the full-size overlay), and the status line and timings."""
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,21 +45,6 @@ def status_line(result: Segmentation | Response) -> str:
     return line
 
 
-def legend_html(result: Segmentation | Response, limit: int = 40) -> str:
-    """Swatch, name and share of each class present, largest first."""
-    rows = []
-    for entry in result.legend[:limit]:
-        rows.append(
-            f"<tr><td><span style='display:inline-block;width:1.1em;height:1.1em;border-radius:3px;"
-            f"background:{entry.color};vertical-align:middle'></span></td>"
-            f"<td>{html.escape(entry.name)}</td><td style='text-align:right'>{entry.share * 100:.1f} %</td></tr>"
-        )
-    more = len(result.legend) - limit
-    tail = f"<tr><td></td><td colspan=2><i>… and {more} smaller classes</i></td></tr>" if more > 0 else ""
-    return (f"<table class='segdemo-legend'><thead><tr><th></th><th>class</th><th>share</th></tr></thead>"
-            f"<tbody>{''.join(rows)}{tail}</tbody></table>")
-
-
 def timings(result: Segmentation | Response, session: Session) -> dict[str, Any]:
     """Plain timing values for API clients: init, this request, and each of its spans (ms)."""
     return {
@@ -96,7 +81,6 @@ class Response:
     classes: Path  # original-size palette PNG (pixel value = class id)
     source: Path  # the image as it was sent (or its pixels, .npy), for the full-size overlay
     display: Path  # the display-size picture and class map (.npz), for re-blends and the hover view
-    view: Path | None = None  # display-size palette PNG: the colour mask, and the hover view's class ids
 
     def legend_json(self) -> dict[str, Any]:
         return {**self.info, "classes": [e.to_dict() for e in self.legend]}
@@ -153,14 +137,30 @@ def _display(response: Response) -> tuple[np.ndarray, np.ndarray]:
 
 
 def view_file(response: Response) -> Path:
-    """The display-size class map as a palette PNG (shown as the colour mask; the hover view reads its ids)."""
-    if response.view is None:
+    """The display-size class map as a palette PNG: the browser's view reads each shown pixel's class id from it."""
+    view = response.folder / "view.png"
+    if not view.is_file():
         _, display_map = _display(response)
         with response.spans.span("encode view.png", INFERENCE, size=list(display_map.shape)):
-            view = response.folder / "view.png"
-            view.write_bytes(class_map_png(display_map, response.colours))
-        response.view = view
-    return response.view
+            _write(view, class_map_png(display_map, response.colours))
+    return view
+
+
+def photo_file(response: Response) -> Path:
+    """The display-size photo as a JPEG: what the view shows under hidden classes and beside the overlay."""
+    photo = response.folder / "photo.jpg"
+    if not photo.is_file():
+        image, _ = _display(response)
+        with response.spans.span("encode photo.jpg", INFERENCE, size=list(image.shape[:2])):
+            _write(photo, jpeg_bytes(image))
+    return photo
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write whole, then rename: a shared result (a cached example) may be read by another visitor meanwhile."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def reblend(response: Response, opacity: float) -> Path:
@@ -168,7 +168,7 @@ def reblend(response: Response, opacity: float) -> Path:
     opacity = round(clamp_opacity(opacity), 2)
     path = response.folder / f"overlay-{opacity:.2f}.jpg"
     image, display_map = _display(response)
-    path.write_bytes(jpeg_bytes(overlay(image, colour_mask(display_map, response.colours), opacity)))
+    _write(path, jpeg_bytes(overlay(image, colour_mask(display_map, response.colours), opacity)))
     return path
 
 
@@ -182,13 +182,14 @@ def full_overlay_file(response: Response, opacity: float) -> Path:
             class_map = read_class_map(response.classes)
         except (OSError, BadImageError):
             raise ResultExpiredError(EXPIRED) from None
-        path.write_bytes(png_bytes(overlay(image, colour_mask(class_map, response.colours), opacity)))
+        _write(path, png_bytes(overlay(image, colour_mask(class_map, response.colours), opacity)))
     return path
 
 
 def legend_file(response: Response) -> Path:
     path = response.folder / "legend.json"
-    path.write_text(json.dumps(response.legend_json(), indent=2) + "\n")
+    if not path.is_file():
+        _write(path, (json.dumps(response.legend_json(), indent=2) + "\n").encode())
     return path
 
 
@@ -200,23 +201,3 @@ def trace_file(session: Session, response: Response) -> str:
 def file_url(path: Path) -> str:
     """The URL the page loads one of our files from (relative: it works behind a root path or a proxy too)."""
     return "gradio_api/file=" + quote(str(path))
-
-
-def hover_html(response: Response, overlay: Path | None = None, limit: int = 40) -> str:
-    """The hover view: the display overlay and the class map its script reads ids from, with class chips.
-
-    One PNG of ids for every class: the browser highlights the class under the pointer itself, so no picture is
-    encoded per class.
-    """
-    entries = response.legend[:limit]
-    table = [[e.id, *(int(e.color[k:k + 2], 16) for k in (1, 3, 5)), e.name, round(e.share * 100, 1)]
-             for e in entries]
-    chips = "".join(
-        f"<span class='chip' data-id='{e.id}'><i style='background:{e.color}'></i>{html.escape(e.name)} "
-        f"{e.share * 100:.1f} %</span>" for e in entries)
-    height, width = response.info["display_size"]
-    return (f"<div class='segdemo-hover' data-classes='{html.escape(file_url(view_file(response)))}' "
-            f"data-legend='{html.escape(json.dumps(table))}'>"
-            f"<div class='stage'><img class='photo' alt='overlay' width='{width}' height='{height}' "
-            f"src='{html.escape(file_url(overlay or response.overlay))}'><canvas class='shade'></canvas>"
-            f"<div class='tip'></div></div><div class='chips'>{chips}</div></div>")
