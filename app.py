@@ -17,13 +17,13 @@ from starlette.middleware import Middleware
 from segdemo.cli import setup_logging
 from segdemo.commands.options import add_session_options
 from segdemo.errors import SegdemoError
-from segdemo.media.live import live_chart
+from segdemo.media.live import frame_size, live_chart
 from segdemo.media.video_job import write_outputs
 from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
 from segdemo.web import engine_page
 from segdemo.web.bodylimit import BodyLimit
-from segdemo.web.components import ImageUpload, LiveOverlay, hover_view
+from segdemo.web.components import ImageUpload, LiveOverlay, hover_view, live_camera
 from segdemo.web.config import AppConfig
 from segdemo.web.demo import (
     FULL_OVERLAY_API_DOC,
@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
     p.add_argument("--live-seconds", type=int, default=env.live_seconds,
                    help="a visitor's live webcam stream on a public app, seconds (default 120; 0: unlimited)")
+    p.add_argument("--live-size", type=frame_size, default=env.live_size, metavar="WxH",
+                   help="largest live webcam frame (default 640x480; larger frames are scaled down)")
     p.add_argument("--video-seconds", type=float, default=env.video_seconds,
                    help="longest video accepted, seconds (default 60; videos are also limited to 1080p)")
     p.add_argument("--video-mb", type=int, default=env.video_mb, help="largest video upload, MB (default 200)")
@@ -260,13 +262,12 @@ def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> Non
 
 def live_tab(served: Demo, profiling: ProfilingPanel) -> None:
     """The visitor's webcam, segmented as it streams (latest frame wins)."""
-    limit = served.config.live_time_limit
+    limit, size = served.config.live_time_limit, served.config.live_size
     gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. The newest "
-                "frame always wins — frames are never queued behind the engine."
-                + (f" Each visitor streams for up to {limit} s." if limit else ""))
+                f"frame always wins — frames are never queued behind the engine. Frames are {size.width}×{size.height}"
+                " at most." + (f" Each visitor streams for up to {limit} s." if limit else ""))
     with gr.Row():
-        camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam", elem_id="camera")
-        camera.max_bytes = served.config.image_limits.bytes
+        camera = live_camera(served.config, label="Webcam", elem_id="camera")
         live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
     live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
     readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.", elem_id="live-readout")
