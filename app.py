@@ -327,17 +327,19 @@ def video_tab(served: Demo, state: gr.State) -> None:
 
 
 def engine_tab(served: Demo, tab: gr.Tab) -> None:
-    """What serves the requests (model, backend, ladder) and, where the operator allows it, engine builds."""
-    engine_md = gr.Markdown()
-    ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
-    with gr.Row():
+    """What serves the requests (model, backend, ladder) and engine builds, offered where a TensorRT flavour runs."""
+    engine_md = gr.Markdown(elem_id="engine")
+    with gr.Row(visible=False) as build_controls:  # shown once the ladder says a TensorRT flavour can run here
         precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
         build_button = gr.Button("Build / rebuild engine", interactive=not served.builds_refused)
     build_result = gr.Markdown()
+    with gr.Accordion("Backends tried, in order", open=False):
+        ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
 
     def engine(request: gr.Request):
         served.saw(request.headers)
-        return {engine_md: engine_page.engine_markdown(served), ladder: engine_page.engine_rows(served),
+        view = engine_page.engine_view(served)
+        return {engine_md: view.markdown, ladder: view.rows, build_controls: gr.update(visible=view.buildable),
                 build_button: gr.update(interactive=not served.builds_refused)}
 
     def build_engine(precision_value, request: gr.Request, progress=gr.Progress()):
@@ -346,10 +348,10 @@ def engine_tab(served: Demo, tab: gr.Tab) -> None:
             message = served.build_engine(precision_value, lambda fraction, text: progress(fraction, desc=text))
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return {build_result: message, engine_md: engine_page.engine_markdown(served),
-                ladder: engine_page.engine_rows(served)}
+        view = engine_page.engine_view(served)
+        return {build_result: message, engine_md: view.markdown, ladder: view.rows}
 
-    tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
+    tab.select(engine, None, [engine_md, ladder, build_controls, build_button], api_visibility="private")
     # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
     build_button.click(gpu_function(build_engine), [precision], [build_result, engine_md, ladder],
                        api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,
