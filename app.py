@@ -18,13 +18,13 @@ from starlette.middleware import Middleware
 from segdemo.cli import setup_logging
 from segdemo.commands.options import add_session_options
 from segdemo.errors import SegdemoError
-from segdemo.media.live import live_chart
+from segdemo.media.live import frame_size, live_chart
 from segdemo.media.video_job import write_outputs
 from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
 from segdemo.web import engine_page
 from segdemo.web.bodylimit import BodyLimit
-from segdemo.web.components import ImageUpload, LiveOverlay
+from segdemo.web.components import ImageUpload, LiveOverlay, live_camera
 from segdemo.web.config import AppConfig
 from segdemo.web.demo import (
     FULL_OVERLAY_API_DOC,
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="long side of the pictures shown in the browser, px (default 1600; downloads are full size)")
     p.add_argument("--live-seconds", type=int, default=env.live_seconds,
                    help="a visitor's live webcam stream on a public app, seconds (default 120; 0: unlimited)")
+    p.add_argument("--live-size", type=frame_size, default=env.live_size, metavar="WxH",
+                   help="largest live webcam frame (default 640x480; larger frames are scaled down)")
     p.add_argument("--video-seconds", type=float, default=env.video_seconds,
                    help="longest video accepted, seconds (default 60; videos are also limited to 1080p)")
     p.add_argument("--video-mb", type=int, default=env.video_mb, help="largest video upload, MB (default 200)")
@@ -264,13 +266,12 @@ def segment_tab(served: Demo, state: gr.State, profiling: ProfilingPanel) -> Non
 
 def live_tab(served: Demo, profiling: ProfilingPanel) -> None:
     """The visitor's webcam, segmented as it streams (latest frame wins)."""
-    limit = served.config.live_time_limit
+    limit, size = served.config.live_time_limit, served.config.live_size
     gr.Markdown("Your webcam, segmented as it streams: press the camera's record button to start and stop. The newest "
-                "frame always wins — frames are never queued behind the engine."
-                + (f" Each visitor streams for up to {limit} s." if limit else ""))
+                f"frame always wins — frames are never queued behind the engine. Frames are {size.width}×{size.height}"
+                " at most." + (f" Each visitor streams for up to {limit} s." if limit else ""))
     with gr.Row():
-        camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath", label="Webcam", elem_id="camera")
-        camera.max_bytes = served.config.image_limits.bytes
+        camera = live_camera(served.config, label="Webcam", elem_id="camera")
         live_overlay = LiveOverlay(label="Live overlay", interactive=False, elem_id="live-overlay")
     live_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
     readout = gr.Markdown("Start the camera to see the frame rate and per-frame latency.", elem_id="live-readout")
@@ -330,17 +331,19 @@ def video_tab(served: Demo, state: gr.State) -> None:
 
 
 def engine_tab(served: Demo, tab: gr.Tab) -> None:
-    """What serves the requests (model, backend, ladder) and, where the operator allows it, engine builds."""
-    engine_md = gr.Markdown()
-    ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
-    with gr.Row():
+    """What serves the requests (model, backend, ladder) and engine builds, offered where a TensorRT flavour runs."""
+    engine_md = gr.Markdown(elem_id="engine")
+    with gr.Row(visible=False) as build_controls:  # shown once the ladder says a TensorRT flavour can run here
         precision = gr.Radio(["fp16", "fp32"], value="fp16", label="Engine precision")
         build_button = gr.Button("Build / rebuild engine", interactive=not served.builds_refused)
     build_result = gr.Markdown()
+    with gr.Accordion("Backends tried, in order", open=False):
+        ladder = gr.Dataframe(headers=["backend", "state", "reason"], label="Backend ladder", interactive=False)
 
     def engine(request: gr.Request):
         served.saw(request.headers)
-        return {engine_md: engine_page.engine_markdown(served), ladder: engine_page.engine_rows(served),
+        view = engine_page.engine_view(served)
+        return {engine_md: view.markdown, ladder: view.rows, build_controls: gr.update(visible=view.buildable),
                 build_button: gr.update(interactive=not served.builds_refused)}
 
     def build_engine(precision_value, request: gr.Request, progress=gr.Progress()):
@@ -349,10 +352,10 @@ def engine_tab(served: Demo, tab: gr.Tab) -> None:
             message = served.build_engine(precision_value, lambda fraction, text: progress(fraction, desc=text))
         except SegdemoError as exc:
             raise gr.Error(str(exc)) from None
-        return {build_result: message, engine_md: engine_page.engine_markdown(served),
-                ladder: engine_page.engine_rows(served)}
+        view = engine_page.engine_view(served)
+        return {build_result: message, engine_md: view.markdown, ladder: view.rows}
 
-    tab.select(engine, None, [engine_md, ladder, build_button], api_visibility="private")
+    tab.select(engine, None, [engine_md, ladder, build_controls, build_button], api_visibility="private")
     # Callable by API clients too (undocumented): Demo.build_engine refuses it on a public app unless allowed.
     build_button.click(gpu_function(build_engine), [precision], [build_result, engine_md, ladder],
                        api_name="build_engine", api_visibility="undocumented", concurrency_limit=1,

@@ -120,7 +120,7 @@ class Session:
             self._warm_thread = self._start_warm_up(warm_up)
             attrs.update(backend=name, precision=self.backend.precision, warm_up=self.warm_up)
         self.labels = self.source.labels
-        self.colours = palette(len(self.labels))
+        self.colours = palette(self.labels)
         self.init_ms = (time.perf_counter() - start) * 1e3
         steps = ", ".join(f"{s.name} {s.duration_ms:.0f} ms" for s in self.load_spans.spans
                           if s.name != "session load" and s.duration_ms >= 5)

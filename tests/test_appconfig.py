@@ -3,6 +3,13 @@ non-loopback bind, a Space, --public); the limits a visitor meets come from the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segdemo.media.live import FrameSize
 from segdemo.serving.frontends import child_argv
 from segdemo.web.config import BUILDS_SPLIT, AppConfig
 
@@ -46,3 +53,19 @@ def test_visitor_limits_come_from_the_options():
     assert (config.session_seconds, config.max_sessions) == (300, 50)
     assert config.upload_mb == 100  # Gradio's one upload limit: the larger kind's
     assert 8 * 2**20 * 4 // 3 < config.body_bytes < 12 * 2**20  # an 8 MB image inline as base64, not much more
+
+
+def test_the_live_frame_size_is_an_option():
+    """--live-size / SEGDEMO_LIVE_SIZE: asked of the browser's camera, passed on to front ends; refused if unusable."""
+    assert AppConfig().live_size == FrameSize(640, 480)
+    config = AppConfig.from_env({"SEGDEMO_LIVE_SIZE": "320x240"})
+    assert config.live_size == FrameSize(320, 240)
+    assert config.webcam_constraints == {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}
+    argv = _children_options(config)
+    assert argv[argv.index("--live-size") + 1] == "320x240"
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        AppConfig.from_env({"SEGDEMO_LIVE_SIZE": "large"})
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    refused = subprocess.run([sys.executable, str(app), "--live-size", "32x32"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "argument --live-size" in refused.stderr

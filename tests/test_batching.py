@@ -13,7 +13,7 @@ from segdemo import backends
 from segdemo.batcher import Batcher
 from segdemo.errors import BadImageError, SegdemoError
 from segdemo.image.visuals import colour_mask
-from segdemo.model.labels import palette
+from segdemo.model.labels import generated_palette
 from segdemo.pipeline import Session
 from segdemo.profiling.spans import INFERENCE, SpanRecorder
 
@@ -79,7 +79,7 @@ def test_a_backend_without_batches_refuses_max_batch(build_dir):
         backends.create("triton://127.0.0.1:1/segformer", build_dir / "missing.onnx", None, max_batch=4)
 
 
-COLOURS = palette(20)
+COLOURS = generated_palette(20)
 
 
 def colour_masks(maps: list[np.ndarray], spans: SpanRecorder) -> list[np.ndarray | Exception]:

@@ -18,7 +18,7 @@ from segdemo.backends.torch_cuda.ops import (
 )
 from segdemo.image.preprocess import resize_for_model
 from segdemo.image.visuals import blend_table, colour_mask, colour_table, overlay
-from segdemo.model.labels import palette
+from segdemo.model.labels import ADE20K_LABELS, palette
 
 from .conftest import photo
 
@@ -58,7 +58,7 @@ def test_taps_are_pillows_fixed_point_weights(in_size, out_size):
 
 def test_colours_overlay_and_counts_equal_the_host_functions():
     rng = np.random.default_rng(3)
-    colours = palette(150)
+    colours = palette(ADE20K_LABELS)
     class_map = rng.integers(0, 150, (123, 77), np.uint8)
     class_map[:5] = 7  # a dominant class, and ids the palette lacks stay black in both
     image = rng.integers(0, 256, (123, 77, 3), np.uint8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segdemo.image.visuals import blend_table, colour_mask, overlay
-from segdemo.model.labels import palette
+from segdemo.model.labels import ADE20K_LABELS, palette
 
 
 @pytest.mark.parametrize("opacity", [0.0, 0.1, 0.5, 0.77, 1.0, -3.0, 7.0])
@@ -22,7 +22,7 @@ def test_overlay_equals_float_blend(opacity):
 
 
 def test_colour_mask_is_a_lookup():
-    colours = palette(150)
+    colours = palette(ADE20K_LABELS)
     class_map = np.random.default_rng(3).integers(0, 256, (40, 50), dtype=np.uint8)
     mask = colour_mask(class_map, colours)
     assert mask.shape == (40, 50, 3) and mask.flags.c_contiguous

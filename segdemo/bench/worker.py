@@ -29,7 +29,7 @@ class _Reference:
 
         source = resolve(model)
         self.pipe = TransformersPipeline(source, device)
-        self.colours = palette(len(source.labels))
+        self.colours = palette(source.labels)
 
     def request(self, data: bytes) -> np.ndarray:
         """Decode → class map + overlay, as the user-written pipeline would serve it."""

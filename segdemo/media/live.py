@@ -4,6 +4,11 @@ A frame costs: `Session.segment` of the browser's JPEG (decoded on the host, or 
 of the session's request history) → the display overlay → a JPEG for the page. Nothing else of the image path
 (full-size classes.png, hover view, legend table) is made per frame.
 
+Frame size: the page asks the browser's camera for frames of `--live-size` (640×480 unless set; web.config's
+webcam_constraints). A frame larger than that which arrives anyway (a camera the browser cannot scale, a client that
+ignores the request) is scaled down here, on the host, before the session sees it. The size is a box that applies
+either way round, so a portrait camera's 480×640 frames fit 640×480.
+
 Latest-frame-wins: each stream (one visitor's camera) has at most one frame being processed and one waiting. A
 frame that arrives while another of its stream is processing takes the waiting place; the frame it replaces is
 dropped at once (its caller gets None), so frames never queue up behind a slow engine and what comes out is always
@@ -13,12 +18,18 @@ most one frame of every other stream.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from ..image.decode import decode, open_image
 from ..image.visuals import DEFAULT_OPACITY, jpeg_bytes
 from ..pipeline import Segmentation, Session
 from ..profiling.spans import DEVICE_THREAD, INFERENCE, SpanRecorder, percentile
@@ -27,6 +38,39 @@ JPEG_QUALITY = 80  # live frames: small and fast to encode (4:2:0); a still resu
 WINDOW_S = 3.0  # fps and latency over the frames finished in the last few seconds
 KEEP_FRAMES = 120  # per-frame span durations kept for the rolling chart
 PARENT_SPANS = ("request",)  # spans that contain others: left out of the per-frame stacked chart
+
+
+@dataclass(frozen=True)
+class FrameSize:
+    """The largest live frame, width × height (written "640x480" on the command line and in SEGDEMO_LIVE_SIZE)."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:  # what --live-size takes back (front ends get the parent's options as text)
+        return f"{self.width}x{self.height}"
+
+    def fit(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of a frame of `size` (height, width) scaled down to fit, either way round; else `size`."""
+        if min(size) <= 0:
+            return size
+        long_side, short_side = max(self.width, self.height), min(self.width, self.height)
+        scale = min(1.0, long_side / max(size), short_side / min(size))
+        return size if scale == 1.0 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
+LIVE_SIZE = FrameSize(640, 480)  # a webcam's usual size: enough for the overlay, cheap to send and decode
+MIN_SIDE = 64  # the smallest --live-size side: below it the overlay shows nothing useful
+
+
+def frame_size(text: str) -> FrameSize:
+    """'WxH' (or W×H) → FrameSize, each side at least MIN_SIDE px; ValueError in one sentence otherwise."""
+    width, sep, height = text.strip().lower().replace("×", "x").partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise ValueError(f"a frame size is written WIDTHxHEIGHT (such as 640x480), not {text!r}")
+    if min(int(width), int(height)) < MIN_SIDE:
+        raise ValueError(f"a live frame must be at least {MIN_SIDE}x{MIN_SIDE} px, not {text!r}")
+    return FrameSize(int(width), int(height))
 
 
 @dataclass
@@ -53,19 +97,21 @@ class LiveStats:
     window_s: float = WINDOW_S
     frames: int = 0
     dropped: int = 0
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # (height, width) of the last frame segmented
+    sent: tuple[int, int] | None = None  # (height, width) it arrived at, when it was scaled down first
     _done: deque[_Done] = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _charted: float = float("-inf")
 
-    def add(self, latency_ms: float, spans: SpanRecorder, size: tuple[int, int]) -> None:
+    def add(self, latency_ms: float, spans: SpanRecorder, size: tuple[int, int],
+            sent: tuple[int, int] | None = None) -> None:
         per_span: dict[str, float] = {}
         for s in spans.spans:
             if s.name not in PARENT_SPANS and s.thread != DEVICE_THREAD:
                 per_span[s.name] = per_span.get(s.name, 0.0) + s.duration_ms
         with self._lock:
             self.frames += 1
-            self.size = size
+            self.size, self.sent = size, sent
             self._done.append(_Done(time.perf_counter(), latency_ms, per_span))
 
     def chart_due(self, every_s: float = 1.0) -> bool:
@@ -99,17 +145,19 @@ class LiveStats:
         values = [d.latency_ms for d in self.recent(now)]
         return (percentile(values, 50), percentile(values, 95)) if values else None
 
-    def readout(self, backend: str = "") -> str:
-        """One line for the page: fps, latency, frame size, frames replaced by newer ones."""
+    def readout(self, engine: str = "") -> str:
+        """One line for the page: frame size, what runs them (`engine`), fps, latency, frames replaced by newer ones."""
         fps, latency = self.fps(), self.latency()
-        parts = [f"**{fps:.1f} fps**"]
+        parts = []
+        if self.size:
+            scaled = f" (sent at {self.sent[1]}×{self.sent[0]}, scaled down)" if self.sent else ""
+            parts.append(f"{self.size[1]}×{self.size[0]} frames{scaled}")
+        if engine:
+            parts.append(engine)
+        parts.append(f"**{fps:.1f} fps**")
         if latency:
             parts.append(f"frame latency p50 {latency[0]:.0f} ms · p95 {latency[1]:.0f} ms")
-        if self.size:
-            parts.append(f"{self.size[1]}×{self.size[0]}")
         parts.append(f"{self.frames} frames, {self.dropped} replaced by newer ones")
-        if backend:
-            parts.append(backend)
         return " · ".join(parts)
 
     def span_history(self) -> tuple[list[str], list[dict[str, float]]]:
@@ -132,8 +180,10 @@ class LiveStats:
 class LiveStream:
     """One camera's frames through the shared session, latest frame wins (see the module's docstring)."""
 
-    def __init__(self, session: Session, window_s: float = WINDOW_S) -> None:
+    def __init__(self, session: Session, window_s: float = WINDOW_S, max_size: FrameSize | None = None) -> None:
+        """`max_size`: larger frames are scaled down to fit it before segmentation (None: every frame as sent)."""
         self.session = session
+        self.max_size = max_size
         self.stats = LiveStats(window_s)
         self._cond = threading.Condition()
         self._busy = False
@@ -150,6 +200,7 @@ class LiveStream:
         if not self._take_turn():
             return None
         try:
+            image, sent = self._fitted(image, spans)
             # The session decodes: on the host, or — JPEG bytes on a GPU backend with nvJPEG — on the device.
             result = self.session.segment(image, spans, record=False)
             picture = result.display_overlay(opacity)
@@ -160,8 +211,22 @@ class LiveStream:
                 self._busy = False
                 self._cond.notify_all()
         latency_ms = (time.perf_counter() - arrived) * 1e3
-        self.stats.add(latency_ms, spans, result.class_map.shape[:2])
+        self.stats.add(latency_ms, spans, result.class_map.shape[:2], sent)
         return LiveFrame(jpeg, result, latency_ms, spans)
+
+    def _fitted(self, image: Any, spans: SpanRecorder) -> tuple[Any, tuple[int, int] | None]:
+        """`image` as it came if it fits `max_size`, else scaled down on the host (with the size it came at)."""
+        if self.max_size is None:
+            return image, None
+        size = _stored_size(image)
+        if self.max_size.fit(size) == size:  # the box fits either way round, so EXIF orientation cannot matter
+            return image, None
+        with spans.span("scale down frame", INFERENCE, size=list(size)) as attrs:
+            rgb = decode(image)
+            height, width = self.max_size.fit(rgb.shape[:2])
+            attrs.update(to=[height, width])
+            scaled = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(scaled), (rgb.shape[0], rgb.shape[1])
 
     def _take_turn(self) -> bool:
         """Wait while this stream's previous frame is processing; False if a newer frame took our place."""
@@ -181,19 +246,33 @@ class LiveStream:
             return True
 
 
+def _stored_size(image: Any) -> tuple[int, int]:
+    """(height, width) of a frame as stored (an encoded frame's header: nothing is decoded)."""
+    if isinstance(image, np.ndarray):
+        return image.shape[0], image.shape[1]
+    try:
+        if isinstance(image, (bytes, bytearray, str, Path)):
+            with open_image(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image) as img:
+                return img.height, img.width
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        pass
+    return 0, 0  # not an image: the session's decoder says what is wrong, in a sentence
+
+
 class LiveStreams:
     """The streams of the app's visitors, by key (Gradio's session hash); the least recently used go first."""
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 64, max_size: FrameSize | None = None) -> None:
         self._streams: OrderedDict[str, LiveStream] = OrderedDict()
         self._keep = keep
+        self._max_size = max_size
         self._lock = threading.Lock()
 
     def get(self, key: str, session: Session) -> LiveStream:
         with self._lock:
             stream = self._streams.get(key)
             if stream is None or stream.session is not session:
-                stream = self._streams[key] = LiveStream(session)
+                stream = self._streams[key] = LiveStream(session, max_size=self._max_size)
             self._streams.move_to_end(key)
             while len(self._streams) > self._keep:
                 self._streams.popitem(last=False)

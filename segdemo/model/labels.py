@@ -1,8 +1,15 @@
-"""ADE20K class names and the colour palette used to draw class maps."""
+"""ADE20K class names and the colours class maps are drawn in.
+
+A label set that is ADE20K's (the default model's, every `random:` preset's, any checkpoint whose id2label names the
+150 SceneParsing classes in their order) is drawn in the dataset's own palette, the colours ADE20K results are shown
+in everywhere; any other label set gets generated colours. Colours are unique per class id: the page's hover view reads
+a pixel's class back from its colour."""
 
 from __future__ import annotations
 
 import colorsys
+import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,7 +36,57 @@ ADE20K_LABELS: tuple[str, ...] = (
 assert len(ADE20K_LABELS) == 150
 
 
-def palette(num_classes: int) -> np.ndarray:
+# ADE20K's standard 150 colours, in class-id order, exactly as published: CSAIL's semantic-segmentation-pytorch,
+# data/color150.mat (the MIT scene-parsing toolkit's), identical to mmsegmentation's ADE20KDataset palette
+# (mmseg/datasets/ade.py). It gives road (6) and skyscraper (48) the same grey; `palette` separates them.
+ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
+    (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70),
+    (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200),
+    (61, 230, 250), (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10),
+    (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
+    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255), (140, 140, 140),
+    (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255), (255, 71, 0),
+    (0, 235, 255), (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255),
+    (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0), (0, 143, 255),
+    (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0), (0, 255, 153), (255, 92, 0),
+    (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20), (255, 184, 184), (0, 31, 255),
+    (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194), (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255),
+    (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0), (143, 255, 0),
+    (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255), (0, 255, 92), (184, 0, 255),
+    (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255), (112, 224, 255),
+    (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163), (255, 204, 0), (255, 0, 143),
+    (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255), (255, 0, 122), (255, 245, 0), (10, 190, 212),
+    (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0), (0, 153, 255), (0, 41, 255), (0, 255, 204),
+    (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255), (71, 0, 255), (122, 0, 255), (0, 255, 184),
+    (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),
+)
+assert len(ADE20K_PALETTE) == len(ADE20K_LABELS)
+# Skyscraper's colour in place of the standard table's duplicate of road's (140, 140, 140): a bluer grey, close to
+# the published one, used by no other class.
+ADE20K_SKYSCRAPER = (48, (140, 140, 160))
+
+
+def is_ade20k(labels: Sequence[str]) -> bool:
+    """Whether `labels` are ADE20K's 150 classes in their order (first synonym of each, case and spaces ignored)."""
+    if len(labels) != len(ADE20K_LABELS):
+        return False
+    first = (re.split("[,;]", name, maxsplit=1)[0].strip().lower() for name in labels)
+    return all(name == ade for name, ade in zip(first, ADE20K_LABELS, strict=True))
+
+
+def palette(labels: Sequence[str]) -> np.ndarray:
+    """The colours (uint8, shape [len(labels), 3]) of a label set's class ids: ADE20K's own, else generated."""
+    if not is_ade20k(labels):
+        return generated_palette(len(labels))
+    colours = np.array(ADE20K_PALETTE, dtype=np.uint8)
+    index, colour = ADE20K_SKYSCRAPER
+    colours[index] = colour
+    return colours
+
+
+def generated_palette(num_classes: int) -> np.ndarray:
     """Distinct, deterministic RGB colours (uint8, shape [num_classes, 3]) for class ids."""
     colours = np.zeros((max(num_classes, 1), 3), dtype=np.uint8)
     golden = 0.618033988749895

@@ -7,6 +7,8 @@ import base64
 import gradio as gr
 from gradio.data_classes import ImageData
 
+from .config import AppConfig
+
 
 class ImageUpload(gr.Image):
     """gr.Image that passes the upload on undecoded (path or bytes).
@@ -30,6 +32,14 @@ class ImageUpload(gr.Image):
                                f"{self.max_bytes / 2**20:.0f} MB")
             return base64.b64decode(encoded)
         return payload.path
+
+
+def live_camera(config: AppConfig, **options) -> ImageUpload:
+    """The Live tab's webcam: streams undecoded frames, asks the camera for `config.live_size`, holds image limits."""
+    camera = ImageUpload(sources=["webcam"], streaming=True, type="filepath",
+                         webcam_options=gr.WebcamOptions(constraints=config.webcam_constraints), **options)
+    camera.max_bytes = config.image_limits.bytes
+    return camera
 
 
 class LiveOverlay(gr.Image):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..image.decode import MAX_PIXELS
 from ..image.visuals import DISPLAY_SIDE
+from ..media.live import LIVE_SIZE, FrameSize, frame_size
 from ..media.video_io import APP_LIMITS, VideoLimits
 from ..model.source import DEFAULT_MODEL
 from .admission import IMAGE_MB, ImageLimits
@@ -39,6 +40,7 @@ class AppConfig:
     display_side: int = DISPLAY_SIDE
     allow_build: bool = False  # engine builds from the page/API on a public app (always allowed on loopback)
     live_seconds: int = LIVE_SECONDS  # a visitor's live stream on a public app (Gradio's time_limit); 0: no limit
+    live_size: FrameSize = LIVE_SIZE  # the largest live frame: asked of the browser's camera, larger ones scaled down
     video_seconds: float = APP_LIMITS.seconds
     video_mb: int = APP_LIMITS.bytes // 2**20
     max_batch: int = 1  # > 1: requests reaching the engine together share one call (Session's batcher)
@@ -99,6 +101,15 @@ class AppConfig:
         return self.live_seconds if self.is_public and self.live_seconds > 0 else None
 
     @property
+    def webcam_constraints(self) -> dict[str, dict[str, dict[str, int]]]:
+        """What the page asks of the browser's camera (getUserMedia): frames of `live_size`.
+
+        An ideal, not a max: a browser that cannot scale its camera's frames would refuse a max outright, leaving no
+        camera at all; what comes larger is scaled down on the server (media.live)."""
+        size = self.live_size
+        return {"video": {"width": {"ideal": size.width}, "height": {"ideal": size.height}}}
+
+    @property
     def video_limits(self) -> VideoLimits:
         return replace(APP_LIMITS, seconds=self.video_seconds, bytes=self.video_mb * 2**20)
 
@@ -127,6 +138,7 @@ class AppConfig:
             display_side=int(env.get("SEGDEMO_DISPLAY_SIDE", cls.display_side)),
             allow_build=env.get("SEGDEMO_ALLOW_BUILD", "").lower() in ("1", "true", "yes"),
             live_seconds=int(env.get("SEGDEMO_LIVE_SECONDS", cls.live_seconds)),
+            live_size=frame_size(env.get("SEGDEMO_LIVE_SIZE", str(cls.live_size))),
             video_seconds=float(env.get("SEGDEMO_VIDEO_SECONDS", cls.video_seconds)),
             video_mb=int(env.get("SEGDEMO_VIDEO_MB", cls.video_mb)),
             max_batch=int(env.get("SEGDEMO_MAX_BATCH", cls.max_batch)),

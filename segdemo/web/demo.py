@@ -67,7 +67,7 @@ class Demo:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
     _loading: threading.Lock = field(default_factory=threading.Lock)
     _started: bool = False
-    live: LiveStreams = field(default_factory=LiveStreams)
+    live: LiveStreams = field(init=False)
     proxied: bool = False  # a request came through a proxy (forwarded headers): the app is public from then on
     visitors: VisitorFolders = field(init=False)
     pixels: PixelBudget = field(init=False)
@@ -75,6 +75,7 @@ class Demo:
 
     def __post_init__(self) -> None:
         self.visitors = VisitorFolders(self.config.session_seconds, self.config.max_sessions)
+        self.live = LiveStreams(max_size=self.config.live_size)
         self.pixels = PixelBudget(PIXEL_BUDGET * self.config.image_limits.pixels)
 
     @property
@@ -289,8 +290,9 @@ def owner_of(request: Any) -> str:
 
 
 def live_readout(stream: LiveStream) -> str:
-    session = stream.session
-    return stream.stats.readout(f"{session.backend.name} ({session.backend.device}, {session.backend.precision})")
+    """The Live tab's line: frame size, model and backend, fps, latency."""
+    session, backend = stream.session, stream.session.backend
+    return stream.stats.readout(f"{session.source.spec} on {backend.name} ({backend.device}, {backend.precision})")
 
 
 def video_status(result: VideoResult) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from ...errors import BadImageError
 from ...image.decode import EncodedJpeg
 from ...image.preprocess import ModelInput
+from ...model.labels import palette
 from ...profiling.spans import INFERENCE, LOAD, SpanRecorder
 from ..contract import Backend, BatchRenderer, BatchRunner, LoadContext, Rendered, RenderJob
 from .graphs import MAX_GRAPHED_SIDE, PostGraphs, batch_bucket
@@ -73,7 +74,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         self.network.capture(self.stream, spans)
         self.post = PostGraphs(self.stream, self.cuda, self.network.logits)
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
-        self.pictures = Pictures(self.cuda, self.stream, self.events, len(source.labels))
+        self.pictures = Pictures(self.cuda, self.stream, self.events, palette(source.labels))
         self.jpeg_decoder: GpuJpegDecoder | None = None
         self.max_batch = max_batch
         # Batched requests decode and resize in their own threads (`prepare`), beside the batch the GPU is running.

@@ -10,7 +10,6 @@ import numpy as np
 
 from ...image.classmap import nearest_indices
 from ...image.visuals import blend_table, clamp_opacity, colour_table
-from ...model.labels import palette
 from ...profiling.spans import INFERENCE, SpanRecorder
 from ..contract import Rendered
 from .ops import blend, class_counts, colourise, gather_nearest, resize_like_pil
@@ -28,11 +27,11 @@ if TYPE_CHECKING:
 class Pictures:
     """Class maps at any size, colours and overlays on the device; events 3–5 bracket the render and download."""
 
-    def __init__(self, device: torch.device, stream: torch.cuda.Stream, events: list, colours: int) -> None:
+    def __init__(self, device: torch.device, stream: torch.cuda.Stream, events: list, colours: np.ndarray) -> None:
         import torch
 
         self.torch, self.cuda, self.stream, self.events = torch, device, stream, events
-        self.lut = torch.from_numpy(colour_table(palette(colours))).to(device)
+        self.lut = torch.from_numpy(colour_table(colours)).to(device)  # the session's palette (model.labels)
         self.blend_tables: dict[float, torch.Tensor] = {}
 
     def class_maps(self, entry: PostGraph, out_size: tuple[int, int], size: tuple[int, int],
