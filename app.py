@@ -21,7 +21,7 @@ from segdemo.media.live import live_chart
 from segdemo.media.video_job import write_outputs
 from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
-from segdemo.web import engine_page
+from segdemo.web import engine_page, mcp_tool
 from segdemo.web.bodylimit import BodyLimit
 from segdemo.web.components import ImageUpload, LiveOverlay, hover_view
 from segdemo.web.config import AppConfig
@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="a visitor's results are kept this long after their last request (default 30)")
     p.add_argument("--max-sessions", type=int, default=env.max_sessions,
                    help="visitors whose results are kept at once; the least recently active go first (default 500)")
+    p.add_argument("--mcp", action="store_true", default=env.mcp, help="also serve the MCP tool (see docs/mcp.md)")
     p.add_argument("--front-end-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     args = p.parse_args(argv)
     if not 1 <= args.front_ends <= frontends.MAX_FRONT_ENDS:
@@ -360,7 +361,7 @@ def create(config: AppConfig) -> tuple[gr.Blocks, Demo]:
     if config.front_end_index is not None:
         frontends.exit_with_supervisor()
     served = Demo(config).start()
-    blocks = build(served)
+    blocks = mcp_tool.add_tool(build(served), served)  # with --mcp, the MCP tool's endpoint
     blocks.queue(max_size=config.queue_size)
     return blocks, served
 
@@ -377,7 +378,7 @@ def launch(config: AppConfig, blocks: gr.Blocks, served: Demo) -> None:
     blocks.launch(server_name=config.host, server_port=config.port, share=config.share,
                   max_file_size=f"{config.upload_mb}mb", css=CSS, footer_links=["api", "gradio"],
                   allowed_paths=[str(served.visitors.root)], state_session_capacity=config.max_sessions,
-                  app_kwargs={"middleware": [limit]})
+                  app_kwargs={"middleware": [limit], "lifespan": mcp_tool.tools_only(blocks)}, mcp_server=config.mcp)
 
 
 def _interrupt(signum: int, frame: object) -> None:

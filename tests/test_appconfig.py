@@ -46,3 +46,12 @@ def test_visitor_limits_come_from_the_options():
     assert (config.session_seconds, config.max_sessions) == (300, 50)
     assert config.upload_mb == 100  # Gradio's one upload limit: the larger kind's
     assert 8 * 2**20 * 4 // 3 < config.body_bytes < 12 * 2**20  # an 8 MB image inline as base64, not much more
+
+
+def test_the_mcp_server_is_an_option_front_ends_inherit():
+    assert not AppConfig.from_env({}).mcp
+    assert AppConfig.from_env({"SEGDEMO_MCP": "1"}).mcp
+    assert AppConfig.from_env({"GRADIO_MCP_SERVER": "True"}).mcp  # Gradio's own switch, read by the app
+    assert not AppConfig.from_env({"SEGDEMO_MCP": "0", "GRADIO_MCP_SERVER": "True"}).mcp  # the app's own wins
+    assert "--mcp" in _children_options(AppConfig(mcp=True, front_ends=2))
+    assert "--mcp" not in _children_options(AppConfig(front_ends=2))
