@@ -22,7 +22,7 @@ from segdemo.media.live import frame_size, live_chart
 from segdemo.media.video_job import write_outputs
 from segdemo.profiling.timeline import summary_figure, timeline_figure
 from segdemo.serving import frontends
-from segdemo.web import engine_page
+from segdemo.web import engine_page, mcp_tool
 from segdemo.web.bodylimit import BodyLimit
 from segdemo.web.components import ImageUpload, LiveOverlay, live_camera
 from segdemo.web.config import AppConfig
@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="a visitor's results are kept this long after their last request (default 30)")
     p.add_argument("--max-sessions", type=int, default=env.max_sessions,
                    help="visitors whose results are kept at once; the least recently active go first (default 500)")
+    p.add_argument("--mcp", action="store_true", default=env.mcp, help="also serve the MCP tool (see docs/mcp.md)")
     p.add_argument("--front-end-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     args = p.parse_args(argv)
     if not 1 <= args.front_ends <= frontends.MAX_FRONT_ENDS:
@@ -371,7 +372,7 @@ def create(config: AppConfig) -> tuple[gr.Blocks, Demo]:
     # GRADIO_EXAMPLES_CACHE wins).
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(examples_cache_folder(
         served.build_dir, config.model, config.backend, config.precision, config.display_side)))
-    blocks = build(served)
+    blocks = mcp_tool.add_tool(build(served), served)  # with --mcp, the MCP tool's endpoint
     blocks.queue(max_size=config.queue_size)
     return blocks, served
 
@@ -389,7 +390,7 @@ def launch(config: AppConfig, blocks: gr.Blocks, served: Demo) -> None:
                   max_file_size=f"{config.upload_mb}mb", css=CSS, js=PAGE_JS, theme=theme(),
                   footer_links=["api", "gradio"],
                   allowed_paths=[str(served.visitors.root)], state_session_capacity=config.max_sessions,
-                  app_kwargs={"middleware": [limit]})
+                  app_kwargs={"middleware": [limit], "lifespan": mcp_tool.tools_only(blocks)}, mcp_server=config.mcp)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -107,13 +107,13 @@ cmp -s triton/python/segformer/1/model.py "$(python -c 'import segdemo.triton as
     || fail "the Triton model file is not the installed segdemo/triton/python_model.py"
 
 # app.py is the checkout's entry point, not part of the package; a copy run here imports the installed segdemo.
-step "the app (a copy of app.py) serves a segmentation"
+step "the app (a copy of app.py) serves a segmentation and its MCP tool"
 cp "$ROOT/app.py" .
 PORT=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python app.py --model random:tiny --port "$PORT" --build-dir build >app.log 2>&1 &
+python app.py --model random:tiny --port "$PORT" --build-dir build --mcp >app.log 2>&1 &
 APP_PID=$!
 python - "http://127.0.0.1:$PORT/" "$APP_PID" <<'EOF' || { tail -n 40 app.log >&2; fail "the app did not serve"; }
-import os, sys, time, urllib.request
+import json, os, sys, time, urllib.request
 
 from gradio_client import Client, handle_file
 
@@ -133,6 +133,10 @@ overlay, classes, legend, timings = Client(url, verbose=False).predict(
 assert legend["image_size"] == [512, 512] and legend["classes"], legend
 assert os.path.getsize(overlay) > 0 and os.path.getsize(classes) > 0
 print(f"  /segment: {len(legend['classes'])} classes, backend {timings['backend']}")
+with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=30) as answer:  # gradio[mcp] came with it
+    tools = [tool["name"] for tool in json.load(answer)]
+assert tools == ["segment_image"], tools
+print(f"  MCP tools: {', '.join(tools)}")
 EOF
 
 step "passed"

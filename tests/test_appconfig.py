@@ -69,3 +69,12 @@ def test_the_live_frame_size_is_an_option():
     refused = subprocess.run([sys.executable, str(app), "--live-size", "32x32"], capture_output=True, text=True,
                              timeout=120)
     assert refused.returncode == 2 and "argument --live-size" in refused.stderr
+
+
+def test_the_mcp_server_is_an_option_front_ends_inherit():
+    assert not AppConfig.from_env({}).mcp
+    assert AppConfig.from_env({"SEGDEMO_MCP": "1"}).mcp
+    assert AppConfig.from_env({"GRADIO_MCP_SERVER": "True"}).mcp  # Gradio's own switch, read by the app
+    assert not AppConfig.from_env({"SEGDEMO_MCP": "0", "GRADIO_MCP_SERVER": "True"}).mcp  # the app's own wins
+    assert "--mcp" in _children_options(AppConfig(mcp=True, front_ends=2))
+    assert "--mcp" not in _children_options(AppConfig(front_ends=2))

@@ -56,7 +56,7 @@ class BodyLimit:
 
 def sentence(limit: int) -> str:
     return (f"the request is larger than this app accepts ({limit / 2**20:.0f} MB) — send a smaller image, as a "
-            f"file upload")
+            f"file upload (to the MCP tool: as an http(s) URL)")
 
 
 async def _refuse(send: Send, limit: int) -> None:

@@ -50,6 +50,7 @@ class AppConfig:
     image_mp: int = MAX_PIXELS // 1_000_000
     session_minutes: float = SESSION_MINUTES
     max_sessions: int = MAX_SESSIONS
+    mcp: bool = False  # Gradio's MCP server at /gradio_api/mcp/, serving the one stateless segment tool (web/mcp_tool)
     front_end_index: int | None = None  # set by the supervisor in each copy it starts; None when serving alone
 
     @property
@@ -148,4 +149,6 @@ class AppConfig:
             image_mp=int(env.get("SEGDEMO_IMAGE_MP", cls.image_mp)),
             session_minutes=float(env.get("SEGDEMO_SESSION_MINUTES", cls.session_minutes)),
             max_sessions=int(env.get("SEGDEMO_MAX_SESSIONS", cls.max_sessions)),
+            # Gradio's own switch counts too (the app passes launch() its choice, so Gradio never reads it itself)
+            mcp=env.get("SEGDEMO_MCP", env.get("GRADIO_MCP_SERVER", "")).lower() in ("1", "true", "yes"),
         )
