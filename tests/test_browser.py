@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 CHROMIUM = os.environ.get("SEGDEMO_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "doc" / "screenshot.png"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -70,9 +68,6 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     page.locator("#status").get_by_text("onnxruntime").wait_for(timeout=30_000)
     assert "random weights" in page.locator("#status").inner_text()
     page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
-    if os.environ.get("SEGDEMO_UPDATE_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
 
     page.get_by_role("tab", name="Profiling").click()
     timeline = page.locator("#timeline .js-plotly-plot")

@@ -33,7 +33,7 @@ PROVIDED_ELSEWHERE = {
 }
 # Packages that install hints (optional.require/missing) name but pyproject.toml leaves to the user, and why.
 INSTALLED_SEPARATELY = {
-    # full TensorRT for --backend tensorrt: GPU hosts only, its version matching the host's CUDA (see README)
+    # full TensorRT for --backend tensorrt: GPU hosts only, its version matching the host's CUDA (see docs/tensorrt.md)
     "tensorrt-cu13", "tensorrt",
 }
 
@@ -119,6 +119,19 @@ def test_requirements_pin_what_pyproject_declares():
         assert spec.operator == "==", f"requirements.txt should pin {pin} exactly"
         assert ranges[name].specifier.contains(spec.version, prereleases=True), f"{pin} is outside {ranges[name]}"
         assert pin.extras == ranges[name].extras, f"{pin} and {ranges[name]} name different extras"
+
+
+def test_space_front_matter_runs_the_pinned_gradio():
+    """README.md's front matter configures the Hugging Face Space: its Gradio version is requirements.txt's pin."""
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("---\n"), "README.md must open with the Space's front matter"
+    lines = readme[4:readme.index("\n---\n", 4)].splitlines()  # YAML, here plain `key: value` lines
+    matter = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}
+    (pin,) = [r for r in _requirements(ROOT / "requirements.txt") if canonicalize_name(r.name) == "gradio"]
+    (spec,) = pin.specifier
+    assert matter["sdk"] == "gradio"
+    assert matter["sdk_version"] == spec.version, f"front matter sdk_version {matter['sdk_version']}, {pin}"
+    assert (ROOT / matter["app_file"]).is_file()
 
 
 def test_dev_requirements_match_the_dev_extra():

@@ -138,7 +138,7 @@ class Server:
                 raise self.fail(f"not ready after {READY_S} s")
             try:
                 urllib.request.urlopen(self.url, timeout=5).close()
-                # Same settings for both servers: what the README shows, files downloaded into the run's folder.
+                # Same settings for both servers: what docs/app.md shows, files downloaded into the run's folder.
                 client = Client(self.url, verbose=False, download_files=str(download), analytics_enabled=False)
                 client.submit(handle_file(first), *extra, api_name="/segment").result(timeout=READY_S)
                 self.ready_s = time.perf_counter() - self.started
