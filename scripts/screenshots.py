@@ -41,7 +41,7 @@ ERROR_TOAST = ".toast-body.error"  # Gradio's error message (gr.Error)
 MORE_TABS = "More tabs"  # the accessible name of Gradio's overflow button ("⋯") for tabs that do not fit
 OVERFLOW_MENU = ".overflow-dropdown"  # where Gradio lists the tabs that did not fit
 # Per tab, a Playwright selector that is visible once the tab has drawn what it fetches on selection.
-TAB_READY = {"Profiling": ".js-plotly-plot", "Engine": "text=in use"}
+TAB_READY = {"Profiling": ".js-plotly-plot", "Engine": "text=Backends tried, in order"}
 PHOTO = "coffee"  # the first of the app's example photographs (scikit-image's bundled data)
 MAX_BYTES = 150 * 1024  # JPEG quality steps down from the first of QUALITIES until a file fits
 QUALITIES = (85, 80, 75, 70, 65, 60)
@@ -170,11 +170,13 @@ def capture(url: str, out: Path, *, sizes: tuple[Size, ...] = SIZES, suffix: str
                                        arg=[BANNER, STARTING], timeout=300_000)
                 segment_photo(page, photo, done, done_text)
                 for tab in TABS:
-                    open_tab(page, tab)
+                    if tab != TABS[0]:  # the Segment tab is open already (clicking it would scroll its button in)
+                        open_tab(page, tab)
                     if tab in TAB_READY:
                         page.locator(TAB_READY[tab]).filter(visible=True).first.wait_for(timeout=60_000)
                     page.mouse.move(0, 0)  # no hover effects or tooltips where the click was
-                    page.evaluate("window.scrollTo(0, 0)")
+                    if tab != TABS[0]:  # the Segment tab stays where the page put its result (a phone scrolls to it)
+                        page.evaluate("window.scrollTo(0, 0)")
                     settle(page)
                     path = out / f"{tab.lower()}-{size.name}{suffix}"
                     save(page.screenshot(full_page=False), path)

@@ -19,7 +19,10 @@ def theme() -> gr.themes.Base:
 CSS = """
 #title h1 {font-size: clamp(1.25rem, 4.5vw, 1.9rem); margin-bottom: 2px}
 #title p {margin: 0}
-@media (max-width: 520px) {#tabs .tab-container button {padding-left: 7px; padding-right: 7px; font-size: 15px}}
+@media (max-width: 520px) {
+  #tabs .tab-container button {padding-left: 7px; padding-right: 7px; font-size: 15px}
+  .js-plotly-plot .modebar-container {display: none}  /* on a phone Plotly's toolbar covers the chart's labels */
+}
 .segdemo-downloads {display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center; font-size: 14px}
 .segdemo-downloads a {color: var(--link-text-color); text-decoration: underline}
 #downloads-row {align-items: center; flex-wrap: wrap}

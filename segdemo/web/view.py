@@ -92,8 +92,15 @@ function load() {
       render();
     });
     pixels(photo, data => { if (S.url === url) { S.photo = data; S.drawn = ''; render(); } });
+    requestAnimationFrame(reveal);
   }
   render();
+}
+function reveal() {  // a new result: on a phone (the view below the inputs) it is brought into view, classes too
+  const r = root();
+  if (!r) return;
+  const top = r.getBoundingClientRect().top;
+  if (top < 0 || top > window.innerHeight * 0.4) r.scrollIntoView({block: 'start', behavior: 'instant'});
 }
 function lookup(ids) {
   const table = new Uint8Array(32768);
