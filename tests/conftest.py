@@ -80,6 +80,14 @@ def photo_file(tmp_path):
     return path
 
 
+def tensorrt_runs_here() -> bool:
+    """Whether a TensorRT flavour can run on this machine: the Engine tab then offers builds."""
+    from segdemo import backends
+    from segdemo.web.engine_page import TENSORRT_FLAVOURS
+
+    return any(rung.available for rung in backends.ladder() if rung.name in TENSORRT_FLAVOURS)
+
+
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie waiting for its parent to reap it counts as gone)."""
     try:

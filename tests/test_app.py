@@ -213,14 +213,18 @@ def test_allow_build_lets_a_public_app_build(build_dir, tmp_path_factory):
     pytest.importorskip("tensorrt_rtx")
     from gradio_client import Client
 
-    from .conftest import running_app
+    from segdemo.web.engine_page import NO_BUILDS
+
+    from .conftest import running_app, tensorrt_runs_here
 
     log = tmp_path_factory.mktemp("public-allowed") / "app.log"
     with running_app(build_dir, log, "--allow-build", env={"SPACE_ID": "test/segdemo"}) as url:
         client = Client(url, verbose=False)
         client.predict(_photo_file(), 0.5, False, api_name="/segment")  # waits for the session to be ready
         message, engine, _ = client.predict("fp32", api_name="/build_engine")
-    assert message.startswith("Built `random-tiny-fp32") and "allowed (public app started with" in engine
+    assert message.startswith("Built `random-tiny-fp32")
+    # The page offers builds only where a TensorRT flavour runs; elsewhere the API still builds a plan for such GPUs.
+    assert ("allowed (public app started with" in engine) if tensorrt_runs_here() else (NO_BUILDS in engine)
 
 
 def _photo_file():

@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from .conftest import tensorrt_runs_here
+
 CHROMIUM = os.environ.get("SEGDEMO_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -79,14 +81,6 @@ def test_upload_segment_and_profile(page, photo_file, tmp_path):
     assert "load" in lanes and "inference" in lanes
 
 
-def _builds_possible() -> bool:
-    """Whether a TensorRT flavour can run here: the Engine tab then shows its build controls."""
-    from segdemo import backends
-    from segdemo.web.engine_page import TENSORRT_FLAVOURS
-
-    return any(rung.available for rung in backends.ladder() if rung.name in TENSORRT_FLAVOURS)
-
-
 def test_engine_tab_shows_ladder(page):
     """The session's facts; the ladder folded in a closed accordion; build controls only where a TensorRT flavour runs,
     else one sentence saying what builds need."""
@@ -98,7 +92,7 @@ def test_engine_tab_shows_ladder(page):
     assert "onnxruntime" in text and "Backends tried, in order" in text
     assert "skipped" not in text and "in use" not in text  # the ladder is folded away until asked for
     build = page.get_by_role("button", name="Build / rebuild engine")
-    if _builds_possible():
+    if tensorrt_runs_here():
         assert build.is_enabled() and page.get_by_text("Engine precision").is_visible() and NO_BUILDS not in text
     else:
         assert NO_BUILDS in page.locator("#engine").inner_text()
@@ -113,7 +107,7 @@ def test_engine_tab_shows_ladder(page):
 @pytest.mark.slow
 def test_engine_tab_builds_a_tensorrt_rtx_plan(page):
     pytest.importorskip("tensorrt_rtx")
-    if not _builds_possible():
+    if not tensorrt_runs_here():
         pytest.skip("no TensorRT flavour can run here, so the page offers no builds (`segdemo build` still does)")
     page.get_by_role("tab", name="Engine").click()
     page.get_by_role("button", name="Build / rebuild engine").click()
@@ -139,7 +133,7 @@ def test_a_public_app_offers_no_engine_build_in_the_page(browser, build_dir, tmp
                                timeout=60_000)
         text = page.locator("#engine").inner_text()
         build = page.get_by_role("button", name="Build / rebuild engine")
-        if _builds_possible():
+        if tensorrt_runs_here():
             assert "turned off on this public app" in text and build.is_disabled()
         else:
             assert NO_BUILDS in text and build.count() == 0
