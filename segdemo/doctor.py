@@ -13,7 +13,8 @@ import numpy as np
 from .optional import MissingPackageError, require
 
 SELF_TEST_MODEL = "random:tiny"
-MODULES = ("numpy", "torch", "onnx", "onnxruntime", "transformers", "tensorrt", "tensorrt_rtx")
+MODULES = ("numpy", "torch", "onnx", "onnxruntime", "transformers", "tensorrt", "tensorrt_rtx", "cuda.bindings",
+           "pycuda")
 
 
 def versions() -> dict[str, str]:
@@ -28,7 +29,7 @@ def versions() -> dict[str, str]:
         except Exception as exc:  # noqa: BLE001 — a broken install is reported, not raised
             out[name] = f"broken ({type(exc).__name__}: {exc})"
             continue
-        version = getattr(module, "__version__", "?")
+        version = getattr(module, "__version__", getattr(module, "VERSION_TEXT", "?"))  # pycuda: VERSION_TEXT
         if name == "torch":
             version += f" (CUDA {module.version.cuda})" if module.version.cuda else " (CPU build)"
         out[name] = version

@@ -67,11 +67,11 @@ def detect() -> Gpu | None:
     return _from_nvidia_smi()
 
 
-def no_gpu_reason() -> str:
-    """Why no GPU was found, in words (for the backend ladder)."""
-    torch_reason = torch_cuda_reason() or "torch sees none"
+def no_gpu_reason(runtime_answer: str | None = None) -> str:
+    """Why no GPU was found, in words (for the backend ladder): nvidia-smi's answer, and the backend's CUDA runtime's
+    where it has one (torch's for torch-cuda, the CUDA binding's for TensorRT)."""
     smi = "nvidia-smi not found" if shutil.which("nvidia-smi") is None else "nvidia-smi lists none"
-    return f"no CUDA GPU ({smi}; {torch_reason})"
+    return f"no CUDA GPU ({smi}{f'; {runtime_answer}' if runtime_answer else ''})"
 
 
 def _smi(fields: str) -> list[str] | None:

@@ -98,14 +98,15 @@ def alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def app_process(build_dir, log, *args: str, env: dict[str, str] | None = None):
-    """`python app.py --model random:tiny` on a free loopback port (plus `args`); yields (process, URL) once the
-    page answers."""
+def app_process(build_dir, log, *args: str, env: dict[str, str] | None = None, python: str = sys.executable,
+                script: str = "app.py"):
+    """`python app.py --model random:tiny` on a free loopback port (plus `args`, a later --model overriding); yields
+    (process, URL) once the page answers. `python` and `script`: another environment's interpreter and app.py copy."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "app.py", "--model", "random:tiny", "--port", str(port), "--build-dir", str(build_dir),
+            [python, script, "--model", "random:tiny", "--port", str(port), "--build-dir", str(build_dir),
              *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
         )
     url = f"http://127.0.0.1:{port}/"

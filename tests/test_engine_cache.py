@@ -255,3 +255,20 @@ def test_missing_tensorrt_names_what_to_install():
     with pytest.raises(MissingPackageError, match="tensorrt is not installed.*pip install tensorrt-cu13"):
         flavour("tensorrt").load()
     assert "pip install tensorrt-cu13" in unavailable_reason("tensorrt")
+
+
+def test_without_onnxruntime_the_graph_made_beside_it_is_used(tiny_onnx, monkeypatch):
+    """A prepared folder on a TensorRT-only install: the TensorRT graph made where ONNX Runtime was is found by its
+    sidecar (its key names ONNX Runtime's version), and the accuracy guard's reference is the one kept beside it."""
+    from segdemo.graph import fp16
+    from segdemo.optional import MissingPackageError
+
+    made, _ = ensure_tensorrt_onnx(tiny_onnx, "fp32")
+    reference = fp16.probe_reference(tiny_onnx)
+    assert tiny_onnx.with_suffix(fp16.PROBE_SUFFIX).is_file()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    fp16._probe_reference.cache_clear()
+    assert ensure_tensorrt_onnx(tiny_onnx, "fp32") == (made, True)
+    assert np.array_equal(fp16.probe_reference(tiny_onnx), reference)
+    with pytest.raises(MissingPackageError, match="onnxruntime is not installed .*fp16 graph"):
+        ensure_tensorrt_onnx(tiny_onnx.with_name("other-fp32-0123456789abcdef.onnx"), "fp16")

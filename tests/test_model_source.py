@@ -219,3 +219,31 @@ def test_local_directory_round_trip(tmp_path, session_factory):
 def test_preset_for_hub_ids():
     assert preset_for("nvidia/segformer-b4-finetuned-ade-512-512") == "random:b4"
     assert preset_for("someone/deeplab") is None
+
+
+def test_a_prepared_folder_runs_as_model_without_weights(tmp_path, session_factory):
+    """write_prepared records the model and its fused graph; --model <folder> reads labels, size and graph back, and
+    refuses, in one sentence, what needs the weights."""
+    from segdemo.graph.export import ensure_onnx
+    from segdemo.model.source import PREPARED, write_prepared
+
+    tiny = session_factory("random:tiny")
+    folder = tmp_path / "deploy"
+    (folder / "onnx").mkdir(parents=True)
+    graph = folder / "onnx" / tiny.onnx_file.name
+    shutil.copy2(tiny.onnx_file, graph)
+    write_prepared(tiny.source, graph, folder)
+    prepared = resolve(str(folder))
+    assert prepared.graph == graph and prepared.prepared_from == "random:tiny"
+    assert prepared.labels == tiny.source.labels and prepared.input_size == tiny.source.input_size
+    assert prepared.content_hash == tiny.source.content_hash and prepared.random_weights
+    assert ensure_onnx(prepared, tmp_path / "elsewhere") == (graph, True)
+    assert not (tmp_path / "elsewhere").exists()  # found, not exported
+    with pytest.raises(SegdemoError, match="prepared folder.*pass --model random:tiny"):
+        prepared.load_model()
+    graph.unlink()
+    with pytest.raises(ModelNotFoundError, match="graph .* is missing — copy the whole folder"):
+        resolve(str(folder))
+    (folder / PREPARED).write_text("{")
+    with pytest.raises(ModelNotFoundError, match="not a readable prepared-folder record"):
+        resolve(str(folder))

@@ -202,3 +202,13 @@ def test_install_hints_name_declared_packages():
     unknown = {name: where for name, where in hints.items()
                if canonicalize_name(name) not in declared and name not in INSTALLED_SEPARATELY}
     assert not unknown, f"install hints name packages pyproject.toml does not declare: {unknown}"
+
+
+def test_tensorrt_requirements_are_pinned_subset_without_torch():
+    """requirements-tensorrt.txt (the TensorRT path without PyTorch): requirements.txt's pins, and none of the
+    packages that path must not need (tests/test_no_torch.py installs and runs it)."""
+    pins = {canonicalize_name(r.name): str(r.specifier) for r in _requirements(ROOT / "requirements.txt")}
+    slim = {canonicalize_name(r.name): str(r.specifier) for r in _requirements(ROOT / "requirements-tensorrt.txt")}
+    assert {"tensorrt-rtx-cu13", "cuda-python", "numpy", "gradio"} <= set(slim)
+    assert not {"torch", "transformers", "onnxruntime"} & set(slim)
+    assert {name: pins.get(name) for name in slim} == slim, "requirements-tensorrt.txt differs from requirements.txt"

@@ -146,3 +146,15 @@ def test_commands_are_listed_in_a_fixed_order():
 
     choices = parser()._subparsers._group_actions[0].choices  # argparse keeps insertion order
     assert list(choices) == list(ORDER)
+
+
+def test_the_tensorrt_backends_import_no_torch():
+    """TensorRT runs without PyTorch (requirements-tensorrt.txt): its modules, the session and the command line load
+    neither torch nor transformers as they import (their buffers come from backends/tensorrt/cuda)."""
+    code = ("import importlib, pkgutil, sys, segdemo.backends.tensorrt as trt, segdemo.pipeline, segdemo.cli; "
+            "names = [m.name for m in pkgutil.iter_modules(trt.__path__, trt.__name__ + '.')]; "
+            "[importlib.import_module(name) for name in names]; "
+            "print(len(names), sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.split()
+    assert int(out[0]) >= 10 and "".join(out[1:]) == "[]", out

@@ -1,4 +1,5 @@
-"""`segdemo build`: build (or find cached) the TensorRT plan of the fused graph, with a progress bar."""
+"""`segdemo build`: build (or find cached) the TensorRT plan of the fused graph, with a progress bar; the build folder
+is then prepared for the model (model.source.PREPARED): copied elsewhere, `--model <folder>` runs it without torch."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export the graph if needed, find or build its plan, and print where it is and what it is."""
     from ..graph.export import ensure_onnx
-    from ..model.source import resolve
+    from ..graph.fp16 import probe_reference
+    from ..model.source import resolve, write_prepared
 
     backend = default_backend() if args.backend == "auto" else args.backend
     targets = [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         bar(0.0, "exporting ONNX")
         onnx_file, _ = ensure_onnx(source, args.build_dir)
         engine = ensure_engine(onnx_file, args.precision, backend, args.build_dir, targets, bar, args.force)
+        probe_reference(onnx_file)  # kept beside the graph: the accuracy guard's reference without ONNX Runtime
+        prepared = write_prepared(source, onnx_file, onnx_file.parent.parent)  # where --model finds its plans
     finally:
         bar.close()
     meta = engine.sidecar
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if onnx_check:
         print(f"accuracy {meta['precision']} graph agrees with fp32 on {onnx_check['agreement'] * 100:.3f} % of "
               f"pixels (ONNX Runtime); the engine itself is checked on its first load on a GPU")
+    print(f"prepared {prepared} (copy {prepared.parent}; --model {prepared.parent} runs it without torch)")
     for note in source.notes:
         log.warning(note)
     return 0

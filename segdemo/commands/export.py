@@ -1,4 +1,5 @@
-"""`segdemo export`: write the fused ONNX graph (the seed's trtconverter.py, first half)."""
+"""`segdemo export`: write the fused ONNX graph (the seed's trtconverter.py, first half), and record the folder as
+prepared for the model (model.source.PREPARED): `--model <folder>` then runs it without torch."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from ..graph.export import ensure_onnx
-    from ..model.source import resolve
+    from ..graph.fp16 import probe_reference
+    from ..model.source import resolve, write_prepared
 
     start = time.perf_counter()
     source = resolve(args.model, args.out)
     path, hit = ensure_onnx(source, args.out)
+    probe_reference(path)  # kept beside the graph: the accuracy guard's reference where ONNX Runtime is not installed
     print(f"{path}  {path.stat().st_size / 1e6:.1f} MB  {time.perf_counter() - start:.1f} s"
           f"{'  (cached)' if hit else ''}")
+    print(f"{write_prepared(source, path, path.parent.parent)}  (--model {path.parent.parent} runs it without torch)")
     for note in source.notes:
         log.warning(note)
     return 0

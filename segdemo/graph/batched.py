@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..artifacts import atomic_write, digest, lock_for, resolve_build_dir
+from ..errors import SegdemoError
 from .export import (
     INPUT_IMAGE,
     INPUT_SIZE,
@@ -45,6 +46,10 @@ def batched_paths(source: ModelSource, build_dir: Path | None = None) -> tuple[P
 
 def ensure_batched_onnx(source: ModelSource, build_dir: Path | None = None) -> tuple[Path, Path]:
     """(network graph, post graph), exported once (the network needs torch and transformers; the post graph not)."""
+    if source.graph is not None:
+        raise SegdemoError(f"'{source.spec}' is a prepared folder: it brings the fused graph, not the batched ones "
+                           f"(exported from the weights) — run it with --max-batch 1, or pass --model "
+                           f"{source.prepared_from} where torch and transformers are installed")
     network, post = batched_paths(source, build_dir)
     if network.is_file() and post.is_file():
         return network, post

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..artifacts import atomic_write, digest, lock_for, package_version, resolve_build_dir
 from ..errors import SegdemoError
+from ..optional import require
 
 if TYPE_CHECKING:
     import onnx
@@ -42,13 +43,18 @@ def onnx_path(source: ModelSource, build_dir: Path | None = None, precision: str
 
 def ensure_onnx(source: ModelSource, build_dir: Path | None = None,
                 spans: SpanRecorder | None = None) -> tuple[Path, bool]:
-    """Return (path, cache_hit) of the fp32 fused graph, exporting it only when absent."""
+    """Return (path, cache_hit) of the fp32 fused graph, exported only when absent (a prepared folder brings it)."""
+    if source.graph is not None:
+        return source.graph, True
     path = onnx_path(source, build_dir)
     if path.is_file():
         return path, True
     with lock_for(path):
         if path.is_file():  # another process exported it while we waited
             return path, True
+        for module in ("torch", "transformers"):  # said before anything is loaded, in one sentence
+            require(module, purpose=f"exporting the fused graph of {source.spec}; a folder prepared where it is "
+                                    f"installed (`segdemo build --build-dir DIR`) runs as --model DIR without it")
         start = time.perf_counter()
         model = fused_graph(source, spans)
         with _span(spans, "write onnx", file=path.name):

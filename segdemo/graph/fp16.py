@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ import numpy as np
 from ..artifacts import atomic_write, digest, lock_for
 from ..engine_cache import sidecar_path, write_sidecar
 from ..errors import SegdemoError
+from ..optional import MissingPackageError, missing_text, require
 from .export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,27 @@ ProgressFn = Callable[[float, str], None]
 
 
 def tensorrt_graph_path(fp32_file: Path, precision: str) -> Path:
-    """Where the graph TensorRT builds from lives (the fp32 graph's name is already a content hash)."""
-    import onnxruntime
-
-    key = digest(fp32_file.name, precision, onnxruntime.__version__, Path(__file__).read_bytes())[:16]
+    """Where the graph TensorRT builds from lives (the fp32 graph's name is already a content hash); without ONNX
+    Runtime, which makes and checks it, the one made beside `fp32_file` where it is installed (a prepared folder's)."""
     stem = fp32_file.stem.rsplit("-", 1)[0].replace("-fp32", "")
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return made_elsewhere(fp32_file, f"{stem}-{precision}-tensorrt-*.onnx", f"the {precision} graph", exc)
+    key = digest(fp32_file.name, precision, onnxruntime.__version__, Path(__file__).read_bytes())[:16]
     return fp32_file.parent / f"{stem}-{precision}-tensorrt-{key}.onnx"
+
+
+def made_elsewhere(fp32_file: Path, pattern: str, what: str, exc: ImportError) -> Path:
+    """The newest complete graph matching `pattern` beside `fp32_file` whose sidecar says it was made from it; else
+    the error naming ONNX Runtime, which makes it."""
+    made = [path for path in fp32_file.parent.glob(pattern)
+            if _cached(path) and _sidecar(path).get("source") == fp32_file.name]
+    if not made:
+        raise MissingPackageError(missing_text(
+            "onnxruntime", None, f"it makes {what} TensorRT builds from; or prepare the folder with `segdemo build` "
+                                 f"where it is installed", exc))
+    return max(made, key=lambda path: path.stat().st_mtime_ns)
 
 
 def ensure_tensorrt_onnx(fp32_file: Path, precision: str = "fp16",
@@ -96,6 +113,14 @@ def _cached(path: Path) -> Path | None:
     except (OSError, ValueError):
         return None
     return path if path.is_file() else None
+
+
+def _sidecar(path: Path) -> dict:
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def graph_check(graph: Path) -> dict | None:
@@ -203,14 +228,28 @@ def onnx_agreement(fp32_file: Path, other: Path | bytes) -> dict:
 
 
 def probe_reference(fp32_file: Path) -> np.ndarray:
-    """run_onnx(fp32_file): the class map every check compares against, computed once per version of the file."""
+    """run_onnx(fp32_file): the class map every check compares against, computed once per version of the file and
+    kept beside it (PROBE_SUFFIX), so the accuracy guard runs without ONNX Runtime (in a prepared folder)."""
     stat = fp32_file.stat()
     return _probe_reference(fp32_file, stat.st_mtime_ns, stat.st_size)
 
 
+PROBE_SUFFIX = ".probe.npy"
+
+
 @lru_cache(maxsize=4)
 def _probe_reference(fp32_file: Path, mtime_ns: int, size: int) -> np.ndarray:
-    classes = run_onnx(fp32_file)
+    kept = fp32_file.with_suffix(PROBE_SUFFIX)
+    try:
+        classes = np.load(kept)
+    except (OSError, ValueError):
+        classes = None
+    if classes is None or classes.shape != (1, *PROBE_OUT_SIZE) or classes.dtype != np.uint8:
+        require("onnxruntime", purpose=f"the accuracy check's reference; `segdemo build` leaves it in {kept.name}")
+        classes = run_onnx(fp32_file)
+        buffer = io.BytesIO()
+        np.save(buffer, classes)
+        atomic_write(kept, buffer.getvalue())
     classes.setflags(write=False)  # shared by every caller
     return classes
 

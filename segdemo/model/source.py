@@ -1,8 +1,10 @@
-"""Resolve `--model` (hub id, local directory or `random:` preset) into config, labels and weights.
+"""Resolve `--model` (hub id, local directory, `random:` preset, or a prepared folder) into config, labels and weights.
 
 Resolving imports neither transformers nor torch: labels, input size and the content key come from config.json (or
 the preset's table) and the weights' hashes, so a start from cached artifacts never pays for those imports. The
-transformers config object is made on first use (export, torch-cuda, the reference pipeline)."""
+transformers config object is made on first use (export, torch-cuda, the reference pipeline). A prepared folder
+(`write_prepared`: the build folder `segdemo build`/`export` wrote, with PREPARED naming its model and fused graph)
+brings the graph instead of weights, so the TensorRT path runs from it where torch is not installed."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts import memo_sha256, package_version
+from ..artifacts import atomic_write, memo_sha256, package_version, resolve_build_dir
 from ..errors import ModelNotFoundError, SegdemoError
 from . import checkpoints
 from .labels import ADE20K_LABELS
@@ -41,6 +43,7 @@ _MIT = {
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], decoder_hidden_size=768),
 }
 PRESETS = tuple(f"random:{name}" for name in _MIT)
+PREPARED = "segdemo-model.json"  # in a build folder: the model it was prepared for and that model's fused graph
 MODEL_HELP = f"Hugging Face id, local directory, or one of {', '.join(PRESETS)} (default {DEFAULT_MODEL})"
 
 
@@ -59,6 +62,8 @@ class ModelSource:
     notes: list[str] = field(default_factory=list)
     # Where the safetensors weights are read from when not local_dir: a pytorch_model.bin converted once.
     weights_dir: Path | None = None
+    graph: Path | None = None  # a prepared folder's fused graph (made elsewhere): no weights here, nothing to export
+    prepared_from: str | None = None  # a prepared folder's: the --model it was prepared from
 
     @cached_property
     def config(self) -> Any:
@@ -69,6 +74,10 @@ class ModelSource:
 
     def load_model(self) -> torch.nn.Module:
         """Instantiate the transformers model in eval mode (weights from safetensors only, never pickle)."""
+        if self.graph is not None:
+            raise SegdemoError(f"'{self.spec}' is a prepared folder: it brings the fused graph of "
+                               f"{self.prepared_from} but not its weights — pass --model {self.prepared_from} "
+                               f"for what needs the network itself (torch-cuda, batching, the reference)")
         from transformers import SegformerForSemanticSegmentation
 
         if self.random_weights:
@@ -99,6 +108,8 @@ def resolve(spec: str, build_dir: Path | None = None) -> ModelSource:
     if spec.startswith("random:"):
         return _random_source(spec)
     path = Path(spec).expanduser()
+    if (path / PREPARED).is_file():
+        return _prepared_source(spec, path)
     if path.is_dir():
         return _local_source(spec, path, build_dir)
     if _looks_like_path(spec):
@@ -143,6 +154,48 @@ def _random_source(spec: str) -> ModelSource:
         random_weights=True,
         content_hash=_sha256(json.dumps(identity, sort_keys=True).encode()),
         notes=[f"random weights ({spec}): the masks are meaningless; pass a trained model to get real results"],
+    )
+
+
+def write_prepared(source: ModelSource, graph: Path, build_dir: Path | None = None) -> Path:
+    """Record in the build folder that it is prepared for `source`, whose fused graph is `graph` (in that folder), so
+    `--model <folder>` runs it without the weights, torch or transformers."""
+    folder = resolve_build_dir(build_dir)
+    manifest = {
+        "model": source.prepared_from or source.spec, "name": source.name, "content_hash": source.content_hash,
+        "config": source.config_dict, "input_size": list(source.input_size), "random_weights": source.random_weights,
+        "notes": source.notes, "graph": graph.resolve().relative_to(folder.resolve()).as_posix(),
+        "prepared_with": {name: package_version(name) for name in ("segdemo", "torch", "transformers", "onnx")},
+    }
+    path = folder / PREPARED
+    atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return path
+
+
+def _prepared_source(spec: str, folder: Path) -> ModelSource:
+    """The model a prepared folder names, its labels from the recorded config and its graph from the folder."""
+    manifest_file = folder / PREPARED
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        config, graph = dict(manifest["config"]), folder / manifest["graph"]
+        height, width = manifest["input_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(f"'{manifest_file}' is not a readable prepared-folder record ({exc!r}) — prepare "
+                                 f"the folder again with `segdemo build --build-dir {folder}`") from None
+    if not graph.is_file():
+        raise ModelNotFoundError(f"'{spec}' is prepared for {manifest.get('model')} but its graph {graph} is missing "
+                                 f"— copy the whole folder, onnx/ and engines/ included")
+    return ModelSource(
+        spec=spec,
+        name=str(manifest.get("name", _slug(spec))),
+        config_dict=config,
+        labels=_labels(config, manifest_file),
+        input_size=(int(height), int(width)),
+        random_weights=bool(manifest.get("random_weights", False)),
+        content_hash=str(manifest.get("content_hash", "")),
+        notes=list(manifest.get("notes", [])),
+        graph=graph,
+        prepared_from=str(manifest.get("model", spec)),
     )
 
 

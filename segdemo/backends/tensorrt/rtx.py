@@ -15,7 +15,7 @@ BACKEND = "tensorrt-rtx"
 
 
 def unavailable_reason() -> str | None:
-    """Why TensorRT-RTX cannot run here (module, GPU, compute capability, torch CUDA), or None."""
+    """Why TensorRT-RTX cannot run here (module, GPU, compute capability, CUDA binding), or None."""
     return runner.unavailable_reason(BACKEND)
 
 

@@ -1,9 +1,9 @@
 """TensorRT backend (`tensorrt`; `tensorrt-rtx` subclasses it): a loader finds and checks the plan, a runner runs it.
 
-`TensorRTRunner` binds one deserialised engine (one execution context, its stream, device buffers, CUDA events) and
-runs requests on it; it can be made from a prebuilt plan file alone. With max_batch > 1 the backend loads the
-batched graphs' two plans instead and `batch.TensorRTBatchRunner` runs them, every request included, so a
-request's pixels do not depend on the batch it rides in. Loading lives in `loader`.
+`TensorRTRunner` binds one deserialised engine (one execution context, its stream, device buffers, CUDA events — all
+through `cuda`, no PyTorch) and runs requests on it; it can be made from a prebuilt plan file alone. With max_batch > 1
+the backend loads the batched graphs' two plans instead and `batch.TensorRTBatchRunner` runs them, every request
+included, so a request's pixels do not depend on the batch it rides in. Loading lives in `loader`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ...image.preprocess import ModelInput
 from ...profiling.spans import INFERENCE, LOAD, SpanRecorder
 from ..contract import Backend, BatchRunner
 from .batch import TensorRTBatchRunner
+from .cuda import DeviceBuffer, Event, PinnedBuffer, Stream
 from .loader import EngineLoader, LoadedEngine, load_plan
 from .timing import attach_profiler, device_spans, layer_profiler, layer_spans
 
@@ -34,9 +35,10 @@ BACKEND = "tensorrt"
 
 
 def unavailable_reason(backend: str = BACKEND) -> str | None:
-    """Why this TensorRT flavour cannot run here (module, GPU, compute capability, torch CUDA), or None."""
-    from ...gpu import detect, no_gpu_reason, torch_cuda_reason
+    """Why this TensorRT flavour cannot run here (module, GPU, compute capability, CUDA binding), or None."""
+    from ...gpu import detect, no_gpu_reason
     from ...optional import missing
+    from .cuda import binding, binding_reason
     from .flavour import flavour, rtx_supports, rtx_targets
 
     fl = flavour(backend)
@@ -46,24 +48,23 @@ def unavailable_reason(backend: str = BACKEND) -> str | None:
         return f"{fl.module} failed to import ({type(exc).__name__}: {exc})"
     if reason:
         return reason
+    no_binding = binding_reason()
     gpu = detect()
-    if gpu is None:
-        return no_gpu_reason()
+    if gpu is None:  # the binding's own answer says why where there is one
+        return no_gpu_reason(None if no_binding else binding().device_reason())
     if backend == "tensorrt-rtx" and not rtx_supports(trt := fl.load(), gpu.capability):
         supported = ", ".join(f"{n[2:-1]}.{n[-1]}" for n in rtx_targets(trt))
         return f"compute capability {gpu.cc} not supported ({gpu.name}; TensorRT-RTX runs on {supported})"
-    return torch_cuda_reason()  # device buffers are torch CUDA tensors
+    return no_binding or binding().device_reason()  # buffers, streams and events come from the CUDA binding
 
 
 class TensorRTRunner:
     """Runs one deserialised engine: one execution context, its stream and buffers, bound once and reused."""
 
     def __init__(self, loaded: LoadedEngine) -> None:
-        import torch
-
         self.loaded = loaded  # the runner owns its engine: close() releases it
         self.name, self.precision = loaded.name, loaded.precision
-        self._torch, self._trt = torch, loaded.trt
+        self._trt = loaded.trt
         self._lock = threading.Lock()  # one context: requests from several threads take turns
         self._profiler = None
         self._bind(loaded.engine)
@@ -77,22 +78,21 @@ class TensorRTRunner:
             return cls(loaded)
 
     def _bind(self, engine: Any) -> None:
-        """One execution context, its own CUDA stream, and device buffers (torch tensors) bound once."""
-        torch, trt = self._torch, self._trt
+        """One execution context, its own CUDA stream, and device buffers bound once."""
+        trt = self._trt
         context = engine.create_execution_context()
         if context is None:
             raise SegdemoError(f"{self.name} could not create an execution context (out of GPU memory?) — "
                                f"close other GPU programs or use --backend onnxruntime")
         self.engine, self.context = engine, context
-        self.stream = torch.cuda.Stream()
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]  # reused: requests hold self._lock
+        self.stream = Stream()
+        self.events = [Event() for _ in range(4)]  # reused: requests hold self._lock
         self.image_shape = tuple(engine.get_tensor_shape(INPUT_IMAGE))
         self.max_out = self.loaded.max_out  # the plan's optimisation profile bounds the output size
         # Pinned host staging buffers make the copies truly asynchronous on our stream.
-        self.host_image = torch.empty(self.image_shape, dtype=torch.uint8, pin_memory=True)
-        self.device_image = torch.empty(self.image_shape, dtype=torch.uint8, device="cuda")
-        self.device_classes = torch.empty(self.max_out[0] * self.max_out[1], dtype=torch.uint8, device="cuda")
-        self.host_classes = torch.empty(self.max_out[0] * self.max_out[1], dtype=torch.uint8, pin_memory=True)
+        image_bytes, classes_bytes = int(np.prod(self.image_shape)), self.max_out[0] * self.max_out[1]  # uint8
+        self.host_image, self.device_image = PinnedBuffer(image_bytes), DeviceBuffer(image_bytes)
+        self.device_classes, self.host_classes = DeviceBuffer(classes_bytes), PinnedBuffer(classes_bytes)
         # out_size is a shape tensor: TensorRT reads its values from host memory when it infers shapes.
         self.host_size = np.zeros(2, dtype=np.int64)
         if not engine.is_shape_inference_io(INPUT_SIZE):
@@ -102,14 +102,13 @@ class TensorRTRunner:
             raise SegdemoError("engine output is not uint8 — rebuild with `segdemo build --force`")
         context.set_input_shape(INPUT_IMAGE, self.image_shape)
         context.set_input_shape(INPUT_SIZE, (2,))
-        context.set_tensor_address(INPUT_IMAGE, self.device_image.data_ptr())
+        context.set_tensor_address(INPUT_IMAGE, self.device_image.address())
         context.set_tensor_address(INPUT_SIZE, self.host_size.ctypes.data)
-        context.set_tensor_address(OUTPUT_CLASSES, self.device_classes.data_ptr())
+        context.set_tensor_address(OUTPUT_CLASSES, self.device_classes.address())
         self.device_memory_bytes = int(engine.device_memory_size_v2)
 
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         """Upload, execute, download on our stream, timed with CUDA events; per-layer times when `detailed`."""
-        torch = self._torch
         height, width = model_input.out_size
         if not (1 <= height <= self.max_out[0] and 1 <= width <= self.max_out[1]):
             raise SegdemoError(f"output size {height}×{width} is outside the engine's profile (up to "
@@ -118,7 +117,7 @@ class TensorRTRunner:
                                     out_size=[height, width], detailed=detailed) as attrs:
             if self.context is None:
                 raise SegdemoError(f"the {self.name} engine was just rebuilt and reloaded — send the image again")
-            np.copyto(self.host_image.numpy(), model_input.pixels)
+            np.copyto(self.host_image.view(np.uint8, self.image_shape), model_input.pixels)
             self.host_size[:] = (height, width)  # read by TensorRT at shape inference and enqueue
             shape = tuple(self.context.get_tensor_shape(OUTPUT_CLASSES))
             if shape != (1, height, width):
@@ -128,22 +127,22 @@ class TensorRTRunner:
             profiler = self._attach_profiler() if detailed else None
             events = self.events
             enqueued_ns = time.perf_counter_ns()
-            with torch.cuda.stream(self.stream):
-                events[0].record(self.stream)
-                self.device_image.copy_(self.host_image, non_blocking=True)
-                events[1].record(self.stream)
-                ok = self.context.execute_async_v3(self.stream.cuda_stream)
-                events[2].record(self.stream)
-                self.host_classes[:count].copy_(self.device_classes[:count], non_blocking=True)
-                events[3].record(self.stream)
-            self.stream.synchronize()
+            stream = self.stream
+            events[0].record(stream)
+            stream.upload(self.device_image, self.host_image, self.host_image.nbytes)
+            events[1].record(stream)
+            ok = self.context.execute_async_v3(stream.handle)
+            events[2].record(stream)
+            stream.download(self.host_classes, self.device_classes, count)
+            events[3].record(stream)
+            stream.synchronize()
             done_ns = time.perf_counter_ns()
             if not ok:
                 raise SegdemoError(f"{self.name} failed to execute (see the TensorRT log) — try --backend onnxruntime")
-            device_ms = [events[i].elapsed_time(events[i + 1]) for i in range(3)]
+            device_ms = [events[i].elapsed_ms(events[i + 1]) for i in range(3)]
             attrs.update(upload_ms=device_ms[0], execute_ms=device_ms[1], download_ms=device_ms[2])
             self._device_spans(spans, device_ms, enqueued_ns, done_ns, profiler)
-            return self.host_classes[:count].numpy().reshape(height, width).copy()
+            return self.host_classes.view(np.uint8, (height, width)).copy()
 
     def _attach_profiler(self) -> Any:
         """IProfiler on the context for the next launch (see timing.attach_profiler)."""
@@ -161,8 +160,10 @@ class TensorRTRunner:
     def close(self) -> None:
         """Drop context, engine and buffers (in that order: the context uses the engine); safe to call twice."""
         with self._lock:  # a request still running finishes first
-            for attr in ("context", "engine", "device_image", "device_classes", "host_image", "host_classes"):
-                if hasattr(self, attr):
+            self.context = self.engine = None
+            for attr in ("device_image", "device_classes", "host_image", "host_classes", "stream"):
+                if getattr(self, attr, None) is not None:
+                    getattr(self, attr).close()
                     setattr(self, attr, None)
             self.loaded.engine = None
 
