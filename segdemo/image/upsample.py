@@ -12,7 +12,9 @@ map, pixel for pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -83,43 +85,81 @@ def class_map(logits: np.ndarray, out_size: tuple[int, int], counts: UpsampleCou
     cell_ids = np.full((h, w), -1, np.intp)
     cell_ids[mixed] = np.arange(len(cells))
     tables = cache(lambda stage: _cell_tables(logits, tops, cells, STAGES[stage]))  # later stages rarely needed
-    step = UpsampleCounts()
-    # Cell row by cell row: its output rows times the output columns of its mixed cells form one dense block, whose
-    # pixels share their cells' tables along each column.
-    for i in np.flatnonzero(mixed.any(axis=1)):
-        xs = np.flatnonzero(mixed[i][cols.low])
-        cell = cell_ids[i, cols.low[xs]]
-        first, last = np.searchsorted(rows.low, [i, i + 1])
-        for r0 in range(first, last, max(1, CHUNK // len(xs))):
-            ys = np.arange(r0, min(last, r0 + max(1, CHUNK // len(xs))))
-            classes[ys[:, None], xs] = _block(logits, tables, cell, ys, xs, rows, cols, step)
+    tables(0)  # built before the threads need it
+
+    def block(ys: np.ndarray, xs: np.ndarray, cell: np.ndarray) -> UpsampleCounts:
+        step = UpsampleCounts()  # one per block: the threads never share one
+        classes[ys[:, :, None], xs[:, None, :]] = _block(logits, tables, cell, ys, xs, rows, cols, step)
+        return step  # blocks hold disjoint pixels, so their writes never meet
+
+    steps = list(_pool().map(lambda args: block(*args), _blocks(mixed, cell_ids, rows, cols)))
     if counts is not None:
-        counts.consensus += out_size[0] * out_size[1] - step.candidates - step.full
-        counts.candidates += step.candidates
-        counts.full += step.full
+        counts.consensus += out_size[0] * out_size[1] - sum(s.candidates + s.full for s in steps)
+        counts.candidates += sum(s.candidates for s in steps)
+        counts.full += sum(s.full for s in steps)
     return classes
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the blocks: numpy lets go of the GIL inside its loops, so blocks use the cores ONNX Runtime used."""
+    return ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0))), thread_name_prefix="segdemo upsample")
+
+
+def _blocks(mixed: np.ndarray, cell_ids: np.ndarray, rows: AxisWeights,
+            cols: AxisWeights) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The output pixels of the mixed cells as blocks (ys [g, r], xs [g, n], cell ids [g, n]): g cell rows, each with
+    its output rows and the output columns of its mixed cells, so the pixels of a column share their cell's table.
+    Cell rows of similar width go together (short rows and columns repeat their last entry: the same pixel twice)."""
+    cell_rows = np.flatnonzero(mixed.any(axis=1))
+    if not cell_rows.size:
+        return
+    first, last = np.searchsorted(rows.low, cell_rows), np.searchsorted(rows.low, cell_rows + 1)
+    which, columns = np.nonzero(mixed[cell_rows][:, cols.low])  # output columns in mixed cells, per cell row
+    widths = np.bincount(which, minlength=len(cell_rows))
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
+    order = np.argsort(widths, kind="stable")
+    k = 0
+    while k < len(order):
+        g = 1  # grow the group while it stays within CHUNK pixels
+        while k + g < len(order) and (g + 1) * widths[order[k + g]] * (last - first)[order[k:k + g + 1]].max() <= CHUNK:
+            g += 1
+        group = order[k:k + g]
+        k += g
+        width, height = widths[group].max(), (last - first)[group].max()
+        xs = columns[starts[group][:, None] + np.minimum(np.arange(width), widths[group][:, None] - 1)]
+        ys = np.minimum(first[group][:, None] + np.arange(height), last[group][:, None] - 1)
+        cell = cell_ids[cell_rows[group][:, None], cols.low[xs]]
+        step = max(1, CHUNK // (len(group) * width))  # one cell row alone may still cover many output rows
+        for r0 in range(0, height, step):
+            yield ys[:, r0:r0 + step], xs, cell
 
 
 def _block(logits: np.ndarray, tables: Callable[[int], _Tables], cell: np.ndarray, ys: np.ndarray, xs: np.ndarray,
            rows: AxisWeights, cols: AxisWeights, counts: UpsampleCounts) -> np.ndarray:
-    """uint8 [len(ys), len(xs)]: the classes of output rows `ys` × columns `xs`, column k in mixed cell `cell[k]`."""
-    coefs = _coefficients(rows.w_low[ys][:, None], rows.w_high[ys][:, None], cols.w_low[xs], cols.w_high[xs])
-    decided, sure = _candidates(coefs, tables(0), cell[None, :])
+    """uint8 [g, r, n]: the classes of the output pixels (ys[j, a], xs[j, b]), which lie in mixed cell cell[j, b]."""
+    coefs = _coefficients(rows.w_low[ys][:, :, None], rows.w_high[ys][:, :, None], cols.w_low[xs][:, None, :],
+                          cols.w_high[xs][:, None, :])
+    decided, sure = _candidates(coefs, tables(0), cell[:, None, :])
     out = np.array(np.broadcast_to(decided, coefs.shape[1:]))
-    fy, fx = np.nonzero(~sure)  # the few pixels the first candidates leave open
-    counts.candidates += out.size - len(fy)
-    coefs, cell = coefs[:, fy, fx], cell[fx]
-    open_ = np.arange(len(fy))
+    fg, fr, fn = np.nonzero(~sure)  # the few pixels the first candidates leave open
+    coefs, open_cells = coefs[:, fg, fr, fn], cell[fg, fn]
+    open_ = np.arange(len(fg))
     for stage in range(1, len(STAGES)):
         if not open_.size:
             break
-        decided, sure = _candidates(coefs[:, open_], tables(stage), cell[open_])
-        out[fy[open_[sure]], fx[open_[sure]]] = decided[sure]
-        counts.candidates += int(sure.sum())
+        decided, sure = _candidates(coefs[:, open_], tables(stage), open_cells[open_])
+        done = open_[sure]
+        out[fg[done], fr[done], fn[done]] = decided[sure]
         open_ = open_[~sure]
     if open_.size:
-        out[fy[open_], fx[open_]] = _all_classes(logits, coefs[:, open_], rows, cols, ys[fy[open_]], xs[fx[open_]])
-        counts.full += int(open_.size)
+        y, x = ys[fg[open_], fr[open_]], xs[fg[open_], fn[open_]]
+        out[fg[open_], fr[open_], fn[open_]] = _all_classes(logits, coefs[:, open_], rows, cols, y, x)
+    # Counted once each: a repeated row or column (padding) is not a pixel of its own.
+    new_y, new_x = np.diff(ys, axis=1, prepend=-1) != 0, np.diff(xs, axis=1, prepend=-1) != 0
+    full = int((new_y[fg[open_], fr[open_]] & new_x[fg[open_], fn[open_]]).sum())
+    counts.full += full
+    counts.candidates += int((new_y.sum(axis=1) * new_x.sum(axis=1)).sum()) - full
     return out
 
 
@@ -207,7 +247,7 @@ def _coefficients(wy0: np.ndarray, wy1: np.ndarray, wx0: np.ndarray, wx1: np.nda
 def _weighted(coefs: np.ndarray, values: np.ndarray) -> np.ndarray:
     """ORT's float32 sum c11·X11 + c21·X21 + c12·X12 + c22·X22, in its order: coefs [4, *shape], values [4, ...]
     broadcasting against them."""
-    total = coefs[0] * values[0]
+    total = np.multiply(coefs[0], values[0], order="C")  # gathered operands have odd strides: keep reductions fast
     for corner in range(1, 4):
         total += coefs[corner] * values[corner]
     return total
