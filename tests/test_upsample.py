@@ -122,7 +122,7 @@ def test_random_logits_at_many_sizes(seed):
 
 
 def test_every_way_of_deciding_a_pixel_is_exercised():
-    """Smooth regions by consensus, boundaries by candidates, and three-way ties beyond the candidates by all
+    """Smooth regions by consensus, boundaries by candidates, and ties among more classes than the candidates by all
     classes: each checked against the full computation above, so none of the three may be wrong unnoticed."""
     h, w, num = 16, 16, 150
     logits = _field(h, w, num, cls=3)  # class 3 leads on the left half, class 7 on the right
