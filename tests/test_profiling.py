@@ -72,9 +72,15 @@ def test_detailed_trace_has_onnxruntime_layer_spans(cli_trace):
     assert len(layers) > 50
     assert any(e["args"]["op"] == "LayerNormalization" for e in layers)
     (execute,) = [e for e in events if e["name"] == "execute"]
-    # Layer spans lie inside the execute span they were measured in (aligned clocks).
-    inside = [e for e in layers if execute["ts"] - 1 <= e["ts"] <= execute["ts"] + execute["dur"] + 1]
+    # Layer spans lie inside the network span they were measured in (aligned clocks), within the execute span;
+    # the class map made on the host from the logits follows as a span of its own.
+    (network,) = [e for e in events if e["name"] == "network"]
+    inside = [e for e in layers if network["ts"] - 1 <= e["ts"] <= network["ts"] + network["dur"] + 1]
     assert len(inside) == len(layers)
+    assert execute["ts"] <= network["ts"] and network["ts"] + network["dur"] <= execute["ts"] + execute["dur"] + 1
+    (post,) = [e for e in events if e["name"] == "postprocess"]
+    assert post["ts"] >= network["ts"] + network["dur"] - 1 and post["args"]["candidate_px"] > 0
+    assert not any(e["args"]["op"] in ("Resize", "ArgMax") for e in layers)  # no longer in the graph
 
 
 def test_problems_catches_broken_traces():

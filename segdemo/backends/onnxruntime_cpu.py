@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import digest, lock_for, package_version
-from ..graph.batched import LOGITS, ensure_batched_onnx
-from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..graph.batched import ensure_batched_onnx, ensure_network_onnx
+from ..graph.export import INPUT_IMAGE
 from ..image.preprocess import ModelInput
+from ..image.upsample import UpsampleCounts, class_map
 from ..optional import missing
 from ..profiling.spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
 from .contract import Backend, BatchRunner, LoadContext
@@ -36,28 +37,30 @@ def unavailable_reason() -> str | None:
 
 
 class OnnxRuntimeBackend(Backend, BatchRunner):
-    """One InferenceSession per graph, reused for every request; with `max_batch` > 1, the split graphs of
-    graph.batched (a batched network session and a per-image post-processing session) serve every request, so a
-    request gives the same pixels whatever batch it rides in."""
+    """One InferenceSession of a network graph (uint8 pixels → channels-last logits), reused for every request, and
+    the class map made on the host from each image's logits (image.upsample: the fused graph's Resize + ArgMax,
+    pixel for pixel, without upsampling every class). The network graph is the fused graph's own network part
+    (graph.batched.ensure_network_onnx), or with `max_batch` > 1 the batched network graph, which then serves every
+    request, so a request gives the same pixels whatever batch it rides in."""
 
     name = "onnxruntime"
     device = "cpu"
 
     def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
-                 max_batch: int = 1, batched: tuple[Path, Path] | None = None):
+                 max_batch: int = 1, network: Path | None = None):
         self.onnx_file = onnx_file
         self.max_batch = max_batch
-        self.batched = batched
+        self.network = network or onnx_file
+        self.batched = max_batch > 1
         if precision != "fp32":
             log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
         self.precision = "fp32"
         self.threads = threads or os.cpu_count() or 1
-        graph = batched[0] if batched else onnx_file
-        self.optimized = optimized_folder(graph)
-        with spans.span("create ort session", LOAD, backend=self.name, file=graph.name,
+        self.optimized = optimized_folder(self.network)
+        with spans.span("create ort session", LOAD, backend=self.name, file=self.network.name,
                         max_batch=max_batch) as attrs:
-            self.session, attrs["optimized_cache"] = self._cached_session(graph)
-            self.post = self._new_session(batched[1]) if batched else None
+            self.session, attrs["optimized_cache"] = self._cached_session(self.network)
+        self.logits_name = self.session.get_outputs()[0].name
 
     def _cached_session(self, graph: Path):
         """(session, how): from the saved optimised graph if there is a sound one, else optimise and save it."""
@@ -98,9 +101,9 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             # (docs/benchmarks.md, "Measurements behind choices in the code").
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif self.batched:
-            # Two sessions run in turn (network, then post-processing): threads still spinning after one has
-            # finished take the cores the other needs (docs/benchmarks.md). They spin within a run (fast hand-offs
-            # between its nodes) and stop when it returns.
+            # A batch's runs alternate with its class maps on the host: threads still spinning after a run take the
+            # cores the rest needs (docs/benchmarks.md). They spin within a run (fast hand-offs between its nodes)
+            # and stop when it returns. A single request's class map measured the same either way.
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
@@ -113,32 +116,25 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             options.profile_file_prefix = profile_prefix
         return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
-    @staticmethod
-    def _feeds(model_input: ModelInput) -> dict[str, np.ndarray]:
-        return {INPUT_IMAGE: model_input.pixels, INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)}
-
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:
         if detailed:
             return self._run_profiled(model_input, spans)
-        if self.batched:
-            return self.run_batch([model_input], spans)[0]
-        with spans.span("execute", INFERENCE, backend=self.name, out_size=list(model_input.out_size)):
-            (classes,) = self.session.run([OUTPUT_CLASSES], self._feeds(model_input))
-        return classes[0]
+        return self.run_batch([model_input], spans)[0]
 
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
-        if self.post is None:  # not batched
-            return [self.run(model_input, spans) for model_input in inputs]
         with spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)):
             with spans.span("network", INFERENCE, batch=len(inputs)):
                 pixels = np.concatenate([model_input.pixels for model_input in inputs])
-                (logits,) = self.session.run([LOGITS], {INPUT_IMAGE: pixels})
-            maps = []
-            with spans.span("postprocess", INFERENCE, batch=len(inputs)):
-                for i, model_input in enumerate(inputs):
-                    (classes,) = self.post.run([OUTPUT_CLASSES], {
-                        LOGITS: logits[i:i + 1], INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)})
-                    maps.append(classes[0])
+                (logits,) = self.session.run([self.logits_name], {INPUT_IMAGE: pixels})
+            return self._class_maps(logits, inputs, spans)
+
+    @staticmethod
+    def _class_maps(logits: np.ndarray, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        """Each image's class map from its logits, on the host (image.upsample)."""
+        counts = UpsampleCounts()
+        with spans.span("postprocess", INFERENCE, batch=len(inputs)) as attrs:
+            maps = [class_map(logits[i], model_input.out_size, counts) for i, model_input in enumerate(inputs)]
+            attrs.update(consensus_px=counts.consensus, candidate_px=counts.candidates, full_px=counts.full)
         return maps
 
     def _run_profiled(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
@@ -148,23 +144,26 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             # so detailed mode uses a short-lived session of its own.
             with spans.span("create profiling session", INFERENCE, backend=self.name):
                 cached = self.optimized / OPTIMIZED
-                graph, optimise = (cached, False) if cached.is_file() else (self.onnx_file, True)
+                graph, optimise = (cached, False) if cached.is_file() else (self.network, True)
                 session = self._new_session(graph, optimise, profile_prefix=str(Path(folder) / "ort"))
             with spans.span("execute", INFERENCE, backend=self.name, detailed=True,
                             out_size=list(model_input.out_size)):
-                (classes,) = session.run([OUTPUT_CLASSES], self._feeds(model_input))
-            execute = [s for s in spans.spans if s.name == "execute"][-1]
+                with spans.span("network", INFERENCE, batch=1):
+                    (logits,) = session.run([self.logits_name], {INPUT_IMAGE: model_input.pixels})
+                network = [s for s in spans.spans if s.name == "network"][-1]
+                (classes,) = self._class_maps(logits, [model_input], spans)
             events = json.loads(Path(session.end_profiling()).read_text())
-        spans.extend(layer_spans(events, execute))
-        return classes[0]
+        spans.extend(layer_spans(events, network))
+        return classes
 
     def close(self) -> None:
-        self.session = self.post = None
+        self.session = None
 
     def facts(self) -> dict[str, object]:
         return {"Engine cache": f"optimised graph {self.optimized}",
-                "Batching": f"up to {self.max_batch} requests per run (batched network graph, per-image "
-                            f"post-processing)" if self.batched else "off (one request per run)",
+                "Batching": f"up to {self.max_batch} requests per run (batched network graph)" if self.batched
+                            else "off (one request per run)",
+                "Class map": "on the host from the logits, only where neighbours disagree upsampled (exact)",
                 "Threads": f"{self.threads} (intra-op)"}
 
 
@@ -203,7 +202,7 @@ def _sound(folder: Path) -> bool:
 
 
 def layer_spans(events: list[dict], execute: Span) -> list[Span]:
-    """ORT profiler node events → layer spans, aligned so the model run starts with our execute span."""
+    """ORT profiler node events → layer spans, aligned so the model run starts with our span `execute` of it."""
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
     if not runs or not nodes:
@@ -227,12 +226,14 @@ def layer_spans(events: list[dict], execute: Span) -> list[Span]:
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
            threads: int | None = None, max_batch: int = 1) -> OnnxRuntimeBackend:
-    """`threads`: ONNX Runtime's intra-op threads (default: every core); `max_batch` > 1: the batched graphs
-    (exported once beside the fused graph; needs context.source)."""
-    batched = None
+    """`threads`: ONNX Runtime's intra-op threads (default: every core); `max_batch` > 1: the batched network graph
+    (exported once beside the fused graph; needs context.source), else the fused graph's network part."""
     if max_batch > 1:
         if context.source is None:
             raise ValueError("batching exports the batched graph from the model: pass a LoadContext with source=")
         with spans.span("batched onnx export", LOAD, max_batch=max_batch):
-            batched = ensure_batched_onnx(context.source, onnx_file.parent.parent)
-    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, batched)
+            network, _ = ensure_batched_onnx(context.source, onnx_file.parent.parent)
+    else:
+        with spans.span("network graph", LOAD):
+            network = ensure_network_onnx(onnx_file)
+    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, network)

@@ -95,7 +95,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "build_dir": str(args.build_dir) if args.build_dir else None, "work": str(work),
         }
         job_file(work).write_text(json.dumps(job))
-        runs = [_run_worker(REFERENCE, "fp32", work)]
+        runs = [_run_worker(REFERENCE, "fp32", work)] if args.reference else []
         runs += [_run_worker(backend, precision, work) for backend, precision in pairs]
         _add_agreement(runs, work, images)
     return {

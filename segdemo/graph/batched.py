@@ -1,5 +1,6 @@
 """The fused graph split for batching: a network graph with a batch dimension (uint8 NHWC pixels → logits) and a
-per-image post-processing graph (logits → upsampled → argmax → uint8 class map of that image's size).
+per-image post-processing graph (logits → upsampled → argmax → uint8 class map of that image's size); and the fused
+graph's own network part (`ensure_network_onnx`, batch 1) for runtimes that post-process on the host.
 
 Requests in one batch share the network but not their output size, so the post-processing cannot stay in the
 batched graph: one Resize has one target size. Both graphs use the fused graph's own pre/post nodes (export.py),
@@ -60,6 +61,50 @@ def ensure_batched_onnx(source: ModelSource, build_dir: Path | None = None) -> t
             atomic_write(network, network_graph(source).SerializeToString())
             log.info("exported the batched network graph %s in %.1f s", network, time.perf_counter() - start)
     return network, post
+
+
+def network_path(fused: Path) -> Path:
+    """Where the network part of the fused graph at `fused` lives (beside it; its name carries the fused graph's)."""
+    return fused.with_name(f"{fused.stem}-network-{digest(Path(__file__).read_bytes())[:8]}.onnx")
+
+
+def ensure_network_onnx(fused: Path) -> Path:
+    """The fused graph without its post-processing (uint8 [1, H, W, 3] → fp32 logits [1, h, w, C]), cut once from
+    the fused graph: the same nodes, so the same logits, and no second export from the model (no torch)."""
+    path = network_path(fused)
+    if path.is_file():
+        return path
+    with lock_for(path):
+        if not path.is_file():
+            atomic_write(path, network_part(fused).SerializeToString())
+    return path
+
+
+def network_part(fused: Path) -> onnx.ModelProto:
+    """The fused graph's nodes up to its channels-last logits (export.postprocess_nodes' first node's output, the
+    graph's one output)."""
+    import onnx
+
+    model = onnx.load(str(fused))
+    graph = model.graph
+    (classes,) = [init for init in graph.initializer if init.name == "post_classes"]
+    num_labels = int(onnx.numpy_helper.to_array(classes)[0])
+    nodes = list(graph.node)
+    (cut,) = [k for k, node in enumerate(nodes) if node.name == "post_nhwc"]
+    graph.ClearField("node")
+    graph.node.extend(nodes[:cut + 1])
+    used = {name for node in graph.node for name in node.input}
+    kept_inits = [init for init in graph.initializer if init.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept_inits)
+    inputs = [i for i in graph.input if i.name == INPUT_IMAGE]
+    graph.ClearField("input")
+    graph.input.extend(inputs)
+    graph.ClearField("output")
+    graph.output.extend([onnx.helper.make_tensor_value_info(nodes[cut].output[0], onnx.TensorProto.FLOAT,
+                                                            [1, "h", "w", num_labels])])
+    onnx.checker.check_model(model)
+    return model
 
 
 def network_graph(source: ModelSource) -> onnx.ModelProto:
