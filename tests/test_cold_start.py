@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdemo.backends.onnxruntime_cpu import OPTIMIZED, optimized_folder
+from segdemo.backends.onnxruntime_cpu import OPTIMIZED
 from segdemo.pipeline import Session
 
 from .conftest import photo
@@ -104,7 +104,7 @@ def test_damaged_optimised_graph_is_made_again_with_the_same_pixels(tmp_path, da
     image = photo("coffee", (240, 320))
     with Session("random:tiny", "onnxruntime", build_dir=tmp_path, warm_up="off") as session:
         expected = session.segment(image).class_map
-        folder = optimized_folder(session.onnx_file)
+        folder = session.backend.optimized
     data, graph = folder / (OPTIMIZED + ".data"), folder / OPTIMIZED
     if damage == "truncate weights":
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])

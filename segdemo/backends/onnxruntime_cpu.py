@@ -4,6 +4,8 @@ ONNX Runtime optimises a graph each time a session is made (~0.6 s for b4 on 2 c
 protobuf. The first session saves its optimised graph under build/ort/ with the weights as an external file, which
 later sessions memory-map and load without optimising again (~0.35 s). The optimised graph is specific to the
 ONNX Runtime version and the CPU's instruction set (ORT_ENABLE_ALL lays out for them), so both are in its key.
+Precision int8 runs graph.int8's network graph, then the per-image post-processing graph, where its accuracy guard
+passes; fp32's graphs otherwise.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import digest, lock_for, package_version
+from ..artifacts import cpu_signature, digest, lock_for, package_version
 from ..graph.batched import LOGITS, ensure_batched_onnx
 from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from ..graph.int8 import ensure_int8_network
 from ..image.preprocess import ModelInput
 from ..optional import missing
 from ..profiling.spans import INFERENCE, LAYER, LOAD, Span, SpanRecorder
@@ -29,6 +31,7 @@ from .contract import Backend, BatchRunner, LoadContext
 log = logging.getLogger("segdemo")
 
 SPIN_ENV = "SEGDEMO_ORT_SPIN"  # "0": no session spins (default: batched ones stop spinning when a run returns)
+THREADS_ENV = "SEGDEMO_ORT_THREADS"  # intra-op threads where `threads` is not given (default: every core)
 
 
 def unavailable_reason() -> str | None:
@@ -44,14 +47,17 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
     device = "cpu"
 
     def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
-                 max_batch: int = 1, batched: tuple[Path, Path] | None = None):
+                 max_batch: int = 1, batched: tuple[Path, Path] | None = None, accuracy_guard: str | None = None):
+        """`batched`: (network, post) graphs to run instead of the fused one — int8's network among them;
+        `accuracy_guard`: what the int8 guard found, where int8 was asked for."""
         self.onnx_file = onnx_file
         self.max_batch = max_batch
         self.batched = batched
-        if precision != "fp32":
-            log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
-        self.precision = "fp32"
-        self.threads = threads or os.cpu_count() or 1
+        if precision not in ("fp32", "int8"):
+            log.warning("onnxruntime runs fp32 or int8 graphs; precision %s applies to GPU backends only", precision)
+        self.precision = "int8" if precision == "int8" else "fp32"
+        self.accuracy_guard = accuracy_guard
+        self.threads = threads or _env_threads() or os.cpu_count() or 1
         graph = batched[0] if batched else onnx_file
         self.optimized = optimized_folder(graph)
         with spans.span("create ort session", LOAD, backend=self.name, file=graph.name,
@@ -98,9 +104,9 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             # (docs/benchmarks.md, "Measurements behind choices in the code").
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         elif self.batched:
-            # Two sessions run in turn (network, then post-processing): threads still spinning after one has
-            # finished take the cores the other needs (docs/benchmarks.md). They spin within a run (fast hand-offs
-            # between its nodes) and stop when it returns.
+            # Two sessions run in turn (network, then post-processing; batched or int8): threads still spinning
+            # after one has finished take the cores the other needs (docs/benchmarks.md). They spin within a run
+            # (fast hand-offs between its nodes) and stop when it returns: int8 b4 on 2 cores measured best so.
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
@@ -131,8 +137,7 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             return [self.run(model_input, spans) for model_input in inputs]
         with spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)):
             with spans.span("network", INFERENCE, batch=len(inputs)):
-                pixels = np.concatenate([model_input.pixels for model_input in inputs])
-                (logits,) = self.session.run([LOGITS], {INPUT_IMAGE: pixels})
+                logits = self._logits([model_input.pixels for model_input in inputs])
             maps = []
             with spans.span("postprocess", INFERENCE, batch=len(inputs)):
                 for i, model_input in enumerate(inputs):
@@ -141,6 +146,14 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
                     maps.append(classes[0])
         return maps
 
+    def _logits(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """The network's logits of every image: one run for them all, except int8's — its activations are quantized
+        at run time over the whole tensor, so a batch would change each image's result — one run an image."""
+        if self.precision == "int8":
+            return np.concatenate([self.session.run([LOGITS], {INPUT_IMAGE: p})[0] for p in pixels])
+        (logits,) = self.session.run([LOGITS], {INPUT_IMAGE: np.concatenate(pixels)})
+        return logits
+
     def _run_profiled(self, model_input: ModelInput, spans: SpanRecorder) -> np.ndarray:
         """Run once on a profiling session and turn ONNX Runtime's per-node events into layer spans."""
         with tempfile.TemporaryDirectory(prefix="segdemo-ort-") as folder:
@@ -148,11 +161,17 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             # so detailed mode uses a short-lived session of its own.
             with spans.span("create profiling session", INFERENCE, backend=self.name):
                 cached = self.optimized / OPTIMIZED
-                graph, optimise = (cached, False) if cached.is_file() else (self.onnx_file, True)
+                source = self.batched[0] if self.batched else self.onnx_file
+                graph, optimise = (cached, False) if cached.is_file() else (source, True)
                 session = self._new_session(graph, optimise, profile_prefix=str(Path(folder) / "ort"))
             with spans.span("execute", INFERENCE, backend=self.name, detailed=True,
                             out_size=list(model_input.out_size)):
-                (classes,) = session.run([OUTPUT_CLASSES], self._feeds(model_input))
+                if self.post is None:
+                    (classes,) = session.run([OUTPUT_CLASSES], self._feeds(model_input))
+                else:  # the profiled network, then the post-processing session
+                    (logits,) = session.run([LOGITS], {INPUT_IMAGE: model_input.pixels})
+                    (classes,) = self.post.run([OUTPUT_CLASSES], {
+                        LOGITS: logits, INPUT_SIZE: np.array(model_input.out_size, dtype=np.int64)})
             execute = [s for s in spans.spans if s.name == "execute"][-1]
             events = json.loads(Path(session.end_profiling()).read_text())
         spans.extend(layer_spans(events, execute))
@@ -162,10 +181,19 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         self.session = self.post = None
 
     def facts(self) -> dict[str, object]:
-        return {"Engine cache": f"optimised graph {self.optimized}",
-                "Batching": f"up to {self.max_batch} requests per run (batched network graph, per-image "
-                            f"post-processing)" if self.batched else "off (one request per run)",
-                "Threads": f"{self.threads} (intra-op)"}
+        facts: dict[str, object] = {
+            "Engine cache": f"optimised graph {self.optimized}",
+            "Batching": f"up to {self.max_batch} requests per run (batched network graph, per-image "
+                        f"post-processing)" if self.max_batch > 1 else "off (one request per run)",
+            "Threads": f"{self.threads} (intra-op)"}
+        if self.accuracy_guard is not None:
+            facts["Accuracy guard"] = self.accuracy_guard
+        return facts
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 OPTIMIZED = "model.onnx"
@@ -176,16 +204,6 @@ def optimized_folder(onnx_file: Path) -> Path:
     """Where the optimised graph of `onnx_file` lives for this ONNX Runtime and this CPU (build/ort/<graph>-<key>)."""
     key = digest(onnx_file.name, package_version("onnxruntime"), cpu_signature())[:12]
     return onnx_file.parent.parent / "ort" / f"{onnx_file.stem}-{key}"
-
-
-def cpu_signature() -> str:
-    """The CPU's model and instruction-set flags (what ORT_ENABLE_ALL's layouts depend on)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
-        return "|".join(lines) or platform.machine()
-    except OSError:
-        return f"{platform.machine()}|{platform.processor()}"
 
 
 def _seal(folder: Path) -> None:
@@ -226,13 +244,25 @@ def layer_spans(events: list[dict], execute: Span) -> list[Span]:
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
-           threads: int | None = None, max_batch: int = 1) -> OnnxRuntimeBackend:
+           threads: int | None = None, max_batch: int = 1, min_agreement: float | None = None) -> OnnxRuntimeBackend:
     """`threads`: ONNX Runtime's intra-op threads (default: every core); `max_batch` > 1: the batched graphs
-    (exported once beside the fused graph; needs context.source)."""
-    batched = None
-    if max_batch > 1:
+    (exported once beside the fused graph; needs context.source); precision "int8": the int8 network graph
+    (graph.int8, needs context.source too) where its accuracy guard passes, at `min_agreement` if given."""
+    batched, guard = None, None
+    if max_batch > 1 or precision == "int8":
         if context.source is None:
-            raise ValueError("batching exports the batched graph from the model: pass a LoadContext with source=")
+            raise ValueError("batching and int8 export the batched graph from the model: pass a LoadContext with "
+                             "source=")
         with spans.span("batched onnx export", LOAD, max_batch=max_batch):
             batched = ensure_batched_onnx(context.source, onnx_file.parent.parent)
-    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, batched)
+    if batched is not None and precision == "int8":
+        with spans.span("int8 graph", LOAD) as attrs:
+            int8 = ensure_int8_network(*batched, context.progress)
+            attrs.update(cache_hit=int8.cache_hit, lowest_agreement=int8.lowest)
+        guard = int8.summary(min_agreement)
+        if int8.passes(min_agreement):
+            batched = (int8.path, batched[1])
+        else:  # loud: int8 was asked for (or chosen by auto) and fp32 runs
+            log.error("%s %s — falling back to fp32 %s", "!" * 20, guard, "!" * 20)
+            precision, batched = "fp32", batched if max_batch > 1 else None
+    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, batched, guard)
