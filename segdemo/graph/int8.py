@@ -109,6 +109,7 @@ def ensure_int8_network(network: Path, post: Path, progress: ProgressFn | None =
         sidecar_path(path).unlink(missing_ok=True)  # a crash between the writes leaves a graph nobody trusts
         atomic_write(path, data)
         atomic_write(sidecar_path(path), (json.dumps(record, indent=2) + "\n").encode())
+        memo_sha256(path, path.parent.parent)  # remembered now, so the next start reads no weights to check it
         _report(progress, 1.0, "int8 graph ready")
     graph = Int8Graph(path, record, cache_hit=False)
     log.log(logging.INFO if graph.passes() else logging.WARNING, "%s (made in %.1f s)", graph.summary(),
