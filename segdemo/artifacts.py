@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,6 +37,16 @@ def package_version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "absent"
+
+
+def cpu_signature() -> str:
+    """The CPU's model and instruction-set flags (what ONNX Runtime's layouts and int8 kernels depend on)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        return "|".join(lines) or platform.machine()
+    except OSError:
+        return f"{platform.machine()}|{platform.processor()}"
 
 
 def hash_file_into(h: Any, path: Path) -> None:

@@ -29,12 +29,14 @@ def build_dir(tmp_path_factory):
 def session_factory(build_dir):
     from segdemo.pipeline import Session
 
-    cache: dict[str, Session] = {}
+    cache: dict[tuple[str, str], Session] = {}
 
-    def get(spec: str):
-        if spec not in cache:
-            cache[spec] = Session(spec, "onnxruntime", build_dir=build_dir)
-        return cache[spec]
+    def get(spec: str, precision: str = "auto"):
+        """The CPU backend's session of `spec`: at "auto" what the app and the CLI run by default (int8 where its
+        guard passes), or at "fp32" for comparisons with other fp32 pipelines."""
+        if (spec, precision) not in cache:
+            cache[spec, precision] = Session(spec, "onnxruntime", precision, build_dir=build_dir)
+        return cache[spec, precision]
 
     yield get
     for session in cache.values():
@@ -49,7 +51,7 @@ def reference_factory(session_factory):
 
     def get(spec: str):
         if spec not in cache:
-            cache[spec] = TransformersPipeline(session_factory(spec).source)
+            cache[spec] = TransformersPipeline(session_factory(spec, "fp32").source)
         return cache[spec]
 
     return get

@@ -154,18 +154,21 @@ def test_a_reloaded_backend_still_batches(build_dir):
         assert [r.class_map.shape for r in results] == [(200, 300), (256, 384)]
 
 
-@pytest.mark.parametrize("max_batch", [1, 2])
-def test_ort_spinning_is_the_operators_choice(build_dir, monkeypatch, max_batch):
-    """Batched sessions stop spinning when a run returns; SEGDEMO_ORT_SPIN=0 keeps every session from spinning
-    (a small model under many visitors on a few cores); unbatched ones spin by default (large models need it)."""
-    from segdemo.backends.onnxruntime_cpu import SPIN_ENV
+@pytest.mark.parametrize(("max_batch", "precision"), [(1, "fp32"), (1, "int8"), (2, "fp32")])
+def test_ort_spinning_and_threads_are_the_operators_choice(build_dir, monkeypatch, max_batch, precision):
+    """A batched session stops spinning when a run returns (a batch's runs alternate with its class maps on the
+    host); SEGDEMO_ORT_SPIN=0 keeps every session from spinning (a small model under many visitors on a few cores);
+    an unbatched one, fp32 or int8, spins by default (large models need it). SEGDEMO_ORT_THREADS sets the threads."""
+    from segdemo.backends.onnxruntime_cpu import SPIN_ENV, THREADS_ENV
 
     def entries(env: str | None) -> tuple[str, str]:
         if env is None:
             monkeypatch.delenv(SPIN_ENV, raising=False)
         else:
             monkeypatch.setenv(SPIN_ENV, env)
-        with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=max_batch, warm_up="off") as session:
+        with Session("random:tiny", "onnxruntime", precision, build_dir=build_dir, max_batch=max_batch,
+                     warm_up="off") as session:
+            assert session.backend.precision == precision
             options = session.backend.session.get_session_options()
             return tuple(entry(options, key) for key in ("session.intra_op.allow_spinning",
                                                          "session.force_spinning_stop"))
@@ -176,8 +179,13 @@ def test_ort_spinning_is_the_operators_choice(build_dir, monkeypatch, max_batch)
         except RuntimeError:  # "SessionOptions does not have configuration with key": ONNX Runtime's default
             return ""
 
-    assert entries(None) == (("", "1") if max_batch > 1 else ("", ""))
+    in_turn = max_batch > 1
+    assert entries(None) == (("", "1") if in_turn else ("", ""))
     assert entries("0") == ("0", "")
+    monkeypatch.setenv(THREADS_ENV, "1")
+    with Session("random:tiny", "onnxruntime", precision, build_dir=build_dir, max_batch=max_batch,
+                 warm_up="off") as session:
+        assert session.backend.threads == 1 == session.backend.session.get_session_options().intra_op_num_threads
 
 
 def test_each_request_takes_one_route():

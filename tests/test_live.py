@@ -211,7 +211,7 @@ def test_a_large_camera_streams_frames_of_the_live_size(app_url, big_camera_brow
                            "/([0-9.]+) fps/); return m && Number(m[1]) > 0; })()", timeout=120_000)
     readout = page.locator("#live-readout").inner_text()
     # The server segmented 640×480 frames, sent at that size: the browser scaled its camera's 1920×1440 down.
-    assert "640×480 frames · random:tiny on onnxruntime (cpu, fp32) · " in readout and "sent at" not in readout
+    assert "640×480 frames · random:tiny on onnxruntime (cpu, int8) · " in readout and "sent at" not in readout
     natural = page.evaluate("(() => { const i = document.querySelector('#live-overlay img');"
                             " return [i.naturalWidth, i.naturalHeight]; })()")
     assert natural == [640, 480]

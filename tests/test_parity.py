@@ -36,7 +36,7 @@ def _with_alpha(rgb: np.ndarray) -> Image.Image:
 def test_fp32_parity_with_transformers_pipeline(spec, case, session_factory, reference_factory):
     image = case[1]()
     rgb = decode(image)  # both pipelines see the same decoded RGB (alpha composited over white)
-    result = session_factory(spec).segment(image)
+    result = session_factory(spec, "fp32").segment(image)
     expected = reference_factory(spec)(rgb)
     assert result.class_map.shape == expected.shape == rgb.shape[:2]
     agreement = float((result.class_map == expected).mean())
@@ -48,7 +48,7 @@ def test_fp32_parity_with_transformers_pipeline(spec, case, session_factory, ref
 def test_long_side_limit_keeps_original_size(session_factory, reference_factory):
     from segdemo.image.preprocess import output_size
 
-    session = session_factory("random:tiny")
+    session = session_factory("random:tiny", "fp32")
     image = photo("coffee", (900, 2700))  # long side above the 2048 limit
     assert output_size(image.shape[:2]) == (683, 2048)
     result = session.segment(image)

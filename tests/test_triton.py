@@ -46,7 +46,7 @@ def _fake_plan(build, onnx_file, precision="fp16"):
 
 
 def test_exported_configs_follow_tritons_schema(session_factory, build_dir, tmp_path, capsys):
-    session = session_factory(MODEL)
+    session = session_factory(MODEL, "fp32")
     assert main(["triton", "export", "--model", MODEL, "--out", str(tmp_path / "repo"), "--build-dir",
                  str(build_dir), "--max-batch", "4", "--instances", "2"]) == 0
     assert "tensorrt     skipped: no fp16 TensorRT plan" in capsys.readouterr().out
@@ -95,7 +95,7 @@ def test_addresses_and_registry():
 def repository(session_factory, tmp_path_factory):
     from segdemo.triton.repository import export_repository
 
-    session = session_factory(MODEL)
+    session = session_factory(MODEL, "fp32")
     out = tmp_path_factory.mktemp("triton")
     (done,) = export_repository(session.source, session.onnx_file, out, ("python",))
     return done.repository
@@ -129,7 +129,7 @@ def test_sessions_agree_pixel_for_pixel_with_onnxruntime(session_factory, server
     """The whole request through Triton (gRPC) equals the local fp32 backend's, on real photos of two sizes."""
     from segdemo.pipeline import Session
 
-    local = session_factory(MODEL)
+    local = session_factory(MODEL, "fp32")
     with Session(MODEL, f"triton://{server.grpc_address}/segformer", build_dir=build_dir) as remote:
         assert remote.describe()["device"].startswith("triton python @ 127.0.0.1")
         for image in (photo("astronaut"), photo("coffee")):  # 512×512 and 400×600: two output sizes
@@ -140,8 +140,8 @@ def test_sessions_agree_pixel_for_pixel_with_onnxruntime(session_factory, server
 
 
 def test_http_and_an_unusual_output_size(session_factory, server):
-    local = session_factory(MODEL).backend
-    with _backend(session_factory(MODEL), f"triton+http://{server.http_address}/segformer") as remote:
+    local = session_factory(MODEL, "fp32").backend
+    with _backend(session_factory(MODEL, "fp32"), f"triton+http://{server.http_address}/segformer") as remote:
         model_input = _input(photo("chelsea"), (1001, 333))
         np.testing.assert_array_equal(remote.run(model_input, SpanRecorder()),
                                       local.run(model_input, SpanRecorder()))
@@ -149,11 +149,11 @@ def test_http_and_an_unusual_output_size(session_factory, server):
 
 def test_concurrent_requests(session_factory, server):
     """Several threads share one backend (a client each); Triton queues and batches them, each keeps its size."""
-    local = session_factory(MODEL).backend
+    local = session_factory(MODEL, "fp32").backend
     sizes = [(200 + 37 * i, 640 - 41 * i) for i in range(6)]
     inputs = [_input(photo("astronaut"), size) for size in sizes]
     results: dict[int, np.ndarray] = {}
-    with _backend(session_factory(MODEL), f"triton://{server.grpc_address}/segformer") as remote:
+    with _backend(session_factory(MODEL, "fp32"), f"triton://{server.grpc_address}/segformer") as remote:
         def work(i: int) -> None:
             results[i] = remote.run(inputs[i], SpanRecorder())
 
@@ -168,7 +168,7 @@ def test_concurrent_requests(session_factory, server):
 
 
 def test_a_different_model_or_name_is_refused(session_factory, server):
-    session = session_factory(MODEL)
+    session = session_factory(MODEL, "fp32")
     other = dataclasses.replace(session.source, spec="random:b5", content_hash="0" * 64)
     with pytest.raises(SegdemoError, match=r"serves random:tiny, not random:b5 — export this model"):
         backends.create(f"triton://{server.grpc_address}", session.onnx_file, SpanRecorder(),
@@ -184,7 +184,7 @@ def test_server_down_at_start_is_one_sentence(session_factory):
 
     start = time.monotonic()
     with pytest.raises(SegdemoError) as caught:
-        _backend(session_factory(MODEL), f"triton://127.0.0.1:{free_port()}/segformer")
+        _backend(session_factory(MODEL, "fp32"), f"triton://127.0.0.1:{free_port()}/segformer")
     message = str(caught.value)
     assert message.startswith("the Triton server at 127.0.0.1:") and "did not answer at start" in message
     assert "segdemo triton serve" in message and "\n" not in message
@@ -196,7 +196,7 @@ def test_server_dies_mid_run_and_serving_resumes_when_it_returns(session_factory
     from segdemo.pipeline import Session
 
     image = photo("coffee")
-    expected = session_factory(MODEL).segment(image).class_map
+    expected = session_factory(MODEL, "fp32").segment(image).class_map
     first = _server(repository).start()
     try:
         with Session(MODEL, f"triton://{first.grpc_address}/segformer", build_dir=build_dir) as session:
@@ -232,8 +232,8 @@ def _outcome(session, image) -> object:
 def test_an_output_size_over_the_bound_is_refused_and_the_next_request_works(session_factory, server):
     """A client asking the Python model for 3000×3000 (≈5 GB of logits) gets an error naming the bound; the next
     request is answered as usual."""
-    local = session_factory(MODEL).backend
-    with _backend(session_factory(MODEL), f"triton://{server.grpc_address}/segformer") as remote:
+    local = session_factory(MODEL, "fp32").backend
+    with _backend(session_factory(MODEL, "fp32"), f"triton://{server.grpc_address}/segformer") as remote:
         with pytest.raises(SegdemoError, match="each side 1 to 2048 pixels"):
             remote.run(_input(photo("coffee"), (3000, 3000)), SpanRecorder())
         model_input = _input(photo("coffee"), (2048, 700))

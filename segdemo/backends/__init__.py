@@ -80,16 +80,20 @@ def choose(requested: str = "auto") -> tuple[str, list[Rung]]:
     raise SegdemoError("no backend is usable: " + "; ".join(f"{r.name}: {r.reason}" for r in rungs))
 
 
-# fp16 where the backend keeps the numerically sensitive ops in fp32 and checks agreement; ONNX Runtime on the CPU
-# has no fast fp16 path, so it stays fp32.
-PREFERRED_PRECISION = {"onnxruntime": "fp32", "triton": "auto"}  # triton: whatever the server's model runs
-PRECISIONS = ("auto", "fp16", "fp32")
+# fp16 where the backend keeps the numerically sensitive ops in fp32 and checks agreement; on the CPU, int8 where its
+# guard passes (the CPU backend falls back to fp32 loudly otherwise): ONNX Runtime's CPU has no fast fp16 path.
+PREFERRED_PRECISION = {"onnxruntime": "int8", "triton": "auto"}  # triton: whatever the server's model runs
+PRECISIONS = ("auto", "fp16", "fp32", "int8")
+INT8_BACKENDS = ("onnxruntime",)
 
 
 def precision_for(name: str, requested: str = "auto") -> str:
     """The precision backend `name` runs at: the request, or its preferred one for "auto"."""
     if requested not in PRECISIONS:
         raise SegdemoError(f"unknown precision '{requested}' — choose one of {', '.join(PRECISIONS)}")
+    if requested == "int8" and kind(name) not in INT8_BACKENDS:
+        raise SegdemoError(f"precision int8 runs on the CPU backend ({', '.join(INT8_BACKENDS)}), not on {name} — "
+                           f"use fp16 or auto there")
     return PREFERRED_PRECISION.get(kind(name), "fp16") if requested == "auto" else requested
 
 

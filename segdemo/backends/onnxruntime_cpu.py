@@ -4,6 +4,7 @@ ONNX Runtime optimises a graph each time a session is made (~0.6 s for b4 on 2 c
 protobuf. The first session saves its optimised graph under build/ort/ with the weights as an external file, which
 later sessions memory-map and load without optimising again (~0.35 s). The optimised graph is specific to the
 ONNX Runtime version and the CPU's instruction set (ORT_ENABLE_ALL lays out for them), so both are in its key.
+Precision int8 runs graph.int8's form of the network graph where its accuracy guard passes, fp32's otherwise.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import digest, lock_for, package_version
+from ..artifacts import cpu_signature, digest, lock_for, package_version
 from ..graph.batched import ensure_batched_onnx, ensure_network_onnx
 from ..graph.export import INPUT_IMAGE
+from ..graph.int8 import ensure_int8_network
 from ..image.preprocess import ModelInput
 from ..image.upsample import UpsampleCounts, class_map
 from ..optional import missing
@@ -30,6 +31,7 @@ from .contract import Backend, BatchRunner, LoadContext
 log = logging.getLogger("segdemo")
 
 SPIN_ENV = "SEGDEMO_ORT_SPIN"  # "0": no session spins (default: batched ones stop spinning when a run returns)
+THREADS_ENV = "SEGDEMO_ORT_THREADS"  # intra-op threads where `threads` is not given (default: every core)
 
 
 def unavailable_reason() -> str | None:
@@ -47,15 +49,18 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
     device = "cpu"
 
     def __init__(self, onnx_file: Path, spans: SpanRecorder, precision: str = "fp32", threads: int | None = None,
-                 max_batch: int = 1, network: Path | None = None):
+                 max_batch: int = 1, network: Path | None = None, accuracy_guard: str | None = None):
+        """`network`: the network graph to run (int8's among them); `accuracy_guard`: what the int8 guard found,
+        where int8 was asked for."""
         self.onnx_file = onnx_file
         self.max_batch = max_batch
         self.network = network or onnx_file
         self.batched = max_batch > 1
-        if precision != "fp32":
-            log.warning("onnxruntime runs the fp32 graph; precision %s applies to GPU backends only", precision)
-        self.precision = "fp32"
-        self.threads = threads or os.cpu_count() or 1
+        if precision not in ("fp32", "int8"):
+            log.warning("onnxruntime runs fp32 or int8 graphs; precision %s applies to GPU backends only", precision)
+        self.precision = "int8" if precision == "int8" else "fp32"
+        self.accuracy_guard = accuracy_guard
+        self.threads = threads or _env_threads() or os.cpu_count() or 1
         self.optimized = optimized_folder(self.network)
         with spans.span("create ort session", LOAD, backend=self.name, file=self.network.name,
                         max_batch=max_batch) as attrs:
@@ -124,9 +129,16 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
     def run_batch(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
         with spans.span("execute", INFERENCE, backend=self.name, batch=len(inputs)):
             with spans.span("network", INFERENCE, batch=len(inputs)):
-                pixels = np.concatenate([model_input.pixels for model_input in inputs])
-                (logits,) = self.session.run([self.logits_name], {INPUT_IMAGE: pixels})
+                logits = self._logits([model_input.pixels for model_input in inputs])
             return self._class_maps(logits, inputs, spans)
+
+    def _logits(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """The network's logits of every image: one run for them all, except int8's — its activations are quantized
+        at run time over the whole tensor, so a batch would change each image's result — one run an image."""
+        if self.precision == "int8":
+            return np.concatenate([self.session.run([self.logits_name], {INPUT_IMAGE: p})[0] for p in pixels])
+        (logits,) = self.session.run([self.logits_name], {INPUT_IMAGE: np.concatenate(pixels)})
+        return logits
 
     @staticmethod
     def _class_maps(logits: np.ndarray, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
@@ -160,11 +172,20 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
         self.session = None
 
     def facts(self) -> dict[str, object]:
-        return {"Engine cache": f"optimised graph {self.optimized}",
-                "Batching": f"up to {self.max_batch} requests per run (batched network graph)" if self.batched
-                            else "off (one request per run)",
-                "Class map": "on the host from the logits, only where neighbours disagree upsampled (exact)",
-                "Threads": f"{self.threads} (intra-op)"}
+        facts: dict[str, object] = {
+            "Engine cache": f"optimised graph {self.optimized}",
+            "Batching": f"up to {self.max_batch} requests per run (batched network graph)" if self.batched
+                        else "off (one request per run)",
+            "Class map": "on the host from the logits, only where neighbours disagree upsampled (exact)",
+            "Threads": f"{self.threads} (intra-op)"}
+        if self.accuracy_guard is not None:
+            facts["Accuracy guard"] = self.accuracy_guard
+        return facts
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 OPTIMIZED = "model.onnx"
@@ -175,16 +196,6 @@ def optimized_folder(onnx_file: Path) -> Path:
     """Where the optimised graph of `onnx_file` lives for this ONNX Runtime and this CPU (build/ort/<graph>-<key>)."""
     key = digest(onnx_file.name, package_version("onnxruntime"), cpu_signature())[:12]
     return onnx_file.parent.parent / "ort" / f"{onnx_file.stem}-{key}"
-
-
-def cpu_signature() -> str:
-    """The CPU's model and instruction-set flags (what ORT_ENABLE_ALL's layouts depend on)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
-        return "|".join(lines) or platform.machine()
-    except OSError:
-        return f"{platform.machine()}|{platform.processor()}"
 
 
 def _seal(folder: Path) -> None:
@@ -225,9 +236,10 @@ def layer_spans(events: list[dict], execute: Span) -> list[Span]:
 
 
 def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp32",
-           threads: int | None = None, max_batch: int = 1) -> OnnxRuntimeBackend:
+           threads: int | None = None, max_batch: int = 1, min_agreement: float | None = None) -> OnnxRuntimeBackend:
     """`threads`: ONNX Runtime's intra-op threads (default: every core); `max_batch` > 1: the batched network graph
-    (exported once beside the fused graph; needs context.source), else the fused graph's network part."""
+    (exported once beside the fused graph; needs context.source), else the fused graph's network part; precision
+    "int8": that network's int8 form (graph.int8) where its accuracy guard passes, at `min_agreement` if given."""
     if max_batch > 1:
         if context.source is None:
             raise ValueError("batching exports the batched graph from the model: pass a LoadContext with source=")
@@ -236,4 +248,15 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
     else:
         with spans.span("network graph", LOAD):
             network = ensure_network_onnx(onnx_file)
-    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, network)
+    guard = None
+    if precision == "int8":
+        with spans.span("int8 graph", LOAD) as attrs:
+            int8 = ensure_int8_network(network, context.progress)
+            attrs.update(cache_hit=int8.cache_hit, lowest_agreement=int8.lowest)
+        guard = int8.summary(min_agreement)
+        if int8.passes(min_agreement):
+            network = int8.path
+        else:  # loud: int8 was asked for (or chosen by auto) and fp32 runs
+            log.error("%s %s — falling back to fp32 %s", "!" * 20, guard, "!" * 20)
+            precision = "fp32"
+    return OnnxRuntimeBackend(onnx_file, spans, precision, threads, max_batch, network, guard)

@@ -8,12 +8,22 @@ from pathlib import Path
 REFERENCE = "transformers"  # the contender every other one is compared with
 
 
+# A contender's extras after its precision, each setting the worker's environment: torch-cuda's compilation and
+# JPEG decoding; ONNX Runtime's intra-op threads and spinning (backends/onnxruntime_cpu: THREADS_ENV, SPIN_ENV).
+EXTRAS = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"},
+          "pillow": {"SEGDEMO_GPU_DECODE": "0"}, "threads1": {"SEGDEMO_ORT_THREADS": "1"},
+          "threads2": {"SEGDEMO_ORT_THREADS": "2"}, "spin": {"SEGDEMO_ORT_SPIN": "1"},
+          "nospin": {"SEGDEMO_ORT_SPIN": "0"}}
+
+
 def variant(precision: str) -> tuple[str, dict[str, str]]:
     """'fp16+eager' → ('fp16', environment that turns torch.compile off for torch-cuda); '+compile' forces it on,
-    '+pillow' decodes JPEGs with Pillow on the host instead of nvJPEG."""
-    precision, _, extra = precision.partition("+")
-    env = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"},
-           "pillow": {"SEGDEMO_GPU_DECODE": "0"}}.get(extra, {})
+    '+pillow' decodes JPEGs with Pillow on the host instead of nvJPEG; 'int8+threads1+nospin': one ONNX Runtime
+    thread that does not spin (several extras combine)."""
+    precision, *extras = precision.split("+")
+    env: dict[str, str] = {}
+    for extra in extras:
+        env.update(EXTRAS.get(extra, {}))
     return precision, env
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..model.source import DEFAULT_MODEL, MODEL_HELP
 
-PRECISION_HELP = "auto (default): fp16 on GPU backends (sensitive ops fp32, accuracy-checked), fp32 on the CPU"
+PRECISION_HELP = ("auto (default): fp16 on GPU backends (sensitive ops fp32, accuracy-checked), int8 on the CPU where "
+                  "it agrees with fp32 on ≥ 99 %% of each probe photo's pixels (else fp32); int8: the CPU backend only")
 BUILD_DIR_HELP = "artifact cache folder (default build/, or $SEGDEMO_BUILD_DIR)"
 
 
@@ -26,7 +27,7 @@ def add_backend(p: Any, default: str = "auto",
 
 
 def add_precision(p: Any, default: str = "auto",
-                  help: str = PRECISION_HELP, choices: Sequence[str] = ("auto", "fp16", "fp32")) -> None:
+                  help: str = PRECISION_HELP, choices: Sequence[str] = ("auto", "fp16", "fp32", "int8")) -> None:
     """--precision."""
     p.add_argument("--precision", default=default, choices=choices, help=help)
 
