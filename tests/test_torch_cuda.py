@@ -336,3 +336,69 @@ def test_batched_requests_are_rendered_whole_on_the_gpu(batched_fp32, tmp_path):
         if np.array_equal(result.class_map, single.class_map):
             assert np.array_equal(result.display_overlay(), single.display_overlay())
             assert result.legend == single.legend
+
+
+@pytest.fixture(scope="module")
+def compiled_batched(build_dir):
+    """fp16 with torch.compile and max_batch 4 — the app's GPU default with batching on — settled."""
+    from segdemo.pipeline import Session
+
+    session = Session("random:b0", "torch-cuda", "fp16", build_dir=build_dir, max_batch=4, batch_window_ms=20)
+    with session:
+        assert session.settle(900)
+        yield session
+
+
+def _image_kinds(folder) -> dict[str, object]:
+    """One file (or array) of every kind a visitor may send: sizes, orientation, subsampling, progressive, PNG."""
+    from PIL import Image
+
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    kinds: dict[str, object] = {}
+    for name, size, options, suffix in (
+            ("jpeg 4:2:0 512²", (512, 512), {"subsampling": 2}, "jpg"),
+            ("jpeg 4:2:2 odd size", (517, 333), {"subsampling": 1}, "jpg"),
+            ("jpeg 4:4:4", (640, 480), {"subsampling": 0}, "jpg"),
+            ("jpeg progressive", (600, 800), {"progressive": True}, "jpg"),
+            ("jpeg exif-rotated 872×1000", (872, 1000), {"exif": rotated.tobytes()}, "jpg"),
+            ("jpeg 12 MP", (3024, 4032), {}, "jpg"),
+            ("jpeg tiny", (48, 64), {}, "jpg"),
+            ("png", (700, 500), {}, "png")):
+        path = folder / f"{len(kinds)}.{suffix}"
+        Image.fromarray(photo("astronaut", size)).save(path, quality=90, **options)
+        kinds[name] = path
+    grey = folder / "grey.jpg"
+    Image.fromarray(photo("coffee", (400, 300))).convert("L").save(grey, quality=90)
+    kinds["jpeg greyscale"] = grey
+    kinds["array 1100×1700"] = photo("chelsea", (1100, 1700))
+    return kinds
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_no_compilation_after_ready_whatever_the_image(compiled_batched, tmp_path):
+    """After the session has settled, requests of every image kind — alone, then concurrently in batches — make
+    dynamo compile nothing (its frame counter counts every compilation, recompilations included)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch._dynamo.utils import counters
+
+    def compilations() -> int:
+        return sum(counters["frames"].values())
+
+    session = compiled_batched
+    assert session.backend.compiled
+    kinds = _image_kinds(tmp_path)
+    before = compilations()
+    first_ms = {}
+    for name, image in kinds.items():
+        start = time.perf_counter()
+        session.segment(image)
+        first_ms[name] = round((time.perf_counter() - start) * 1e3, 1)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(session.segment, list(kinds.values()) * 3))
+    assert len(results) == 3 * len(kinds)
+    print("first request of each kind after ready (ms):", first_ms)  # for the record; never asserted
+    assert compilations() == before, f"{compilations() - before} compilations after ready: {dict(counters['frames'])}"

@@ -60,9 +60,10 @@ class GpuJpegDecoder:
             last.name
 
     def compile_colour(self, device: torch.device) -> None:
-        """Compile the colour conversion on its own stream and switch to it once it matches the eager function on
-        the sample planes. ~50 small integer ops, launched one by one, cost the host more than the decode; compiled
-        they are a few fused kernels. Takes seconds: callers run it beside requests, which use the eager function."""
+        """Compile the colour conversion for every kind of the sample planes on its own stream and switch to it
+        once it matches the eager function on them. ~50 small integer ops, launched one by one, cost the host more
+        than the decode; compiled they are a few fused kernels. Takes seconds: callers run it beside requests, which
+        use the eager function. Requests never compile: a kind the samples did not cover runs the eager function."""
         import torch
 
         samples, self.samples = self.samples, []
@@ -80,7 +81,9 @@ class GpuJpegDecoder:
             log.warning("compiled JPEG colour conversion not used (%s: %s)", type(exc).__name__,
                         str(exc).splitlines()[0][:200] if str(exc) else "")
             return
-        self._colours[0] = compiled
+        # Run-only: dynamo's compiled code where its guards pass, the function itself where they do not — never a
+        # compilation on a visitor's request (seconds), and never one entered from several request threads at once.
+        self._colours[0] = torch._dynamo.run(compiled)
         log.info("JPEG colour conversion compiled; requests use it from now on")
 
     def close(self) -> None:
@@ -156,24 +159,29 @@ def _compiled_colour():
     run) counted towards dynamo's recompile limit and could fall back to launching ~50 kernels an image."""
     import torch
 
+    # One compilation per kind of sample (subsampling × odd or even height and width): more than dynamo's default
+    # limit of eight, after which it would stop compiling the function for good.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(_sample_jpegs()))
     return torch.compile(jpeg_planes_to_rgb, dynamic=True)
 
 
 @lru_cache(maxsize=1)
 def _sample_jpegs() -> tuple[tuple[bytes, JpegHeader, np.ndarray], ...]:
-    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, odd-sized, with their
-    headers and Pillow's pixels (made once: every decoder is checked against them)."""
+    """Small colour JPEGs (gradients, a soft blob, fine stripes) in 4:2:0, 4:2:2 and 4:4:4, each with odd and
+    even heights and widths (the compiled colour conversion is specialised on their parity), with their headers and
+    Pillow's pixels (made once: every decoder is checked against them)."""
     import io
 
     from PIL import Image
 
-    y, x = np.mgrid[0:49, 0:67].astype(np.float32)
+    y, x = np.mgrid[0:50, 0:68].astype(np.float32)
     blob = 120 * np.exp(-((x - 40) ** 2 + (y - 20) ** 2) / 200)
     image = np.stack([x * 3 + blob, y * 4 + 40 + 30 * np.sin(x), 180 - blob], axis=2).clip(0, 255).astype(np.uint8)
     samples: list[tuple[bytes, JpegHeader, np.ndarray]] = []
     for subsampling in (2, 1, 0):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
-        data = buffer.getvalue()
-        samples.append((data, cast("JpegHeader", plain_jpeg(data)), decode(data)))  # Pillow's baseline JPEG: plain
+        for height, width in ((49, 67), (50, 68), (49, 68), (50, 67)):
+            buffer = io.BytesIO()
+            Image.fromarray(image[:height, :width]).save(buffer, format="JPEG", quality=90, subsampling=subsampling)
+            data = buffer.getvalue()
+            samples.append((data, cast("JpegHeader", plain_jpeg(data)), decode(data)))  # Pillow's baseline: plain
     return tuple(samples)
