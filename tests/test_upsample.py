@@ -175,7 +175,7 @@ def test_the_cpu_backend_gives_the_fused_graphs_class_maps_on_photos(session_fac
     from segdemo.image.preprocess import prepare
     from segdemo.profiling.spans import SpanRecorder
 
-    session = session_factory("random:tiny")
+    session = session_factory("random:tiny", "fp32")  # the fused graph is fp32's
     options = ort.SessionOptions()
     options.log_severity_level = 3
     fused = ort.InferenceSession(str(session.onnx_file), options, providers=["CPUExecutionProvider"])

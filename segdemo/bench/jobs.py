@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,19 +12,23 @@ REFERENCE = "transformers"  # the contender every other one is compared with
 # A contender's extras after its precision, each setting the worker's environment: torch-cuda's compilation and
 # JPEG decoding; ONNX Runtime's intra-op threads and spinning (backends/onnxruntime_cpu: THREADS_ENV, SPIN_ENV).
 EXTRAS = {"eager": {"SEGDEMO_TORCH_COMPILE": "0"}, "compile": {"SEGDEMO_TORCH_COMPILE": "1"},
-          "pillow": {"SEGDEMO_GPU_DECODE": "0"}, "threads1": {"SEGDEMO_ORT_THREADS": "1"},
-          "threads2": {"SEGDEMO_ORT_THREADS": "2"}, "spin": {"SEGDEMO_ORT_SPIN": "1"},
-          "nospin": {"SEGDEMO_ORT_SPIN": "0"}}
+          "pillow": {"SEGDEMO_GPU_DECODE": "0"}, "spin": {"SEGDEMO_ORT_SPIN": "1"}, "nospin": {"SEGDEMO_ORT_SPIN": "0"}}
+THREADS = re.compile(r"threads(\d+)")  # 'threadsN': N intra-op threads
 
 
 def variant(precision: str) -> tuple[str, dict[str, str]]:
     """'fp16+eager' → ('fp16', environment that turns torch.compile off for torch-cuda); '+compile' forces it on,
     '+pillow' decodes JPEGs with Pillow on the host instead of nvJPEG; 'int8+threads1+nospin': one ONNX Runtime
-    thread that does not spin (several extras combine)."""
+    thread that does not spin ('threadsN': N threads) (several extras combine)."""
     precision, *extras = precision.split("+")
     env: dict[str, str] = {}
     for extra in extras:
-        env.update(EXTRAS.get(extra, {}))
+        if threads := THREADS.fullmatch(extra):
+            env["SEGDEMO_ORT_THREADS"] = threads.group(1)
+        elif extra in EXTRAS:
+            env.update(EXTRAS[extra])
+        else:
+            raise ValueError(f"unknown contender extra '+{extra}': one of {', '.join(EXTRAS)} or threadsN")
     return precision, env
 
 
