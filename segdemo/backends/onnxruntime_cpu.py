@@ -105,10 +105,10 @@ class OnnxRuntimeBackend(Backend, BatchRunner):
             # take the cores the app's other requests need, while a large model's runs get slower without it
             # (docs/benchmarks.md, "Measurements behind choices in the code").
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        elif self.batched:
-            # A batch's runs alternate with its class maps on the host: threads still spinning after a run take the
-            # cores the rest needs (docs/benchmarks.md). They spin within a run (fast hand-offs between its nodes)
-            # and stop when it returns. A single request's class map measured the same either way.
+        elif self.batched or self.precision == "int8":
+            # A run alternates with class maps on the host: threads still spinning after a run take the cores the
+            # rest needs (docs/benchmarks.md). They spin within a run (fast hand-offs between its nodes) and stop when
+            # it returns. Measured for a batch and for int8; fp32's single requests measured the same either way.
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if save_to is not None:
             options.optimized_model_filepath = str(save_to)
