@@ -71,7 +71,9 @@ def _segment_video(args: argparse.Namespace) -> int:
         if done // step != (done - 1) // step or done == total:
             log.info("  %d / %d frames", done, total)
 
-    with Session(args.model, args.backend, args.precision, args.build_dir, display_side=limits.side) as session:
+    # One-shot: nothing in the background (no compilation to wait for at exit).
+    with Session(args.model, args.backend, args.precision, args.build_dir, display_side=limits.side,
+                 warm_up="off") as session:
         result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits, progress, spans)
         files = {"video": result.path, **write_outputs(result, args.out, session.load_spans.spans)}
     log.info("%d frames in %.1f s: %.2f× real time", result.frames, result.seconds, result.speed)
