@@ -55,8 +55,9 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_video(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..backends import choose
     from ..media.video_io import probe
-    from ..media.video_job import segment_video, write_outputs
+    from ..media.video_job import max_batch_for, segment_video, write_outputs
     from ..pipeline import Session
     from ..profiling.spans import SpanRecorder
 
@@ -71,9 +72,10 @@ def _segment_video(args: argparse.Namespace) -> int:
         if done // step != (done - 1) // step or done == total:
             log.info("  %d / %d frames", done, total)
 
-    # One-shot: nothing in the background (no compilation to wait for at exit).
-    with Session(args.model, args.backend, args.precision, args.build_dir, display_side=limits.side,
-                 warm_up="off") as session:
+    backend, _ = choose(args.backend)
+    # One-shot: nothing in the background (no compilation to wait for at exit), batches where the backend runs them.
+    with Session(args.model, backend, args.precision, args.build_dir, display_side=limits.side, warm_up="off",
+                 max_batch=max_batch_for(backend)) as session:
         result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits, progress, spans)
         files = {"video": result.path, **write_outputs(result, args.out, session.load_spans.spans)}
     log.info("%d frames in %.1f s: %.2f× real time", result.frames, result.seconds, result.speed)

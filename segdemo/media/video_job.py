@@ -38,13 +38,29 @@ from .video_io import (
 
 log = logging.getLogger("segdemo")
 
-BATCH = 8  # frames per engine call (one list through segment_frames)
+BATCH = 8  # frames per list through segment_frames where the backend takes one frame at a time
+GPU_BATCH = 16  # a GPU backend's batch for video: the network's throughput levels off around it
+BATCH_BACKENDS = ("torch-cuda", "tensorrt", "tensorrt-rtx")  # those that run batches (the CPU's gains nothing)
+BATCH_PIXELS = GPU_BATCH * 1920 * 1080  # frames per list shrink for larger frames: the queues hold a few lists
 QUEUE_BATCHES = 2  # decoded batches waiting for the engine, and overlays waiting for the encoder
 
 
-def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder) -> list[Segmentation]:
-    """Segment a list of RGB frames; the one place a batch call of the backend will replace this loop."""
-    return [session.segment(frame, spans, record=False) for frame in frames]
+def max_batch_for(backend: str) -> int:
+    """The session's `max_batch` for a video job on `backend` (a name from backends.choose)."""
+    return GPU_BATCH if backend in BATCH_BACKENDS else 1
+
+
+def frames_per_list(session: Session, info: VideoInfo) -> int:
+    """Frames per list through segment_frames: the backend's batch (BATCH where it has none), fewer for frames so
+    large that the lists waiting in the queues would crowd memory (4K: 4 at a time)."""
+    batch = getattr(session.backend, "max_batch", 1)
+    return max(1, min(batch if batch > 1 else BATCH, BATCH_PIXELS // max(1, info.width * info.height)))
+
+
+def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder,
+                   opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
+    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames)."""
+    return session.segment_frames(frames, spans, opacity)
 
 
 @dataclass
@@ -133,13 +149,14 @@ Progress = Callable[[int, int], None]  # (frames done, frames expected)
 
 def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
                   limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
-                  spans: SpanRecorder | None = None, batch: int = BATCH) -> VideoResult:
+                  spans: SpanRecorder | None = None, batch: int | None = None) -> VideoResult:
     """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
     spans = spans or SpanRecorder()
     start = time.perf_counter()
     with spans.span("probe", INFERENCE):
         child = open_video(source, limits)  # one child per job: it probes, then decodes
     try:
+        batch = batch or frames_per_list(session, child.info)
         return _segment(session, child, out, opacity, progress, spans, batch, start)
     finally:
         child.close()  # whatever happened: the child never outlives its job
@@ -184,7 +201,7 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     try:
         while (chunk := decoded.get()) is not None:
             with spans.span("segment", INFERENCE, frames=len(chunk)):
-                results = segment_frames(session, chunk, spans)
+                results = segment_frames(session, chunk, spans, opacity)
             with spans.span("overlay", INFERENCE, frames=len(chunk)):
                 pictures = [r.display_overlay(opacity) for r in results]
             for r in results:
