@@ -28,14 +28,17 @@ from .video_limits import (
     is_video_path,
 )
 
-__all__ = ["APP_LIMITS", "CLI_LIMITS", "VIDEO_SUFFIXES", "BadVideoError", "DecoderProcess", "Encoder", "VideoFormat",
-           "VideoInfo", "VideoLimits", "av_module", "even_size", "frames", "is_video_path", "open_video", "probe",
-           "write_mp4"]
+__all__ = ["APP_LIMITS", "CLI_LIMITS", "FAST_PRESET", "PRESET", "VIDEO_SUFFIXES", "BadVideoError", "DecoderProcess",
+           "Encoder", "VideoFormat", "VideoInfo", "VideoLimits", "av_module", "even_size", "frames", "is_video_path",
+           "open_video", "probe", "write_mp4"]
 
 log = logging.getLogger("segdemo")
 
 CRF = 20  # x264 quality: visually clean overlays at a few Mbit/s
-PRESET = "veryfast"  # x264 speed: 1080p encodes well above real time on a few cores
+PRESET = "veryfast"  # x264 speed where the engine is the slower stage (CPU backends): the smaller file
+# Where the encoder must keep up with a GPU engine: about twice veryfast's frames a second at a third more bytes
+# (docs/benchmarks.md, x264 presets).
+FAST_PRESET = "superfast"
 
 
 def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, decode: bool = True) -> DecoderProcess:
@@ -80,9 +83,10 @@ class Encoder(threading.Thread):
     """Encodes overlays (lists of RGB frames from a queue) into the container's H.264 stream."""
 
     def __init__(self, container: Any, fps: Fraction, spans: SpanRecorder, pending: queue.Queue,
-                 errors: list[BaseException]) -> None:
+                 errors: list[BaseException], preset: str = PRESET) -> None:
         super().__init__(name="video encode", daemon=True)
         self.container, self.fps, self.spans, self.pending, self.errors = container, fps, spans, pending, errors
+        self.preset = preset
         self.stream: Any = None
         self.count = 0
 
@@ -110,7 +114,7 @@ class Encoder(threading.Thread):
 
     def _open(self, height: int, width: int) -> Any:
         stream = self.container.add_stream("libx264", rate=self.fps,
-                                           options={"crf": str(CRF), "preset": PRESET})
+                                           options={"crf": str(CRF), "preset": self.preset})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / self.fps
         # Frame threads, not libavcodec's default slice threads: x264 encodes faster (docs/benchmarks.md), at a few

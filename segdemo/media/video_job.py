@@ -26,6 +26,8 @@ from ..pipeline import Segmentation, Session
 from ..profiling.spans import INFERENCE, SpanRecorder
 from .video_io import (
     APP_LIMITS,
+    FAST_PRESET,
+    PRESET,
     BadVideoError,
     DecoderProcess,
     Encoder,
@@ -193,7 +195,8 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
             decoded.put(None)
 
     container = av.open(str(out), "w", options={"movflags": "+faststart"})  # index first: plays while loading
-    writer = Encoder(container, info.fps, spans, encoded, errors)
+    preset = PRESET if session.backend.device == "cpu" else FAST_PRESET
+    writer = Encoder(container, info.fps, spans, encoded, errors, preset)
     reader = threading.Thread(target=decode, name="video decode", daemon=True)
     reader.start()
     writer.start()
@@ -234,7 +237,7 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     if size is None:
         raise BadVideoError(f"'{Path(source).name}' has no video frames")
     result = VideoResult(out, info, done, size, np.asarray(shares, np.float32), session.labels, session.colours,
-                         time.perf_counter() - start, spans, session.describe())
+                         time.perf_counter() - start, spans, {**session.describe(), "x264_preset": preset})
     log.info("video: %d frames %d×%d → %s at %.2f× real time (%.1f s)", done, info.width, info.height, out.name,
              result.speed, result.seconds)
     return result
