@@ -126,7 +126,8 @@ class Network:
             pixels = self.torch.randint(0, 256, (size, *self.input_size, 3), dtype=self.torch.uint8,
                                         device=self.cuda)
             graph, logits = capture_network(self.stream, self.cuda, script, pixels)
-            self.batch_graphs[size] = BatchGraph(size, pixels, graph, logits)
+            # The graph replays the trace's weights in place: the entry keeps the trace (nothing else does).
+            self.batch_graphs[size] = BatchGraph(size, pixels, graph, logits, script)
 
     def _eager_network(self, source: ModelSource, spans: SpanRecorder) -> torch.nn.Module:
         """The network from the model's weights (transformers), on the GPU at this precision, uint8 pixels in."""
