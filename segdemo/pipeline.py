@@ -277,7 +277,8 @@ class Session:
         decoded = source if isinstance(source, np.ndarray) else None
         return Segmentation(rendered.class_map, entries, self.colours, spans, rendered.display_image,
                             rendered.display_map, source=image, _image=decoded,
-                            _display_overlays={rendered.opacity: rendered.display_overlay})
+                            _display_overlays={rendered.opacity: rendered.display_overlay},
+                            overlay_i420=rendered.overlay_i420)
 
     def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
                  detailed: bool, batched: Ticket | None = None) -> Segmentation:
@@ -305,11 +306,12 @@ class Session:
         return Segmentation(class_map, entries, self.colours, spans, display_image, display_map, source=rgb,
                             _image=rgb)
 
-    def segment_frames(self, frames: list[np.ndarray], spans: SpanRecorder,
-                       opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
+    def segment_frames(self, frames: list[np.ndarray], spans: SpanRecorder, opacity: float = DEFAULT_OPACITY,
+                       i420: bool = False) -> list[Segmentation]:
         """Decoded RGB frames of one size (a video's), each result as `segment(frame, record=False)` gives it, in as
         few engine calls as the backend takes: whole on the device (a BatchRenderer: counts and overlays made there,
-        one download a batch), the model inputs batched (a BatchRunner), else one at a time."""
+        one download a batch; `i420`: the overlays for an encoder too), the model inputs batched (a BatchRunner), else
+        one at a time."""
         backend, size = self.backend, frames[0].shape[:2]
         out_size, shown = output_size(size, self.max_side), display_size(size, self.display_side)
         batch = max(1, getattr(backend, "max_batch", 1))
@@ -317,7 +319,7 @@ class Session:
         results: list[Segmentation] = []
         if isinstance(backend, backends.BatchRenderer) and backend.renders(out_size):
             for chunk in chunks:
-                jobs = [backends.RenderJob(frame, opacity, out_size, shown) for frame in chunk]
+                jobs = [backends.RenderJob(frame, opacity, out_size, shown, i420) for frame in chunk]
                 with self._engine(spans):
                     rendered = backend.render_batch(jobs, spans)
                 for frame, done in zip(chunk, rendered, strict=True):

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-pytest.importorskip("av")
+av = pytest.importorskip("av")
 
 from segdemo import backends  # noqa: E402
 from segdemo.backends import torch_cuda  # noqa: E402
@@ -74,7 +74,7 @@ def test_one_shot_torch_cuda_batches_frames_on_the_device_as_one_at_a_time(clip,
         backend = session.backend
         assert backend.compiling is None and sorted(backend.network.batch_graphs) == [16]
         spans = SpanRecorder()
-        batched = session.segment_frames(pictures, spans, 0.5)
+        batched = session.segment_frames(pictures, spans, 0.5, i420=True)
         assert _batch_sizes(spans) == [len(pictures)] and not any(s.name == "resize" for s in spans.spans)
         alone = [session.segment(p, record=False) for p in pictures]
     for b, a in zip(batched, alone, strict=True):
@@ -83,3 +83,34 @@ def test_one_shot_torch_cuda_batches_frames_on_the_device_as_one_at_a_time(clip,
         shares_b, shares_a = ({e.id: e.share for e in r.legend} for r in (b, a))
         assert all(abs(shares_b.get(k, 0) - shares_a.get(k, 0)) < 0.01 for k in shares_b.keys() | shares_a.keys())
         assert b.display_overlay(0.5).shape == a.display_overlay(0.5).shape == (120, 160, 3)
+        # the overlay for the encoder, made on the device: libswscale's conversion of the RGB overlay, within 1
+        want = av.VideoFrame.from_ndarray(b.display_overlay(0.5), format="rgb24").reformat(format="yuv420p")
+        assert b.overlay_i420 is not None and a.overlay_i420 is None
+        assert np.abs(b.overlay_i420.astype(np.int16) - want.to_ndarray()).max() <= 1
+
+
+def test_encoder_takes_i420_as_the_device_makes_it(clip, tmp_path):
+    """I420 frames are encoded as they are: the same video as from the RGB frames libswscale converts."""
+    import queue
+    from fractions import Fraction
+
+    from segdemo.media.video_io import Encoder, frames
+
+    pictures = list(frames(clip))
+    planar = [av.VideoFrame.from_ndarray(p, format="rgb24").reformat(format="yuv420p").to_ndarray() for p in pictures]
+    decoded = []
+    for name, batch in (("rgb", pictures), ("i420", planar)):
+        pending: queue.Queue = queue.Queue()
+        errors: list[BaseException] = []
+        with av.open(str(tmp_path / f"{name}.mp4"), "w") as container:
+            writer = Encoder(container, Fraction(10), SpanRecorder(), pending, errors)
+            writer.start()
+            pending.put(batch[:4])
+            pending.put(batch[4:])
+            pending.put(None)
+            writer.join()
+        assert not errors
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            decoded.append([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert len(decoded[0]) == len(decoded[1]) == 10 and decoded[0][0].shape == (120, 160, 3)
+    assert all((a == b).all() for a, b in zip(*decoded, strict=True))

@@ -80,7 +80,8 @@ def even_size(height: int, width: int) -> tuple[int, int]:
 
 
 class Encoder(threading.Thread):
-    """Encodes overlays (lists of RGB frames from a queue) into the container's H.264 stream."""
+    """Encodes overlays (lists of frames from a queue: RGB H×W×3, or I420 (H·3/2)×W as the device made them) into
+    the container's H.264 stream."""
 
     def __init__(self, container: Any, fps: Fraction, spans: SpanRecorder, pending: queue.Queue,
                  errors: list[BaseException], preset: str = PRESET) -> None:
@@ -98,9 +99,12 @@ class Encoder(threading.Thread):
                     continue  # drain; the caller is stopping
                 with self.spans.span("encode", INFERENCE, frames=len(pictures)):
                     for picture in pictures:
+                        planar = picture.ndim == 2  # I420: no conversion here
                         if self.stream is None:
-                            self.stream = self._open(picture.shape[0], picture.shape[1])
-                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+                            height = picture.shape[0] * 2 // 3 if planar else picture.shape[0]
+                            self.stream = self._open(height, picture.shape[1])
+                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture),
+                                                           format="yuv420p" if planar else "rgb24")
                         frame.pts = self.count
                         self.count += 1
                         self.container.mux(self.stream.encode(frame))

@@ -61,8 +61,9 @@ def frames_per_list(session: Session, info: VideoInfo) -> int:
 
 def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder,
                    opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
-    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames)."""
-    return session.segment_frames(frames, spans, opacity)
+    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames),
+    with the overlays as I420 where the device makes them (the encoder then converts nothing)."""
+    return session.segment_frames(frames, spans, opacity, i420=True)
 
 
 @dataclass
@@ -213,7 +214,9 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
                     counts[entry.id] = entry.share
                 shares.append(counts)
             size = size or even_size(*pictures[0].shape[:2])
-            encoded.put([p[: size[0], : size[1]] for p in pictures])
+            # I420 from the device where it made it (already of even sides), else the RGB overlay made even here
+            encoded.put([r.overlay_i420 if r.overlay_i420 is not None else p[: size[0], : size[1]]
+                         for r, p in zip(results, pictures, strict=True)])
             done += len(chunk)
             if progress:
                 progress(done, max(done, info.frames))

@@ -95,6 +95,25 @@ def blend(image: torch.Tensor, mask: torch.Tensor, table: torch.Tensor) -> torch
     return table[pairs]
 
 
+def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 H×W×3 RGB (H a multiple of 4, W even) → I420 as H.264 takes it (yuv420p: Y, then U and V at half size,
+    flat in (H·3/2)×W rows), as libswscale converts rgb24 (tests/test_torch_ops.py: within 1 level): BT.601 limited
+    range; chroma from pairs of columns averaged, then rows filtered 1-3-3-1 (its bilinear 2:1, edges repeated)."""
+    import torch
+
+    height, width = rgb.shape[:2]
+    r, g, b = rgb.to(torch.int32).unbind(-1)
+    luma = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    pairs = rgb.to(torch.float32).reshape(height, width // 2, 2, 3).mean(2)
+    padded = torch.cat([pairs[:1], pairs, pairs[-1:]])  # row k is the image's row k - 1
+    rows = (padded[0:height:2] + 3 * padded[1:height + 1:2] + 3 * padded[2:height + 2:2] + padded[3:height + 3:2]) / 8
+    r2, g2, b2 = rows.unbind(-1)
+    cb = torch.floor((-38 * r2 - 74 * g2 + 112 * b2) / 256 + 128.5)
+    cr = torch.floor((112 * r2 - 94 * g2 - 18 * b2) / 256 + 128.5)
+    return torch.cat([luma.flatten(), cb.flatten().to(torch.int32), cr.flatten().to(torch.int32)]).clamp(0, 255) \
+        .to(torch.uint8).view(height * 3 // 2, width)
+
+
 def class_counts(class_map: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Pixels per class id (int64 [bins]), the legend's bincount.
 
