@@ -156,3 +156,20 @@ def test_i420_of_an_overlay_is_what_libswscale_makes_of_it():
     assert got.shape == want.shape == (720, 640) and got.dtype == np.uint8
     difference = np.abs(got.astype(np.int16) - want)
     assert difference.max() <= 1 and difference[:480].mean() < 0.2 and difference[480:].mean() < 0.2
+
+
+@pytest.mark.parametrize("colorspace, matrix", [("ITU601", "bt601"), ("ITU709", "bt709")])
+def test_nv12_from_a_gpu_decoder_becomes_what_pyav_makes_of_the_frame(colorspace, matrix):
+    """NVDEC's NV12 surface → RGB on the device against PyAV's rgb24 of the same decoded 4:2:0 frame."""
+    av = pytest.importorskip("av")
+    from segdemo.backends.torch_cuda.ops import nv12_to_rgb
+
+    picture = photo("astronaut", (480, 640))
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p", dst_colorspace=colorspace)
+    want = frame.to_ndarray(format="rgb24", src_colorspace=colorspace)
+    planes = frame.to_ndarray()
+    cb, cr = planes[480:600].reshape(240, 320), planes[600:].reshape(240, 320)
+    nv12 = np.concatenate([planes[:480], np.stack([cb, cr], -1).reshape(240, 640)])
+    got = nv12_to_rgb(torch.from_numpy(nv12), 480, 640, matrix).numpy()
+    difference = np.abs(got.astype(np.int16) - want)
+    assert got.shape == want.shape and difference.max() <= 2 and difference.mean() < 0.5

@@ -41,8 +41,9 @@ PRESET = "veryfast"  # x264 speed where the engine is the slower stage (CPU back
 FAST_PRESET = "superfast"
 
 
-def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, decode: bool = True) -> DecoderProcess:
-    """A decoder child for `path`, its probe read (`.info`); BadVideoError (one sentence) when it cannot be used.
+def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, mode: str = "decode") -> DecoderProcess:
+    """A decoder child for `path` (`mode`: see video_child.MODES), its probe read (`.info`); BadVideoError (one
+    sentence) when it cannot be used.
 
     The cheap checks (exists, size, suffix) come first, in this process; FFmpeg only ever runs in the child.
     """
@@ -57,12 +58,12 @@ def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, decode: bool 
     if size > limits.bytes:
         raise BadVideoError(f"{name} is {size / 2**20:.0f} MB; videos are limited to {limits.bytes / 2**20:.0f} MB")
     limits.check_suffix(path)
-    return DecoderProcess(path, limits, decode)
+    return DecoderProcess(path, limits, mode)
 
 
 def probe(path: str | Path, limits: VideoLimits = APP_LIMITS) -> VideoInfo:
     """Check the file against `limits` (in a decoder child) and say what it holds; BadVideoError when unusable."""
-    with open_video(path, limits, decode=False) as child:
+    with open_video(path, limits, mode="probe") as child:
         return child.info
 
 

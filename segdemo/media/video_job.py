@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,20 @@ class VideoResult:
         return path
 
 
+def gpu_frames(session: Session, child: DecoderProcess) -> Iterator[Any]:
+    """The child's packets decoded by NVDEC on the session's GPU: upright RGB frames there (media.nvdec)."""
+    from .nvdec import GpuVideoDecoder
+
+    device = getattr(getattr(session.backend, "cuda", None), "index", None) or 0
+    try:
+        decoder = GpuVideoDecoder(child.info, child.limits, child.name, device)
+    except Exception as exc:  # noqa: BLE001 — a driver or profile NVDEC does not take: one sentence, what to do
+        raise BadVideoError(f"the GPU video decoder could not start on {child.name} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); set SEGDEMO_NVDEC=0 to "
+                            f"decode on the host") from None
+    return decoder.frames(child.packets())
+
+
 def write_outputs(result: VideoResult, folder: Path, load_spans: list | None = None) -> dict[str, Path]:
     """shares.csv, shares.json and profiling.json (the session's load spans, if given, then the job's) in `folder`."""
     from ..profiling.trace import write_trace
@@ -154,10 +168,18 @@ def segment_video(session: Session, source: str | Path, out: Path, opacity: floa
                   limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
                   spans: SpanRecorder | None = None, batch: int | None = None) -> VideoResult:
     """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
+    from .nvdec import nvdec_reason
+
     spans = spans or SpanRecorder()
     start = time.perf_counter()
+    why_not = nvdec_reason(session, limits)
     with spans.span("probe", INFERENCE):
-        child = open_video(source, limits)  # one child per job: it probes, then decodes
+        # One child per job: it probes, then decodes — or, for a GPU decoder here, demuxes packets of the streams
+        # it can take (`child.sends_packets`)
+        child = open_video(source, limits, "decode" if why_not else "packets")
+    if not child.sends_packets:
+        log.info("video: frames decoded on the host (PyAV, in the decoder child): %s",
+                 why_not or f"{child.info.codec} {child.info.pix_fmt} is not a stream NVDEC decodes here")
     try:
         batch = batch or frames_per_list(session, child.info)
         return _segment(session, child, out, opacity, progress, spans, batch, start)
@@ -178,11 +200,11 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     classes = len(session.labels)
 
     def decode() -> None:
-        chunk: list[np.ndarray] = []
+        chunk: list[Any] = []  # RGB frames: arrays from the child, or tensors on the GPU
         try:
-            stream = child.frames()
+            stream = gpu_frames(session, child) if child.sends_packets else child.frames()
             while not stop.is_set():
-                with spans.span("decode", INFERENCE) as attrs:
+                with spans.span("decode", INFERENCE, gpu=child.sends_packets) as attrs:
                     while len(chunk) < batch and (frame := next(stream, None)) is not None:
                         chunk.append(frame)
                     attrs["frames"] = len(chunk)
@@ -239,8 +261,11 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
         raise errors[0]
     if size is None:
         raise BadVideoError(f"'{Path(source).name}' has no video frames")
+    decoder = "NVDEC (PyNvVideoCodec), packets from the decoder child" if child.sends_packets else \
+        "PyAV (FFmpeg) in the decoder child"
     result = VideoResult(out, info, done, size, np.asarray(shares, np.float32), session.labels, session.colours,
-                         time.perf_counter() - start, spans, {**session.describe(), "x264_preset": preset})
+                         time.perf_counter() - start, spans,
+                         {**session.describe(), "decoder": decoder, "x264_preset": preset})
     log.info("video: %d frames %d×%d → %s at %.2f× real time (%.1f s)", done, info.width, info.height, out.name,
              result.speed, result.seconds)
     return result

@@ -47,6 +47,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
 
     name = NAME
     device = "cuda"
+    device_frames = True  # render and render_batch take upright RGB frames already on the GPU (media.nvdec's)
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
                  compile: bool | None = None, build_dir: Path | None = None,
