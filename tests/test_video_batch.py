@@ -114,3 +114,16 @@ def test_encoder_takes_i420_as_the_device_makes_it(clip, tmp_path):
             decoded.append([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert len(decoded[0]) == len(decoded[1]) == 10 and decoded[0][0].shape == (120, 160, 3)
     assert all((a == b).all() for a, b in zip(*decoded, strict=True))
+
+
+def test_pace_says_frames_per_second_and_the_real_time_factor_as_the_job_goes():
+    from fractions import Fraction
+
+    from segdemo.media.video_job import Pace
+
+    lines: list[tuple[float, str]] = []
+    pace = Pace(Fraction(10), lambda fraction, line: lines.append((fraction, line)))
+    pace.start -= 2.0  # the job started two seconds ago
+    pace(30, 60)
+    (fraction, line), = lines
+    assert fraction == 0.5 and line.startswith("30 / 60 frames · 15.0 frames/s · 1.50× real time")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,19 @@ def _hex(rgb: np.ndarray) -> str:
 
 
 Progress = Callable[[int, int], None]  # (frames done, frames expected)
+
+
+class Pace:
+    """A Progress that tells `report(fraction, line)` the frames done, the frames a second so far and the
+    real-time factor (video time made per second of the job) — what the Video tab and the command line show."""
+
+    def __init__(self, fps: Fraction, report: Callable[[float, str], None]) -> None:
+        self.fps, self.report, self.start = float(fps), report, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.report(done / max(total, 1), f"{done} / {total} frames · {rate:.1f} frames/s · "
+                                          f"{rate / self.fps:.2f}× real time")
 
 
 def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
