@@ -306,9 +306,10 @@ class Session:
         return Segmentation(class_map, entries, self.colours, spans, display_image, display_map, source=rgb,
                             _image=rgb)
 
-    def segment_frames(self, frames: list[np.ndarray], spans: SpanRecorder, opacity: float = DEFAULT_OPACITY,
+    def segment_frames(self, frames: list[Any], spans: SpanRecorder, opacity: float = DEFAULT_OPACITY,
                        i420: bool = False) -> list[Segmentation]:
-        """Decoded RGB frames of one size (a video's), each result as `segment(frame, record=False)` gives it, in as
+        """Upright RGB frames of one size (a video's: arrays, or — for a renderer with `device_frames` — tensors on its
+        device, media.nvdec's), each result as `segment(frame, record=False)` gives it, in as
         few engine calls as the backend takes: whole on the device (a BatchRenderer: counts and overlays made there,
         one download a batch; `i420`: the overlays for an encoder too), the model inputs batched (a BatchRunner), else
         one at a time."""
