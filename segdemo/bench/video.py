@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -72,12 +71,14 @@ def cli_run(args: argparse.Namespace, clip: Path, backend: str, out: Path) -> di
         argv += ["--build-dir", str(args.build_dir)]
     log.info("bench --video: timing the command line: %s", " ".join(argv[1:]))
     out.mkdir(parents=True, exist_ok=True)
+    peak_kb = 0
     with (out / "segment.log").open("w+") as output:
         start = time.perf_counter()
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)  # this command's own resource use, not the bench's other children
+        while process.poll() is None:
+            peak_kb = max(peak_kb, _high_water_kb(process.pid))
+            time.sleep(0.05)
         seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read()
     if process.returncode != 0:
@@ -87,8 +88,17 @@ def cli_run(args: argparse.Namespace, clip: Path, backend: str, out: Path) -> di
     return {"seconds": round(seconds, 3), "command": " ".join(["python", *argv[1:]]),
             "job_seconds": float(job.group(2)) if job else None,
             "session_seconds": round(float(init.group(1)) / 1e3, 3) if init else None,
-            # Linux's ru_maxrss (kB): the largest of this command and its decoder child, which it waited for
-            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+            "peak_rss_mb": round(peak_kb / 1024) if peak_kb else None}
+
+
+def _high_water_kb(pid: int) -> int:
+    """The process's peak resident memory so far (Linux's VmHWM: its own, unlike ru_maxrss, which a child forked
+    from this large process starts at this one's size), 0 where it cannot be read."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def markdown(v: dict[str, Any]) -> list[str]:
@@ -104,7 +114,9 @@ def markdown(v: dict[str, Any]) -> list[str]:
             f"{v['out_mb']:.1f} | {v['peak_rss_mb']} |",
             f"| `segdemo segment` end to end (process start → exit) | {v['frames']} | {v['video_seconds']:.1f} | "
             f"{cli['seconds']:.2f} | {v['frames'] / cli['seconds']:.1f} | "
-            f"**{v['video_seconds'] / cli['seconds']:.2f}×** | | {cli['peak_rss_mb']} |", "",
-            f"Stage time summed over the clip (the stages overlap in their own threads): {stages}; x264 preset "
-            f"{v.get('x264_preset', '?')}. The command line's run: session start {cli['session_seconds']} s, job "
-            f"{cli['job_seconds']} s of its {cli['seconds']:.2f} s.", ""]
+            f"**{v['video_seconds'] / cli['seconds']:.2f}×** | | {cli['peak_rss_mb'] or '?'} |", "",
+            f"Stage time summed over the clip (the stages overlap in their own threads): {stages}; decoder "
+            f"{v.get('decoder', '?')}; x264 preset {v.get('x264_preset', '?')}. The command line's run: session "
+            f"start {cli['session_seconds']} s, job {cli['job_seconds']} s of its {cli['seconds']:.2f} s. Peak "
+            f"RSS: this process's for processing alone (the session and the job), the command's own (its decoder "
+            f"child apart) end to end.", ""]
