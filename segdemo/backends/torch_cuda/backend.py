@@ -240,8 +240,12 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                out_size: tuple[int, int], display: tuple[int, int]) -> Rendered:
         """The whole request on the GPU from a plain JPEG (decode.plain_jpeg) or upright RGB, as the host pipeline
         does it (a JPEG decoded here may differ only by inverse-DCT rounding); only the maps and pictures come back."""
+        return self._render(RenderJob(source, opacity, out_size, display), spans)
+
+    def _render(self, job: RenderJob, spans: SpanRecorder) -> Rendered:
+        """`render` of one job, whatever else it asks for (RenderJob.i420)."""
         torch = self.torch
-        job = RenderJob(source, opacity, out_size, display)
+        source, out_size, display = job.source, job.out_size, job.display
         self._check_renders([job])
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True) as attrs:
             with torch.inference_mode(), torch.cuda.stream(self.stream):
@@ -317,7 +321,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     def _render_or_refuse(self, job: RenderJob, spans: SpanRecorder) -> Rendered | Exception:
         """`render`, or the error of an upload its decoder refuses (that request fails alone, as unbatched)."""
         try:
-            return self.render(job.source, spans, job.opacity, job.out_size, job.display)
+            return self._render(job, spans)
         except BadImageError as exc:
             return exc
 
