@@ -77,6 +77,8 @@ def test_one_shot_torch_cuda_batches_frames_on_the_device_as_one_at_a_time(clip,
         batched = session.segment_frames(pictures, spans, 0.5, i420=True)
         assert _batch_sizes(spans) == [len(pictures)] and not any(s.name == "resize" for s in spans.spans)
         alone = [session.segment(p, record=False) for p in pictures]
+        (lone,) = session.segment_frames(pictures[:1], SpanRecorder(), 0.5, i420=True)  # a batch of one: no graph
+    assert lone.overlay_i420 is not None and (lone.overlay_i420 == batched[0].overlay_i420).mean() > 0.99
     for b, a in zip(batched, alone, strict=True):
         # the network at batch 16 rounds like batch 1 only as far as cuDNN's kernels do; all after it is exact
         assert float((b.class_map == a.class_map).mean()) > 0.99
