@@ -43,7 +43,10 @@ log = logging.getLogger("segdemo")
 
 BATCH = 8  # frames per list through segment_frames where the backend takes one frame at a time
 GPU_BATCH = 16  # a GPU backend's batch for video: the network's throughput levels off around it
-BATCH_BACKENDS = ("torch-cuda", "tensorrt", "tensorrt-rtx")  # those that run batches (the CPU's gains nothing)
+# Backends a video job asks for batches: torch-cuda's one-shot batch graph comes from a cached trace. Not TensorRT's:
+# its batched plans need the batched ONNX graphs exported from the model (torch), which a prepared build folder run
+# without torch lacks (and that path was not measured); not the CPU's, which gains nothing from batches.
+BATCH_BACKENDS = ("torch-cuda",)
 BATCH_PIXELS = GPU_BATCH * 1920 * 1080  # frames per list shrink for larger frames: the queues hold a few lists
 QUEUE_BATCHES = 2  # decoded batches waiting for the engine, and overlays waiting for the encoder
 
