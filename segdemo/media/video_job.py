@@ -42,7 +42,7 @@ from .video_io import (
 log = logging.getLogger("segdemo")
 
 BATCH = 8  # frames per list through segment_frames where the backend takes one frame at a time
-GPU_BATCH = 16  # a GPU backend's batch for video: the network's throughput levels off around it
+GPU_BATCH = 16  # a video's batch on torch-cuda: the bucket the batched network was measured at (docs/benchmarks.md)
 # Backends a video job asks for batches: torch-cuda's one-shot batch graph comes from a cached trace. Not TensorRT's:
 # its batched plans need the batched ONNX graphs exported from the model (torch), which a prepared build folder run
 # without torch lacks (and that path was not measured); not the CPU's, which gains nothing from batches.
