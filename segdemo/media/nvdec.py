@@ -9,7 +9,6 @@ $SEGDEMO_NVDEC=0 keeps every decode in the child (PyAV), as does any machine wit
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..pipeline import Session
-
-log = logging.getLogger("segdemo")
 
 NVDEC_ENV = "SEGDEMO_NVDEC"  # "0": decode on the host (PyAV, in the decoder child) even where NVDEC is usable
 
