@@ -260,8 +260,8 @@ def video_tab(served: Demo, state: gr.State) -> None:
         video_trace = gr.File(label="Trace of the job (Chrome trace JSON)")
 
     def video(path, opacity_value, visitor, request: gr.Request, progress=gr.Progress()):
-        def report(done, total):
-            progress(done / total, desc=f"{done} / {total} frames")
+        def report(fraction, line):  # frames done, frames/s and the real-time factor, as the job goes
+            progress(fraction, desc=line)
 
         try:
             visitor = served.visitor(visitor, request)

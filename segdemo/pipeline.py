@@ -1,4 +1,7 @@
-"""A segmentation session: load once (model → fused graph → backend), then segment many images."""
+"""A segmentation session: load once (model → fused graph → backend), then segment many images.
+
+Longer than 400 lines: Session is where every route of a request meets (device or host, alone, batched by the
+batcher, or a video's frames batched by their caller), and they share its engine slot and result building."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .batcher import Batcher, Ticket
 from .graph.export import ensure_onnx
 from .image.classmap import legend, legend_from_counts, restore_size
 from .image.decode import EncodedJpeg, decode, encoded_bytes, plain_jpeg
-from .image.preprocess import MAX_OUTPUT_SIDE, output_size, prepare, resize_for_model
+from .image.preprocess import MAX_OUTPUT_SIDE, ModelInput, output_size, prepare, resize_for_model
 from .image.visuals import (
     DEFAULT_OPACITY,
     DISPLAY_SIDE,
@@ -265,12 +268,17 @@ class Session:
         else:
             with self._engine(spans):
                 rendered = renderer.render(source, spans, DEFAULT_OPACITY, out_size, shown)
+        return self._from_rendered(rendered, source, image, spans)
+
+    def _from_rendered(self, rendered: backends.Rendered, source: np.ndarray | EncodedJpeg, image: Any,
+                       spans: SpanRecorder) -> Segmentation:
         with spans.span("legend", INFERENCE):
             entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
         decoded = source if isinstance(source, np.ndarray) else None
         return Segmentation(rendered.class_map, entries, self.colours, spans, rendered.display_image,
                             rendered.display_map, source=image, _image=decoded,
-                            _display_overlays={rendered.opacity: rendered.display_overlay})
+                            _display_overlays={rendered.opacity: rendered.display_overlay},
+                            overlay_i420=rendered.overlay_i420)
 
     def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
                  detailed: bool, batched: Ticket | None = None) -> Segmentation:
@@ -284,6 +292,10 @@ class Session:
         else:
             with self._engine(spans):
                 computed = self.backend.run(model_input, spans, detailed=detailed)
+        return self._finish_on_host(rgb, model_input, computed, shown, spans)
+
+    def _finish_on_host(self, rgb: np.ndarray, model_input: ModelInput, computed: np.ndarray,
+                        shown: tuple[int, int], spans: SpanRecorder) -> Segmentation:
         with spans.span("restore size", INFERENCE):
             class_map = restore_size(computed, model_input.original_size)
         with spans.span("legend", INFERENCE):
@@ -293,6 +305,39 @@ class Session:
             display_map = restore_size(computed, shown)
         return Segmentation(class_map, entries, self.colours, spans, display_image, display_map, source=rgb,
                             _image=rgb)
+
+    def segment_frames(self, frames: list[Any], spans: SpanRecorder, opacity: float = DEFAULT_OPACITY,
+                       i420: bool = False) -> list[Segmentation]:
+        """Upright RGB frames of one size (a video's: arrays, or — for a renderer with `device_frames` — tensors on its
+        device, media.nvdec's), each result as `segment(frame, record=False)` gives it, in as
+        few engine calls as the backend takes: whole on the device (a BatchRenderer: counts and overlays made there,
+        one download a batch; `i420`: the overlays for an encoder too), the model inputs batched (a BatchRunner), else
+        one at a time."""
+        backend, size = self.backend, frames[0].shape[:2]
+        out_size, shown = output_size(size, self.max_side), display_size(size, self.display_side)
+        batch = max(1, getattr(backend, "max_batch", 1))
+        chunks = [frames[k:k + batch] for k in range(0, len(frames), batch)]
+        results: list[Segmentation] = []
+        if isinstance(backend, backends.BatchRenderer) and backend.renders(out_size):
+            for chunk in chunks:
+                jobs = [backends.RenderJob(frame, opacity, out_size, shown, i420) for frame in chunk]
+                with self._engine(spans):
+                    rendered = backend.render_batch(jobs, spans)
+                for frame, done in zip(chunk, rendered, strict=True):
+                    if isinstance(done, Exception):
+                        raise done
+                    results.append(self._from_rendered(done, frame, frame, spans))
+        elif isinstance(backend, backends.BatchRunner) and batch > 1:
+            for chunk in chunks:
+                with spans.span("resize", INFERENCE, size=list(size), frames=len(chunk)):
+                    inputs = [prepare(frame, self.source.input_size, self.max_side) for frame in chunk]
+                with self._engine(spans):
+                    maps = backend.run_batch(inputs, spans)
+                results += [self._finish_on_host(frame, model_input, computed, shown, spans)
+                            for frame, model_input, computed in zip(chunk, inputs, maps, strict=True)]
+        else:
+            results = [self.segment(frame, spans, record=False) for frame in frames]
+        return results
 
     @contextmanager
     def _engine(self, spans: SpanRecorder) -> Iterator[None]:

@@ -31,6 +31,9 @@ class Segmentation:
     _image: np.ndarray | None = field(default=None, repr=False)
     _mask: np.ndarray | None = field(default=None, repr=False)
     _display_overlays: dict[float, np.ndarray] = field(default_factory=dict, repr=False)  # made with the map
+    # The display overlay made with the map, as I420 for a video's encoder (Session.segment_frames(i420=True) on a
+    # device that makes it; None otherwise).
+    overlay_i420: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def image(self) -> np.ndarray:

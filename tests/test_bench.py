@@ -122,7 +122,9 @@ def test_live_and_video_smoke_run_writes_json_and_markdown(tmp_path, build_dir):
     for run in (camera, back_to_back):
         assert run["delivered"] > 0 and run["fps"] > 0 and run["latency_ms"]["p50"] <= run["latency_ms"]["p95"]
         assert run["delivered"] + run["replaced"] <= run["offered"]
-    assert results["video"]["frames"] == 5 and results["video"]["speed_vs_real_time"] > 0
+    video = results["video"]
+    assert video["frames"] == 5 and video["speed_vs_real_time"] > 0
+    assert video["cli"]["seconds"] > video["cli"]["job_seconds"] > 0  # the command line, start to exit
     text = doc.read_text()
     assert "<!-- segdemo-bench:live-cpu -->" in text and "× real time" in text and "latency p95 ms" in text
     rerendered = subprocess.run(
@@ -130,3 +132,24 @@ def test_live_and_video_smoke_run_writes_json_and_markdown(tmp_path, build_dir):
          "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=120)
     assert rerendered.returncode == 0 and (tmp_path / "again" / "bench-live.md").read_text() == \
         (out / "bench-live.md").read_text()
+
+
+def test_video_bench_times_a_given_clip_in_process_and_through_the_command_line(tmp_path, build_dir):
+    import pytest
+
+    pytest.importorskip("av")
+    from segdemo.bench.clips import make_clip
+
+    clip = make_clip(tmp_path / "given.mp4", 160, 120, 0.6, fps=10)
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, "-m", "segdemo", "bench", "--video", "--smoke", "--clip", str(clip), "--out", str(out),
+         "--build-dir", str(build_dir)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results-live.json").read_text())
+    video = results["video"]
+    assert "live" not in results and video["clip"] == str(clip) and video["frames"] == 6
+    assert video["cli"]["seconds"] > video["cli"]["job_seconds"] > 0 and "segment " + str(clip) in \
+        video["cli"]["command"]
+    text = (out / "bench-live.md").read_text()
+    assert "given.mp4" in text and "end to end (process start → exit)" in text

@@ -140,3 +140,36 @@ def test_counts_of_maps_past_float32_precision_are_exact(monkeypatch):
     class_map = torch.from_numpy(np.random.default_rng(3).integers(0, 150, (300, 400), dtype=np.uint8))
     assert np.array_equal(torch_ops.class_counts(class_map).numpy(),
                           np.bincount(class_map.numpy().ravel(), minlength=256))
+
+
+def test_i420_of_an_overlay_is_what_libswscale_makes_of_it():
+    """The video path's device-side colour conversion against libswscale's rgb24 → yuv420p (what the encoder thread
+    did with the RGB overlay): within 1 level everywhere, photo and class edges alike."""
+    av = pytest.importorskip("av")
+    from segdemo.backends.torch_cuda.ops import rgb_to_i420
+
+    picture = photo("astronaut", (480, 640))
+    mask = colour_mask(np.arange(480 * 640, dtype=np.int64).reshape(480, 640) // 9000 % 150, palette(ADE20K_LABELS))
+    shown = overlay(picture, mask, 0.5)
+    want = av.VideoFrame.from_ndarray(shown, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    got = rgb_to_i420(torch.from_numpy(shown.copy())).numpy()
+    assert got.shape == want.shape == (720, 640) and got.dtype == np.uint8
+    difference = np.abs(got.astype(np.int16) - want)
+    assert difference.max() <= 1 and difference[:480].mean() < 0.2 and difference[480:].mean() < 0.2
+
+
+@pytest.mark.parametrize("colorspace, matrix", [("ITU601", "bt601"), ("ITU709", "bt709")])
+def test_nv12_from_a_gpu_decoder_becomes_what_pyav_makes_of_the_frame(colorspace, matrix):
+    """NVDEC's NV12 surface → RGB on the device against PyAV's rgb24 of the same decoded 4:2:0 frame."""
+    av = pytest.importorskip("av")
+    from segdemo.backends.torch_cuda.ops import nv12_to_rgb
+
+    picture = photo("astronaut", (480, 640))
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p", dst_colorspace=colorspace)
+    want = frame.to_ndarray(format="rgb24", src_colorspace=colorspace)
+    planes = frame.to_ndarray()
+    cb, cr = planes[480:600].reshape(240, 320), planes[600:].reshape(240, 320)
+    nv12 = np.concatenate([planes[:480], np.stack([cb, cr], -1).reshape(240, 640)])
+    got = nv12_to_rgb(torch.from_numpy(nv12), 480, 640, matrix).numpy()
+    difference = np.abs(got.astype(np.int16) - want)
+    assert got.shape == want.shape and difference.max() <= 2 and difference.mean() < 0.5

@@ -79,6 +79,7 @@ class Rendered:
     display_map: np.ndarray  # restore_size(out_size map, display size)
     display_overlay: np.ndarray  # visuals.overlay(display_image, colour_mask(display_map), opacity)
     opacity: float
+    overlay_i420: np.ndarray | None = None  # asked for by RenderJob.i420: the overlay as an H.264 encoder takes it
 
 
 class DeviceRenderer(ABC):
@@ -119,6 +120,9 @@ class RenderJob:
     opacity: float
     out_size: tuple[int, int]  # (height, width) of the class map the network's output is upsampled to
     display: tuple[int, int]  # (height, width) of the pictures shown
+    # Also the overlay as I420 (yuv420p planes, BT.601 limited range; cropped to even sides), for a video's encoder:
+    # where the renderer makes it (the display's height, made even, a multiple of 4), Rendered.overlay_i420 holds it.
+    i420: bool = False
 
 
 class BatchRenderer(DeviceRenderer):

@@ -1,10 +1,11 @@
 """`segdemo bench --live --video`: webcam-sized frames through the live handler (`media.live.LiveStream`, what the Live
-tab's stream calls) and a generated clip through the video path, on one session, in this process.
+tab's stream calls), on one session in this process, and a video file (`bench.video`).
 
 Live, two ways: a camera thread offering JPEG frames at --camera-fps (each in its own thread, as Gradio's workers
 call the handler, so latest-frame-wins drops what the engine cannot take: delivered fps, latency from the frame's
 arrival to its overlay JPEG, frames replaced), and frames back to back (the handler's own ceiling). Video: an H.264
-clip (default 1920×1080, 10 s, 30 fps) → overlay MP4 at full size; speed against real time. Nothing is asserted.
+clip (default 1920×1080, 10 s, 30 fps, or --clip) → overlay MP4 at full size, in this process and through the command
+line end to end; speed against real time. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from ..errors import SegdemoError
@@ -60,20 +59,22 @@ def run_live_bench(args: argparse.Namespace) -> int:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ..pipeline import Session
+    from .video import video_run
 
     live_size = _size(args.live_size, "--live-size")
     video_size = _size(args.video_size, "--video-size")
-    start = time.perf_counter()
-    with Session(args.model, args.backend, args.precision, args.build_dir,
-                 display_side=max(video_size)) as session:  # the video comes out at full size
-        cold = time.perf_counter() - start
-        session.settle(timeout=600)  # no timing while a background compilation shares the host
-        results: dict[str, Any] = {"meta": meta(args, session, cold)}
-        if args.live:
+    results: dict[str, Any] = {}
+    if args.live:
+        start = time.perf_counter()
+        with Session(args.model, args.backend, args.precision, args.build_dir) as session:
+            cold = time.perf_counter() - start
+            session.settle(timeout=600)  # no timing while a background compilation shares the host
+            results["meta"] = meta(args, session.backend, cold)
             results["live"] = [live_run(session, live_size, args.live_seconds, args.camera_fps),
                                live_run(session, live_size, args.live_seconds, 0)]
-        if args.video:
-            results["video"] = video_run(session, video_size, args.video_seconds, args.video_fps)
+    if args.video:  # on a session of its own, made as `segdemo segment` makes it
+        results["video"] = video_run(args, video_size)
+        results.setdefault("meta", meta(args, None, results["video"]["load_seconds"], results["video"]))
     return results
 
 
@@ -125,39 +126,15 @@ def live_run(session: Any, size: tuple[int, int], seconds: float, camera_fps: fl
             "spans_p50_ms": {n: percentiles(v)["p50"] for n, v in sorted(spans.items(), key=lambda kv: -sum(kv[1]))}}
 
 
-def video_run(session: Any, size: tuple[int, int], seconds: float, fps: int) -> dict[str, Any]:
-    from ..media.video_io import CLI_LIMITS
-    from ..media.video_job import segment_video
-    from ..profiling.spans import SpanRecorder
-    from .clips import make_clip
-
-    width, height = size
-    with tempfile.TemporaryDirectory(prefix="segdemo-bench-video-") as tmp:
-        work = Path(tmp)
-        log.info("bench --video: making a %d×%d clip of %g s at %d fps …", width, height, seconds, fps)
-        clip = make_clip(work / "clip.mp4", width, height, seconds, fps)
-        warm = make_clip(work / "warm.mp4", width, height, 0.2, fps)
-        segment_video(session, warm, work / "warm-out.mp4", limits=CLI_LIMITS)  # first frames of this size
-        log.info("bench --video: segmenting it …")
-        spans = SpanRecorder()
-        result = segment_video(session, clip, work / "out.mp4", limits=CLI_LIMITS, spans=spans)
-        out_bytes, clip_bytes = result.path.stat().st_size, clip.stat().st_size
-    stages: dict[str, float] = {}
-    for s in spans.spans:
-        if s.name in ("decode", "segment", "overlay", "encode"):
-            stages[s.name] = stages.get(s.name, 0.0) + s.duration_ms / 1e3
-    return {**result.summary(), "clip_bytes": clip_bytes,
-            "out_mb": round(out_bytes / 1e6, 2), "frames_per_second": result.frames / result.seconds,
-            "stage_seconds": {k: round(v, 3) for k, v in stages.items()}}
-
-
-def meta(args: argparse.Namespace, session: Any, cold_s: float) -> dict[str, Any]:
+def meta(args: argparse.Namespace, backend: Any, cold_s: float, video: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's facts: the live session's `backend`, or (video only) what the video run's session was."""
     from ..gpu import package_versions
 
+    engine = {"backend": backend.name, "precision": backend.precision, "device": backend.device} if backend else \
+        {"backend": video["backend"], "precision": video["precision"], "device": video["device"]}  # type: ignore[index]
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": args.model, "backend": session.backend.name, "precision": session.backend.precision,
-        "device": session.backend.device, "cold_start_s": round(cold_s, 2),
+        "model": args.model, **engine, "cold_start_s": round(cold_s, 2),
         "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cores": os.cpu_count()},
         "gpu": gpu_name(),
         "versions": {"python": platform.python_version(),
@@ -182,14 +159,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{r['fps']:.1f} | {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p95'))} |")
         lines += ["", "Where a live frame's time goes (median ms per span, back to back): " + ", ".join(
             f"{n} {fmt_ms(v)}" for n, v in list(results["live"][-1]["spans_p50_ms"].items())[:10]), ""]
-    v = results.get("video")
-    if v:
-        height, width = v["size"]
-        stages = ", ".join(f"{k} {s:.2f} s" for k, s in v["stage_seconds"].items())
-        lines += ["| video | frames | video s | wall s | frames/s | × real time | output MB |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| {width}×{height} H.264 → overlay H.264 MP4 | {v['frames']} | {v['video_seconds']:.1f} | "
-                  f"{v['wall_seconds']:.1f} | {v['frames_per_second']:.1f} | **{v['speed_vs_real_time']:.2f}×** | "
-                  f"{v['out_mb']:.1f} |", "",
-                  f"Stage time summed over the clip (the three stages overlap in their own threads): {stages}.", ""]
+    if results.get("video"):
+        from .video import markdown as video_markdown
+
+        lines += video_markdown(results["video"])
     return "\n".join(lines)

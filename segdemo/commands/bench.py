@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cold.add_argument("--cold-start", type=int, default=0, metavar="N", help="time N restarts (first may build)")
     cold.add_argument("--code", type=Path, default=None, help="--cold-start: another segdemo checkout to time")
     cold.add_argument("--image", type=Path, default=None, help="--cold-start: the first request's image")
-    live = p.add_argument_group("--live / --video: webcam-sized frames through the Live tab's handler and a "
-                                "generated clip through the video path, on one session in this process; also uses "
+    live = p.add_argument_group("--live / --video: webcam-sized frames through the Live tab's handler, and a clip "
+                                "through the video path in this process and as `segdemo segment` end to end; also uses "
                                 "--model, --backend, --build-dir, --out, --markdown, --section (default "
                                 "live-cpu/live-cuda), --from-json (results-live.json), --smoke")
     live.add_argument("--live", action="store_true", help="time live frames: paced like a camera, then back to back")
@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     live.add_argument("--video-size", default="1920x1080", help="--video: clip size WIDTHxHEIGHT (default 1920x1080)")
     live.add_argument("--video-seconds", type=float, default=10.0, help="--video: clip length (default 10 s)")
     live.add_argument("--video-fps", type=int, default=30, help="--video: clip frame rate (default 30)")
+    live.add_argument("--clip", type=Path, default=None,
+                      help="--video: time this video file instead of a made clip (in this process and as "
+                           "`segdemo segment CLIP` end to end)")
 
 
     load = p.add_argument_group("--load: N concurrent clients × M requests against the session and the real app, "

@@ -55,8 +55,9 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_video(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..backends import choose
     from ..media.video_io import probe
-    from ..media.video_job import segment_video, write_outputs
+    from ..media.video_job import Pace, max_batch_for, segment_video, write_outputs
     from ..pipeline import Session
     from ..profiling.spans import SpanRecorder
 
@@ -65,14 +66,19 @@ def _segment_video(args: argparse.Namespace) -> int:
     log.info("%s: %d×%d, %.1f s at %.2f fps, about %d frames (%s)", args.image.name, info.width, info.height,
              info.seconds, float(info.fps), info.frames, info.codec)
     spans = SpanRecorder()
-    step = max(1, info.frames // 10)
+    shown = [-1]
 
-    def progress(done: int, total: int) -> None:
-        if done // step != (done - 1) // step or done == total:
-            log.info("  %d / %d frames", done, total)
+    def report(fraction: float, line: str) -> None:  # about every tenth of the clip
+        if int(fraction * 10) != shown[0]:
+            shown[0] = int(fraction * 10)
+            log.info("  %s", line)
 
-    with Session(args.model, args.backend, args.precision, args.build_dir, display_side=limits.side) as session:
-        result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits, progress, spans)
+    backend, _ = choose(args.backend)
+    # One-shot: nothing in the background (no compilation to wait for at exit), batches where the backend runs them.
+    with Session(args.model, backend, args.precision, args.build_dir, display_side=limits.side, warm_up="off",
+                 max_batch=max_batch_for(backend)) as session:
+        result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits,
+                               Pace(info.fps, report), spans)
         files = {"video": result.path, **write_outputs(result, args.out, session.load_spans.spans)}
     log.info("%d frames in %.1f s: %.2f× real time", result.frames, result.seconds, result.speed)
     for name, path in files.items():

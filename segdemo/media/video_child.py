@@ -1,6 +1,8 @@
 """The decoder child: FFmpeg probes and decodes one job's video in a process of its own, so a crash, a hang or a
 runaway allocation in a demuxer or decoder costs that job, never the server. `DecoderProcess` is the server's end;
-`python -m segdemo.media.video_child` the child's, streaming the probe's answer, then raw RGB frames, over a pipe."""
+`python -m segdemo.media.video_child` the child's, streaming the probe's answer, then raw RGB frames over a pipe — or,
+asked for packets (a GPU decoder in the server), the stream's compressed packets: the container is still parsed here,
+only the codec's bitstream is decoded by NVDEC in the server."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from typing import BinaryIO, NoReturn
 
 import numpy as np
 
-from .video_decode import decode, read_info
+from .video_decode import decode, packets, read_info, sends_packets
 from .video_limits import BadVideoError, VideoInfo, VideoLimits
 
 HEADER = struct.Struct("<cQ")  # message kind, payload bytes
-INFO, FRAME, ERROR, DONE = b"I", b"F", b"E", b"D"
+INFO, FRAME, PACKET, ERROR, DONE = b"I", b"F", b"P", b"E", b"D"
+MODES = ("probe", "decode", "packets")  # packets: for streams that `sends_packets`, frames for the others
 PIPE_BYTES = 2**20  # the pipe's capacity asked for (Linux's default most-unprivileged): fewer wake-ups per frame
 MAX_NOTE = 2**16  # the most a message other than a frame may carry: a confused child cannot make the server allocate
 ROOT = str(Path(__file__).resolve().parents[2])  # where this segdemo is imported from: the child imports the same
@@ -31,13 +34,15 @@ ROOT = str(Path(__file__).resolve().parents[2])  # where this segdemo is importe
 class DecoderProcess:
     """The server's end of one decoder child: what the probe found (`info`), then its frames; killed on close."""
 
-    def __init__(self, path: Path, limits: VideoLimits, decode: bool = True) -> None:
+    def __init__(self, path: Path, limits: VideoLimits, mode: str = "decode") -> None:
+        if mode not in MODES:
+            raise ValueError(f"a decoder child's mode is one of {', '.join(MODES)}, not {mode!r}")
         self.path, self.limits, self.name = path, limits, f"'{path.name}'"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MB of address space per thread arena, which RLIMIT_AS counts
-        argv = [sys.executable, "-m", "segdemo.media.video_child", str(path), limits.to_json(),
-                "decode" if decode else "probe", str(os.getpid())]
+        argv = [sys.executable, "-m", "segdemo.media.video_child", str(path), limits.to_json(), mode,
+                str(os.getpid())]
         # Its own session: a Ctrl-C in the terminal reaches the server, which then kills the child, not both at once.
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
                                         start_new_session=True)
@@ -51,6 +56,7 @@ class DecoderProcess:
         except BaseException:
             self.close()
             raise
+        self.sends_packets = mode == "packets" and sends_packets(self.info)  # else frames follow (mode decode)
 
     def __enter__(self) -> DecoderProcess:
         return self
@@ -70,6 +76,18 @@ class DecoderProcess:
             kind, note = self._message(frame)
             if kind == FRAME:
                 yield frame
+            elif kind == DONE:
+                return
+            else:
+                self._unexpected(kind, note)
+
+    def packets(self) -> Iterator[bytes]:
+        """The stream's packets as the child demuxes them (`sends_packets`); BadVideoError as `frames` raises it."""
+        largest = self.info.width * self.info.height * 3  # no compressed frame is larger than its raw pixels
+        while True:
+            kind, note = self._message(None, largest)
+            if kind == PACKET:
+                yield note
             elif kind == DONE:
                 return
             else:
@@ -97,7 +115,7 @@ class DecoderProcess:
         self.kill()
         raise BadVideoError(f"the video decoder sent something unexpected while reading {self.name}")
 
-    def _message(self, frame: np.ndarray | None) -> tuple[bytes, bytes]:
+    def _message(self, frame: np.ndarray | None, largest: int = MAX_NOTE) -> tuple[bytes, bytes]:
         header = bytearray(HEADER.size)
         self._fill(memoryview(header))
         kind, size = HEADER.unpack(header)
@@ -106,7 +124,7 @@ class DecoderProcess:
                 self._unexpected(b"?", b"")
             self._fill(frame.data.cast("B"))
             return kind, b""
-        if size > MAX_NOTE:
+        if size > (largest if kind == PACKET else MAX_NOTE):
             self._unexpected(b"?", b"")
         note = bytearray(size)
         self._fill(memoryview(note))
@@ -159,29 +177,35 @@ def _grow_pipe(fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m segdemo.media.video_child PATH LIMITS_JSON decode|probe PARENT_PID`: probe, then (decode) frames."""
+    """`python -m segdemo.media.video_child PATH LIMITS_JSON probe|decode|packets PARENT_PID`: probe, then frames
+    (decode), or packets where the stream `sends_packets` (packets)."""
     path, limits, mode, parent = Path(argv[0]), VideoLimits.from_json(argv[1]), argv[2], int(argv[3])
     out = os.fdopen(os.dup(1), "wb", buffering=PIPE_BYTES)
     os.dup2(2, 1)  # a stray print or a C library's write goes to stderr, never into the frame stream
     _confine(limits.memory, parent)
     try:
-        _run(out, path, limits, mode == "decode")
+        _run(out, path, limits, mode)
     except BrokenPipeError:
         pass  # the server stopped reading: the job ended or was abandoned
     return 0
 
 
-def _run(out: BinaryIO, path: Path, limits: VideoLimits, frames: bool) -> None:
-    """Probe, then every frame; whatever goes wrong reaches the server as one sentence."""
+def _run(out: BinaryIO, path: Path, limits: VideoLimits, mode: str) -> None:
+    """Probe, then every frame or packet; whatever goes wrong reaches the server as one sentence."""
     name = f"'{path.name}'"
     try:
         info = read_info(path, limits)
         _send(out, INFO, info.to_json().encode())
-        if frames:
-            count = 0
+        count = 0
+        if mode == "packets" and sends_packets(info):
+            for data in packets(path, info, limits):
+                _send(out, PACKET, data, flush=False)
+                count += 1
+        elif mode != "probe":
             for rgb in decode(path, info, limits):
                 _send(out, FRAME, np.ascontiguousarray(rgb).data.cast("B"), flush=False)
                 count += 1
+        if mode != "probe":
             _send(out, DONE, str(count).encode())
     except BadVideoError as exc:
         _send(out, ERROR, str(exc).encode())

@@ -77,7 +77,8 @@ def read_info(path: Path, limits: VideoLimits) -> VideoInfo:
             frames = stream.frames or round(seconds * fps)
             width, height = stream.codec_context.width, stream.codec_context.height
             rotation = _rotation(container, stream)
-            codec = stream.codec_context.name
+            context = stream.codec_context
+            codec, colours = context.name, (context.pix_fmt or "", int(context.colorspace), int(context.color_range))
         except av.error.FFmpegError:
             raise BadVideoError(f"{name} is not a video file FFmpeg can read (not a video, or truncated before its "
                                 f"index)") from None
@@ -88,11 +89,11 @@ def read_info(path: Path, limits: VideoLimits) -> VideoInfo:
         raise BadVideoError(f"{name} has a video stream without a frame size")
     if seconds > limits.seconds:
         raise BadVideoError(f"{name} is {seconds:.1f} s long; videos are limited to {limits.seconds:g} s")
-    _check_size(name, width, height, limits)
-    return VideoInfo(width, height, Fraction(fps), seconds, int(frames), codec, rotation, bool(counted), fmt)
+    check_size(name, width, height, limits)
+    return VideoInfo(width, height, Fraction(fps), seconds, int(frames), codec, rotation, bool(counted), fmt, *colours)
 
 
-def _check_size(name: str, width: int, height: int, limits: VideoLimits, where: str = "") -> None:
+def check_size(name: str, width: int, height: int, limits: VideoLimits, where: str = "") -> None:
     if max(width, height) > limits.side or width * height > limits.pixels:
         raise BadVideoError(f"{name} is {width}×{height}{where}; videos are limited to {limits.side} px on the long "
                             f"side and {limits.pixels / 1e6:.1f} MP a frame")
@@ -121,6 +122,65 @@ def max_frames(info: VideoInfo, limits: VideoLimits) -> int:
     return math.floor(limits.seconds * rate * (1 + FRAME_TOLERANCE)) + 1
 
 
+def _check_length(name: str, time: float | None, first: float | None, count: int, cap: int, info: VideoInfo,
+                  limits: VideoLimits) -> float | None:
+    """BadVideoError once frame `count` (at `time`) goes past the limits; the first timestamp seen."""
+    if time is not None:
+        first = time if first is None else first
+        if time - first > limits.seconds:
+            raise BadVideoError(f"{name} goes on past {limits.seconds:g} s (the container said "
+                                f"{info.seconds:.1f} s); videos are limited to {limits.seconds:g} s")
+    if count > cap:  # timestamps absent, or repeated: the count at the stream's rate still stops it
+        raise BadVideoError(f"{name} holds more than {cap - 1} frames ({limits.seconds:g} s at "
+                            f"{float(info.fps):g} fps); videos are limited to {limits.seconds:g} s")
+    return first
+
+
+ANNEX_B = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}  # codecs a GPU decoder takes as packets
+# AVColorSpace tags whose frames PyAV converts with BT.601 (unspecified among them) or BT.709: a GPU decoder's
+# conversion matches those (backends/torch_cuda/ops.nv12_to_rgb), no others.
+MATRICES = {0: "bt601", 2: "bt601", 5: "bt601", 6: "bt601", 1: "bt709"}
+
+
+def sends_packets(info: VideoInfo) -> bool:
+    """Whether a decoder child asked for packets sends them for this stream (else it decodes frames itself): 8-bit
+    4:2:0 H.264 or HEVC of even stored sides, limited range, a colour matrix the GPU conversion matches."""
+    return (info.codec in ANNEX_B and info.pix_fmt == "yuv420p" and info.color_range != 2
+            and info.colorspace in MATRICES and info.width % 2 == 0 and info.height % 2 == 0)
+
+
+def packets(path: Path, info: VideoInfo, limits: VideoLimits) -> Iterator[bytes]:
+    """The video stream's packets in decode order as a GPU decoder takes them (H.264/HEVC in Annex B), the limits
+    enforced as `decode` enforces them (a packet a frame: these codecs' containers store one frame a packet)."""
+    av = av_module()
+    name, count, first = f"'{path.name}'", 0, None
+    cap = max_frames(info, limits)
+    try:
+        with open_input(path, limits) as container:
+            stream = container.streams.video[0]
+            annex_b = av.BitStreamFilterContext(ANNEX_B[info.codec], stream)
+            for packet in container.demux(stream):
+                for out in annex_b.filter(packet if packet.size else None):
+                    count += 1
+                    time = float(out.pts * out.time_base) if out.pts is not None and out.time_base else None
+                    first = _check_length(name, time, first, count, cap, info, limits)
+                    yield bytes(out)
+    except MemoryError:
+        raise
+    except av.error.FFmpegError:
+        raise BadVideoError(f"{name} is truncated or damaged: reading stopped after {count} of about "
+                            f"{info.frames} frames") from None
+    if count == 0:
+        raise BadVideoError(f"{name} has no video frames")
+    _check_count(name, count, info)
+
+
+def _check_count(name: str, count: int, info: VideoInfo) -> None:
+    if info.counted and count < 0.95 * info.frames and info.frames - count >= 2:
+        raise BadVideoError(f"{name} is truncated or damaged: only {count} of its {info.frames} frames could be "
+                            f"decoded")
+
+
 def decode(path: Path, info: VideoInfo, limits: VideoLimits) -> Iterator[np.ndarray]:
     """Upright RGB frames of the probed size, stopped with BadVideoError past `limits` whatever the metadata said,
     and when the file stops being decodable (truncated, damaged) or has no frames."""
@@ -134,18 +194,11 @@ def decode(path: Path, info: VideoInfo, limits: VideoLimits) -> Iterator[np.ndar
             stream.thread_type = "AUTO"  # frame threads: decoding 1080p H.264 keeps up with a fast engine
             for frame in container.decode(stream):
                 count += 1
-                if frame.time is not None:
-                    first = frame.time if first is None else first
-                    if frame.time - first > limits.seconds:
-                        raise BadVideoError(f"{name} goes on past {limits.seconds:g} s (the container said "
-                                            f"{info.seconds:.1f} s); videos are limited to {limits.seconds:g} s")
-                if count > cap:  # timestamps absent, or repeated: the count at the stream's rate still stops it
-                    raise BadVideoError(f"{name} holds more than {cap - 1} frames ({limits.seconds:g} s at "
-                                        f"{float(info.fps):g} fps); videos are limited to {limits.seconds:g} s")
+                first = _check_length(name, frame.time, first, count, cap, info, limits)
                 if (frame.width, frame.height) != (width, height):
                     # A stream may change size mid-way: beyond the limits it is refused, within them it is scaled
                     # to the first size, which the pipe, the engine's batch and the encoder all assume.
-                    _check_size(name, frame.width, frame.height, limits, f" from frame {count}")
+                    check_size(name, frame.width, frame.height, limits, f" from frame {count}")
                     rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
                 else:
                     rgb = frame.to_ndarray(format="rgb24")
@@ -161,6 +214,4 @@ def decode(path: Path, info: VideoInfo, limits: VideoLimits) -> Iterator[np.ndar
                             f"{info.frames} frames") from None
     if count == 0:
         raise BadVideoError(f"{name} has no video frames")
-    if info.counted and count < 0.95 * info.frames and info.frames - count >= 2:
-        raise BadVideoError(f"{name} is truncated or damaged: only {count} of its {info.frames} frames could be "
-                            f"decoded")
+    _check_count(name, count, info)

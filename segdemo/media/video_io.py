@@ -28,18 +28,22 @@ from .video_limits import (
     is_video_path,
 )
 
-__all__ = ["APP_LIMITS", "CLI_LIMITS", "VIDEO_SUFFIXES", "BadVideoError", "DecoderProcess", "Encoder", "VideoFormat",
-           "VideoInfo", "VideoLimits", "av_module", "even_size", "frames", "is_video_path", "open_video", "probe",
-           "write_mp4"]
+__all__ = ["APP_LIMITS", "CLI_LIMITS", "FAST_PRESET", "PRESET", "VIDEO_SUFFIXES", "BadVideoError", "DecoderProcess",
+           "Encoder", "VideoFormat", "VideoInfo", "VideoLimits", "av_module", "even_size", "frames", "is_video_path",
+           "open_video", "probe", "write_mp4"]
 
 log = logging.getLogger("segdemo")
 
 CRF = 20  # x264 quality: visually clean overlays at a few Mbit/s
-PRESET = "veryfast"  # x264 speed: 1080p encodes well above real time on a few cores
+PRESET = "veryfast"  # x264 speed where the engine is the slower stage (CPU backends): the smaller file
+# Where the encoder must keep up with a GPU engine: about twice veryfast's frames a second at a third more bytes
+# (docs/benchmarks.md, x264 presets).
+FAST_PRESET = "superfast"
 
 
-def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, decode: bool = True) -> DecoderProcess:
-    """A decoder child for `path`, its probe read (`.info`); BadVideoError (one sentence) when it cannot be used.
+def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, mode: str = "decode") -> DecoderProcess:
+    """A decoder child for `path` (`mode`: see video_child.MODES), its probe read (`.info`); BadVideoError (one
+    sentence) when it cannot be used.
 
     The cheap checks (exists, size, suffix) come first, in this process; FFmpeg only ever runs in the child.
     """
@@ -54,12 +58,12 @@ def open_video(path: str | Path, limits: VideoLimits = APP_LIMITS, decode: bool 
     if size > limits.bytes:
         raise BadVideoError(f"{name} is {size / 2**20:.0f} MB; videos are limited to {limits.bytes / 2**20:.0f} MB")
     limits.check_suffix(path)
-    return DecoderProcess(path, limits, decode)
+    return DecoderProcess(path, limits, mode)
 
 
 def probe(path: str | Path, limits: VideoLimits = APP_LIMITS) -> VideoInfo:
     """Check the file against `limits` (in a decoder child) and say what it holds; BadVideoError when unusable."""
-    with open_video(path, limits, decode=False) as child:
+    with open_video(path, limits, mode="probe") as child:
         return child.info
 
 
@@ -77,12 +81,14 @@ def even_size(height: int, width: int) -> tuple[int, int]:
 
 
 class Encoder(threading.Thread):
-    """Encodes overlays (lists of RGB frames from a queue) into the container's H.264 stream."""
+    """Encodes overlays (lists of frames from a queue: RGB H×W×3, or I420 (H·3/2)×W as the device made them) into
+    the container's H.264 stream."""
 
     def __init__(self, container: Any, fps: Fraction, spans: SpanRecorder, pending: queue.Queue,
-                 errors: list[BaseException]) -> None:
+                 errors: list[BaseException], preset: str = PRESET) -> None:
         super().__init__(name="video encode", daemon=True)
         self.container, self.fps, self.spans, self.pending, self.errors = container, fps, spans, pending, errors
+        self.preset = preset
         self.stream: Any = None
         self.count = 0
 
@@ -94,9 +100,12 @@ class Encoder(threading.Thread):
                     continue  # drain; the caller is stopping
                 with self.spans.span("encode", INFERENCE, frames=len(pictures)):
                     for picture in pictures:
+                        planar = picture.ndim == 2  # I420: no conversion here
                         if self.stream is None:
-                            self.stream = self._open(picture.shape[0], picture.shape[1])
-                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+                            height = picture.shape[0] * 2 // 3 if planar else picture.shape[0]
+                            self.stream = self._open(height, picture.shape[1])
+                        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture),
+                                                           format="yuv420p" if planar else "rgb24")
                         frame.pts = self.count
                         self.count += 1
                         self.container.mux(self.stream.encode(frame))
@@ -110,7 +119,7 @@ class Encoder(threading.Thread):
 
     def _open(self, height: int, width: int) -> Any:
         stream = self.container.add_stream("libx264", rate=self.fps,
-                                           options={"crf": str(CRF), "preset": PRESET})
+                                           options={"crf": str(CRF), "preset": self.preset})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / self.fps
         # Frame threads, not libavcodec's default slice threads: x264 encodes faster (docs/benchmarks.md), at a few

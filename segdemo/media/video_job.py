@@ -14,8 +14,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from ..pipeline import Segmentation, Session
 from ..profiling.spans import INFERENCE, SpanRecorder
 from .video_io import (
     APP_LIMITS,
+    FAST_PRESET,
+    PRESET,
     BadVideoError,
     DecoderProcess,
     Encoder,
@@ -38,13 +41,33 @@ from .video_io import (
 
 log = logging.getLogger("segdemo")
 
-BATCH = 8  # frames per engine call (one list through segment_frames)
+BATCH = 8  # frames per list through segment_frames where the backend takes one frame at a time
+GPU_BATCH = 16  # a video's batch on torch-cuda: the bucket the batched network was measured at (docs/benchmarks.md)
+# Backends a video job asks for batches: torch-cuda's one-shot batch graph comes from a cached trace. Not TensorRT's:
+# its batched plans need the batched ONNX graphs exported from the model (torch), which a prepared build folder run
+# without torch lacks (and that path was not measured); not the CPU's, which gains nothing from batches.
+BATCH_BACKENDS = ("torch-cuda",)
+BATCH_PIXELS = GPU_BATCH * 1920 * 1080  # frames per list shrink for larger frames: the queues hold a few lists
 QUEUE_BATCHES = 2  # decoded batches waiting for the engine, and overlays waiting for the encoder
 
 
-def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder) -> list[Segmentation]:
-    """Segment a list of RGB frames; the one place a batch call of the backend will replace this loop."""
-    return [session.segment(frame, spans, record=False) for frame in frames]
+def max_batch_for(backend: str) -> int:
+    """The session's `max_batch` for a video job on `backend` (a name from backends.choose)."""
+    return GPU_BATCH if backend in BATCH_BACKENDS else 1
+
+
+def frames_per_list(session: Session, info: VideoInfo) -> int:
+    """Frames per list through segment_frames: the backend's batch (BATCH where it has none), fewer for frames so
+    large that the lists waiting in the queues would crowd memory (4K: 4 at a time)."""
+    batch = getattr(session.backend, "max_batch", 1)
+    return max(1, min(batch if batch > 1 else BATCH, BATCH_PIXELS // max(1, info.width * info.height)))
+
+
+def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder,
+                   opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
+    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames),
+    with the overlays as I420 where the device makes them (the encoder then converts nothing)."""
+    return session.segment_frames(frames, spans, opacity, i420=True)
 
 
 @dataclass
@@ -115,6 +138,20 @@ class VideoResult:
         return path
 
 
+def gpu_frames(session: Session, child: DecoderProcess) -> Iterator[Any]:
+    """The child's packets decoded by NVDEC on the session's GPU: upright RGB frames there (media.nvdec)."""
+    from .nvdec import GpuVideoDecoder
+
+    device = getattr(getattr(session.backend, "cuda", None), "index", None) or 0
+    try:
+        decoder = GpuVideoDecoder(child.info, child.limits, child.name, device)
+    except Exception as exc:  # noqa: BLE001 — a driver or profile NVDEC does not take: one sentence, what to do
+        raise BadVideoError(f"the GPU video decoder could not start on {child.name} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); set SEGDEMO_NVDEC=0 to "
+                            f"decode on the host") from None
+    return decoder.frames(child.packets())
+
+
 def write_outputs(result: VideoResult, folder: Path, load_spans: list | None = None) -> dict[str, Path]:
     """shares.csv, shares.json and profiling.json (the session's load spans, if given, then the job's) in `folder`."""
     from ..profiling.trace import write_trace
@@ -131,15 +168,37 @@ def _hex(rgb: np.ndarray) -> str:
 Progress = Callable[[int, int], None]  # (frames done, frames expected)
 
 
+class Pace:
+    """A Progress that tells `report(fraction, line)` the frames done, the frames a second so far and the
+    real-time factor (video time made per second of the job) — what the Video tab and the command line show."""
+
+    def __init__(self, fps: Fraction, report: Callable[[float, str], None]) -> None:
+        self.fps, self.report, self.start = float(fps), report, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.report(done / max(total, 1), f"{done} / {total} frames · {rate:.1f} frames/s · "
+                                          f"{rate / self.fps:.2f}× real time")
+
+
 def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
                   limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
-                  spans: SpanRecorder | None = None, batch: int = BATCH) -> VideoResult:
+                  spans: SpanRecorder | None = None, batch: int | None = None) -> VideoResult:
     """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
+    from .nvdec import nvdec_reason
+
     spans = spans or SpanRecorder()
     start = time.perf_counter()
+    why_not = nvdec_reason(session, limits)
     with spans.span("probe", INFERENCE):
-        child = open_video(source, limits)  # one child per job: it probes, then decodes
+        # One child per job: it probes, then decodes — or, for a GPU decoder here, demuxes packets of the streams
+        # it can take (`child.sends_packets`)
+        child = open_video(source, limits, "decode" if why_not else "packets")
+    if not child.sends_packets:
+        log.info("video: frames decoded on the host (PyAV, in the decoder child): %s",
+                 why_not or f"{child.info.codec} {child.info.pix_fmt} is not a stream NVDEC decodes here")
     try:
+        batch = batch or frames_per_list(session, child.info)
         return _segment(session, child, out, opacity, progress, spans, batch, start)
     finally:
         child.close()  # whatever happened: the child never outlives its job
@@ -158,11 +217,11 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     classes = len(session.labels)
 
     def decode() -> None:
-        chunk: list[np.ndarray] = []
+        chunk: list[Any] = []  # RGB frames: arrays from the child, or tensors on the GPU
         try:
-            stream = child.frames()
+            stream = gpu_frames(session, child) if child.sends_packets else child.frames()
             while not stop.is_set():
-                with spans.span("decode", INFERENCE) as attrs:
+                with spans.span("decode", INFERENCE, gpu=child.sends_packets) as attrs:
                     while len(chunk) < batch and (frame := next(stream, None)) is not None:
                         chunk.append(frame)
                     attrs["frames"] = len(chunk)
@@ -176,7 +235,8 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
             decoded.put(None)
 
     container = av.open(str(out), "w", options={"movflags": "+faststart"})  # index first: plays while loading
-    writer = Encoder(container, info.fps, spans, encoded, errors)
+    preset = PRESET if session.backend.device == "cpu" else FAST_PRESET
+    writer = Encoder(container, info.fps, spans, encoded, errors, preset)
     reader = threading.Thread(target=decode, name="video decode", daemon=True)
     reader.start()
     writer.start()
@@ -184,7 +244,7 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     try:
         while (chunk := decoded.get()) is not None:
             with spans.span("segment", INFERENCE, frames=len(chunk)):
-                results = segment_frames(session, chunk, spans)
+                results = segment_frames(session, chunk, spans, opacity)
             with spans.span("overlay", INFERENCE, frames=len(chunk)):
                 pictures = [r.display_overlay(opacity) for r in results]
             for r in results:
@@ -193,7 +253,9 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
                     counts[entry.id] = entry.share
                 shares.append(counts)
             size = size or even_size(*pictures[0].shape[:2])
-            encoded.put([p[: size[0], : size[1]] for p in pictures])
+            # I420 from the device where it made it (already of even sides), else the RGB overlay made even here
+            encoded.put([r.overlay_i420 if r.overlay_i420 is not None else p[: size[0], : size[1]]
+                         for r, p in zip(results, pictures, strict=True)])
             done += len(chunk)
             if progress:
                 progress(done, max(done, info.frames))
@@ -216,8 +278,11 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
         raise errors[0]
     if size is None:
         raise BadVideoError(f"'{Path(source).name}' has no video frames")
+    decoder = "NVDEC (PyNvVideoCodec), packets from the decoder child" if child.sends_packets else \
+        "PyAV (FFmpeg) in the decoder child"
     result = VideoResult(out, info, done, size, np.asarray(shares, np.float32), session.labels, session.colours,
-                         time.perf_counter() - start, spans, session.describe())
+                         time.perf_counter() - start, spans,
+                         {**session.describe(), "decoder": decoder, "x264_preset": preset})
     log.info("video: %d frames %d×%d → %s at %.2f× real time (%.1f s)", done, info.width, info.height, out.name,
              result.speed, result.seconds)
     return result

@@ -108,6 +108,9 @@ class VideoInfo:
     rotation: int = 0
     counted: bool = False  # whether `frames` comes from the container's index (MP4, MOV) rather than an estimate
     format: str = ""  # FFmpeg's demuxer name
+    pix_fmt: str = ""  # the stream's pixel format (FFmpeg's name) and colour tags: what a GPU decoder must convert
+    colorspace: int = 2  # AVColorSpace (2: unspecified)
+    color_range: int = 0  # AVColorRange (2: full, "JPEG")
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "fps": [self.fps.numerator, self.fps.denominator]})

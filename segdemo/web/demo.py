@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ModelNotFoundError, SegdemoError
 from ..media.live import LiveFrame, LiveStream, LiveStreams
 from ..media.video_io import probe
-from ..media.video_job import Progress, VideoResult, segment_video
+from ..media.video_job import Pace, VideoResult, segment_video
 from ..model.source import DEFAULT_MODEL, preset_for
 from ..pipeline import Segmentation, Session
 from .admission import PixelBudget, inspect_image
@@ -269,17 +269,18 @@ class Demo:
         with self.pixels.hold(facts.pixels):
             return stream.offer(image, opacity), stream
 
-    def segment_video(self, path: Any, opacity: float, progress: Progress | None = None,
+    def segment_video(self, path: Any, opacity: float, report: Callable[[float, str], None] | None = None,
                       visitor: Visitor | None = None) -> VideoResult:
-        """Segment an uploaded video into a fresh folder of the visitor's; BadVideoError (one sentence) for unusable
-        input."""
+        """Segment an uploaded video into a fresh folder of the visitor's, telling `report(fraction, line)` the
+        frames done, frames/s and real-time factor as it goes; BadVideoError (one sentence) for unusable input."""
         if path is None:
             raise SegdemoError("no video was given — upload one first")
-        probe(path, self.config.video_limits)  # bad input is refused before waiting for the model
+        info = probe(path, self.config.video_limits)  # bad input is refused before waiting for the model
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         session = self.wait(timeout=900)
         folder = self.visitors.result_folder(visitor or self.visitors.new_visitor(""), "v")
-        return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits, progress)
+        return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits,
+                             Pace(info.fps, report) if report else None)
 
 
 def owner_of(request: Any) -> str:

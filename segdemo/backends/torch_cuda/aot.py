@@ -7,7 +7,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,7 @@ class Format:
     suffix: str
     make: Callable[[torch.nn.Module, torch.Tensor, Path, SpanRecorder], bytes]
     load: Callable[[Path], Any]
+    batch: int = 1  # the example's batch size: a trace replays only the shape it was traced at
 
 
 MAX_BATCH = 64  # the exported program's batch dimension runs 1..MAX_BATCH
@@ -150,6 +151,13 @@ SCRIPT = Format("torchscript-1", "traced network", ".script.pt", _make_script, _
 PACKAGE = Format("aoti-package-1", "compiled network", ".pt2", _make_package, _load_package)
 
 
+def batch_script(size: int) -> Format:
+    """The exported program traced at batch `size`: what a one-shot run's batch graph replays (a C++ load, like
+    SCRIPT's, where the program's Python deserialisation would cost the run seconds)."""
+    return replace(SCRIPT, name=f"torchscript-b{size}-1", noun=f"traced batch-{size} network",
+                   suffix=f".b{size}.script.pt", batch=size)
+
+
 def package_key(source: ModelSource, precision: str, device: torch.device, kind: Format = PACKAGE) -> dict[str, Any]:
     """Everything that makes one artifact different from another."""
     import torch
@@ -214,7 +222,7 @@ def _make(kind: Format, path: Path, parts: dict[str, Any], key: str, spans: Span
     network = make_network()
     height, width = parts["input_size"]
     device = next(network.parameters()).device
-    example = torch.randint(0, 256, (1, height, width, 3), dtype=torch.uint8, device=device)
+    example = torch.randint(0, 256, (kind.batch, height, width, 3), dtype=torch.uint8, device=device)
     if progress is not None:
         progress(0.3, f"making the {kind.noun}: tracing{' and compiling' if kind is PACKAGE else ''}")
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:

@@ -47,6 +47,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
 
     name = NAME
     device = "cuda"
+    device_frames = True  # render and render_batch take upright RGB frames already on the GPU (media.nvdec's)
 
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
                  compile: bool | None = None, build_dir: Path | None = None,
@@ -76,9 +77,11 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         self.events = [torch.cuda.Event(enable_timing=True) for _ in range(6)]  # reused: requests hold self.lock
         self.pictures = Pictures(self.cuda, self.stream, self.events, palette(source.labels))
         self.jpeg_decoder: GpuJpegDecoder | None = None
+        self.unchecked: SpanRecorder | None = None  # a one-shot run checks the JPEG decoders at its first JPEG
         self.max_batch = max_batch
-        # Batched requests decode and resize in their own threads (`prepare`), beside the batch the GPU is running.
-        self.preparers = Preparers(self.cuda, self.input_size) if max_batch > 1 else None
+        # Batched requests decode and resize in their own threads (`prepare`), beside the batch the GPU is running;
+        # a one-shot run's batches (video frames) come decoded, in one thread.
+        self.preparers = Preparers(self.cuda, self.input_size) if max_batch > 1 and long_lived else None
         if max_batch > 1:
             self.host_batch = torch.empty((batch_bucket(max_batch), height, width, 3), dtype=torch.uint8,
                                           pin_memory=True)
@@ -93,7 +96,14 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                                               name="segdemo background load")
             self.compiling.start()
         else:
-            self._check_decoder(spans)
+            # One-shot: nothing in the background (a compilation would not pay within the run, and its thread would
+            # hold the process at exit); the one batch graph the run replays is captured now, from a cached trace.
+            self.unchecked = spans
+            if max_batch > 1:
+                try:
+                    self.network.capture_batch(spans, max_batch)
+                except Exception:  # noqa: BLE001 — batches then run image by image
+                    log.exception("capturing the batch graph failed; batches run image by image")
 
     @property
     def compiled(self) -> bool:
@@ -106,6 +116,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
 
     @property
     def decodes_jpeg(self) -> bool:
+        if self.unchecked is not None:  # a one-shot run's first JPEG: check the decoders now, not at load
+            spans, self.unchecked = self.unchecked, None
+            self._check_decoder(spans)
         return self.jpeg_decoder is not None
 
     def _check_decoder(self, spans: SpanRecorder) -> None:
@@ -227,8 +240,12 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                out_size: tuple[int, int], display: tuple[int, int]) -> Rendered:
         """The whole request on the GPU from a plain JPEG (decode.plain_jpeg) or upright RGB, as the host pipeline
         does it (a JPEG decoded here may differ only by inverse-DCT rounding); only the maps and pictures come back."""
+        return self._render(RenderJob(source, opacity, out_size, display), spans)
+
+    def _render(self, job: RenderJob, spans: SpanRecorder) -> Rendered:
+        """`render` of one job, whatever else it asks for (RenderJob.i420)."""
         torch = self.torch
-        job = RenderJob(source, opacity, out_size, display)
+        source, out_size, display = job.source, job.out_size, job.display
         self._check_renders([job])
         with self.lock, spans.span("execute", INFERENCE, backend=self.name, on_device=True) as attrs:
             with torch.inference_mode(), torch.cuda.stream(self.stream):
@@ -304,7 +321,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     def _render_or_refuse(self, job: RenderJob, spans: SpanRecorder) -> Rendered | Exception:
         """`render`, or the error of an upload its decoder refuses (that request fails alone, as unbatched)."""
         try:
-            return self.render(job.source, spans, job.opacity, job.out_size, job.display)
+            return self._render(job, spans)
         except BadImageError as exc:
             return exc
 

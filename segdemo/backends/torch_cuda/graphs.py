@@ -29,6 +29,7 @@ class BatchGraph:
     pixels: torch.Tensor
     graph: torch.cuda.CUDAGraph
     logits: torch.Tensor
+    net: Any = None  # what the graph replays, where nothing else keeps it (and so its weights) alive
 
 
 @dataclass(eq=False)

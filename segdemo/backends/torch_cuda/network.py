@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...artifacts import resolve_build_dir
 from ...profiling.spans import LOAD, SpanRecorder
-from .aot import PROGRAM, SCRIPT, compiled_network, describe, pixel_network
+from .aot import PROGRAM, SCRIPT, batch_script, compiled_network, describe, pixel_network
 from .graphs import BATCH_BUCKETS, BatchGraph, batch_bucket, capture_network
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class Network:
                 self.aot = False
         self.eager_net: torch.nn.Module | None = None  # the exported program (loaded in the background), for batches
         self.exported = functools.partial(self._program_network, source, spans, build_dir, progress)
+        self.artifact = functools.partial(compiled_network, source, precision, self.cuda, build_dir, spans,
+                                          self.exported, progress)  # (kind) → a cached trace of the program
         if not self.aot:
             self.net = self._startup_network(source, spans, build_dir, progress)
         self.batch_graphs: dict[int, BatchGraph] = {}  # batch bucket → its network graph, once captured
@@ -112,8 +114,20 @@ class Network:
             self.logits.copy_(self.net(self.pixels))
 
     def batch_graph(self, count: int) -> BatchGraph | None:
-        """The graph of the batch bucket holding `count` requests, once the background captured it."""
-        return self.batch_graphs.get(batch_bucket(count))
+        """The graph of the smallest captured batch bucket holding `count` requests (None before any is)."""
+        return next((graph for size, graph in sorted(self.batch_graphs.items()) if size >= count), None)
+
+    def capture_batch(self, spans: SpanRecorder, max_batch: int) -> None:
+        """The graph of `max_batch`'s bucket only, now, from its own cached trace (a one-shot run: no background;
+        smaller batches ride in it, their padding rows computing what is never read)."""
+        size = batch_bucket(max_batch)
+        with spans.span("capture batch graphs", LOAD, backend=NAME, max_batch=max_batch, buckets=[size]):
+            script, _ = self.artifact(kind=batch_script(size))
+            pixels = self.torch.randint(0, 256, (size, *self.input_size, 3), dtype=self.torch.uint8,
+                                        device=self.cuda)
+            graph, logits = capture_network(self.stream, self.cuda, script, pixels)
+            # The graph replays the trace's weights in place: the entry keeps the trace (nothing else does).
+            self.batch_graphs[size] = BatchGraph(size, pixels, graph, logits, script)
 
     def _eager_network(self, source: ModelSource, spans: SpanRecorder) -> torch.nn.Module:
         """The network from the model's weights (transformers), on the GPU at this precision, uint8 pixels in."""

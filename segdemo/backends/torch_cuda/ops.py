@@ -95,6 +95,51 @@ def blend(image: torch.Tensor, mask: torch.Tensor, table: torch.Tensor) -> torch
     return table[pairs]
 
 
+def rgb_to_i420(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 H×W×3 RGB (H a multiple of 4, W even) → I420 as H.264 takes it (yuv420p: Y, then U and V at half size,
+    flat in (H·3/2)×W rows), as libswscale converts rgb24 (tests/test_torch_ops.py: within 1 level): BT.601 limited
+    range; chroma from pairs of columns averaged, then rows filtered 1-3-3-1 (its bilinear 2:1, edges repeated)."""
+    import torch
+
+    height, width = rgb.shape[:2]
+    r, g, b = rgb.to(torch.int32).unbind(-1)
+    luma = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    pairs = rgb.to(torch.float32).reshape(height, width // 2, 2, 3).mean(2)
+    padded = torch.cat([pairs[:1], pairs, pairs[-1:]])  # row k is the image's row k - 1
+    rows = (padded[0:height:2] + 3 * padded[1:height + 1:2] + 3 * padded[2:height + 2:2] + padded[3:height + 3:2]) / 8
+    r2, g2, b2 = rows.unbind(-1)
+    cb = torch.floor((-38 * r2 - 74 * g2 + 112 * b2) / 256 + 128.5)
+    cr = torch.floor((112 * r2 - 94 * g2 - 18 * b2) / 256 + 128.5)
+    return torch.cat([luma.flatten(), cb.flatten().to(torch.int32), cr.flatten().to(torch.int32)]).clamp(0, 255) \
+        .to(torch.uint8).view(height * 3 // 2, width)
+
+
+# Limited-range Y'CbCr → R'G'B' (rows R, G, B; columns Y − 16, Cb − 128, Cr − 128) of the matrices PyAV's frames are
+# converted with: libswscale's BT.601 (untagged and 601 streams) and BT.709.
+YCC_MATRICES = {
+    "bt601": ((255 / 219, 0.0, 255 / 224 * 1.402), (255 / 219, -255 / 224 * 1.772 * 0.114 / 0.587,
+              -255 / 224 * 1.402 * 0.299 / 0.587), (255 / 219, 255 / 224 * 1.772, 0.0)),
+    "bt709": ((255 / 219, 0.0, 255 / 224 * 1.5748), (255 / 219, -255 / 224 * 1.8556 * 0.0722 / 0.7152,
+              -255 / 224 * 1.5748 * 0.2126 / 0.7152), (255 / 219, 255 / 224 * 1.8556, 0.0)),
+}
+
+
+def nv12_to_rgb(nv12: torch.Tensor, height: int, width: int, matrix: str = "bt601") -> torch.Tensor:
+    """A decoder's NV12 surface ((H·3/2)×W: Y rows, then interleaved Cb Cr at half size; H and W even) → uint8 H×W×3
+    RGB as PyAV's rgb24 of the same 4:2:0 frame (libswscale: each chroma sample for its 2×2 block), within 2 levels
+    (tests/test_torch_ops.py)."""
+    import torch
+
+    luma = nv12[:height, :width].to(torch.float32) - 16
+    chroma = nv12[height:height + height // 2, :width].reshape(height // 2, width // 2, 2).to(torch.float32) - 128
+    chroma = chroma.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    cb, cr = chroma[..., 0], chroma[..., 1]
+    # Elementwise, in fp32 (a 3-wide matmul could run in TF32). libswscale's table-based conversion lands about half
+    # a level below the exact value: measured, its difference is smallest rounding down from half a level lower.
+    channels = [y * luma + b * cb + r * cr - 0.5 for y, b, r in YCC_MATRICES[matrix]]
+    return torch.floor(torch.stack(channels, -1)).clamp(0, 255).to(torch.uint8)
+
+
 def class_counts(class_map: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """Pixels per class id (int64 [bins]), the legend's bincount.
 

@@ -60,14 +60,17 @@ def device_image(source: EncodedJpeg | np.ndarray, spans: SpanRecorder, device: 
         return pinned.to(device, non_blocking=True), source
 
 
-def upright_image(source: EncodedJpeg | np.ndarray | Prepared, spans: SpanRecorder, device: torch.device,
-                  decoder: GpuJpegDecoder | None) -> tuple[torch.Tensor, np.ndarray | None]:
-    """`device_image`, or the image `Preparers.prepare` made already."""
+def upright_image(source: EncodedJpeg | np.ndarray | Prepared | torch.Tensor, spans: SpanRecorder,
+                  device: torch.device, decoder: GpuJpegDecoder | None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """`device_image`, or the image `Preparers.prepare` or a GPU video decoder (media.nvdec) made already."""
     import torch
 
     if isinstance(source, Prepared):  # made on a preparer's stream: the allocator must wait for ours too
         source.image.record_stream(torch.cuda.current_stream(device))
         return source.image, source.host_image
+    if isinstance(source, torch.Tensor):  # an upright uint8 H×W×3 frame on this device, made on another stream
+        source.record_stream(torch.cuda.current_stream(device))
+        return source, None
     return device_image(source, spans, device, decoder)
 
 

@@ -3,6 +3,7 @@ their one download into pinned memory, timed by CUDA events."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, cast
 
@@ -12,7 +13,7 @@ from ...image.classmap import nearest_indices
 from ...image.visuals import blend_table, clamp_opacity, colour_table
 from ...profiling.spans import INFERENCE, SpanRecorder
 from ..contract import Rendered
-from .ops import blend, class_counts, colourise, gather_nearest, resize_like_pil
+from .ops import blend, class_counts, colourise, gather_nearest, resize_like_pil, rgb_to_i420
 
 if TYPE_CHECKING:
     import torch
@@ -46,16 +47,18 @@ class Pictures:
         """Counts, display picture and overlay of each request on the GPU, then one download of all and one wait."""
         torch = self.torch
         self.events[3].record(self.stream)
-        parts, counts = [], []
+        parts, counts, i420 = [], [], []
         for job, image, host_image, (classes, shown_map) in done:
             counts.append(class_counts(classes))
             same = job.display == tuple(image.shape[:2])
             shown = image if same else resize_like_pil(image, job.display)
             blended = blend(shown, colourise(shown_map, self.lut), self.blend_table(clamp_opacity(job.opacity)))
             parts.append([classes, shown_map, blended] + ([] if same and host_image is not None else [shown]))
+            i420.append(_i420(blended) if job.i420 else None)
         self.events[4].record(self.stream)
         # The counts as bytes at the block's start (aligned for int64 again on the host), then every picture.
-        host = download([torch.stack(counts).view(torch.uint8)] + [part for image in parts for part in image])
+        host = download([torch.stack(counts).view(torch.uint8)] + [part for image in parts for part in image] +
+                        [planes for planes in i420 if planes is not None])
         self.events[5].record(self.stream)
         self.events[5].synchronize()
         host_counts, arrays = host[0].numpy().view(np.int64), iter(host[1:])
@@ -66,6 +69,9 @@ class Pictures:
             display_image = display[0] if display else cast(np.ndarray, host_image)
             rendered.append(Rendered(class_map, host_counts[index], display_image, display_map, overlay,
                                      clamp_opacity(job.opacity)))
+        for index, planes in enumerate(i420):  # downloaded after every picture
+            if planes is not None:
+                rendered[index] = replace(rendered[index], overlay_i420=next(arrays).numpy())
         return rendered
 
     def nearest(self, class_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -84,6 +90,15 @@ class Pictures:
     def close(self) -> None:
         self.blend_tables.clear()
         self.lut = None  # type: ignore[assignment]  # closed: nothing uses it after close
+
+
+def _i420(overlay: torch.Tensor) -> torch.Tensor | None:
+    """The overlay's even-sided crop as I420 (what an H.264 encoder takes), or None where the height made even is
+    no multiple of 4 (PyAV's yuv420p arrays need one): the encoder then converts the RGB overlay itself."""
+    height, width = overlay.shape[0] & ~1, overlay.shape[1] & ~1
+    if height % 4 or width < 2:
+        return None
+    return rgb_to_i420(overlay[:height, :width])
 
 
 def download(parts: list[torch.Tensor]) -> list[torch.Tensor]:
