@@ -3,9 +3,10 @@
 A network graph (uint8 pixels → channels-last logits: the fused graph's network part, or `batched`'s) with its
 MatMul weights quantized to int8 per output channel and its activations quantized at run time (ONNX Runtime's
 dynamic quantization). Convolutions stay fp32: quantizing them cost agreement (patch embeddings, decode head) and,
-statically quantized, was slower on ONNX Runtime's CPU kernels (docs/benchmarks.md, "int8 on the CPU"). The graph and its sidecar — the settings and the guard's measurement
-and decision — live in build/onnx/, keyed by the source graph, ONNX Runtime's version, the settings, this module and
-the CPU (int8 kernels differ between instruction sets, and so may their rounding).
+statically quantized, was slower on ONNX Runtime's CPU kernels (docs/benchmarks.md, "int8 on the CPU"). The graph
+and its sidecar — the settings and the guard's measurement and decision — live in build/onnx/, keyed by the source
+graph, ONNX Runtime's version, the settings, this module and the CPU (int8 kernels differ between instruction sets,
+and so may their rounding).
 """
 
 from __future__ import annotations
