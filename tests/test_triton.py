@@ -179,6 +179,28 @@ def test_a_different_model_or_name_is_refused(session_factory, server):
         _backend(session, f"triton://{server.grpc_address}/segformer", precision="fp16")
 
 
+def test_a_front_end_served_by_the_engine_tier_says_so_on_its_engine_tab(server, build_dir):
+    """A front end of --front-ends whose backend is the shared Triton server: its Engine tab names the tier (address
+    and model), and its page refuses builds as every front end does."""
+    from segdemo.web.config import BUILDS_SPLIT, AppConfig
+    from segdemo.web.demo import Demo
+    from segdemo.web.engine_page import engine_view
+
+    url = f"triton://{server.grpc_address}/segformer"
+    for index in (0, None):
+        demo = Demo(AppConfig(model=MODEL, backend=url, build_dir=str(build_dir), front_end_index=index)).start()
+        try:
+            demo.wait(timeout=60)
+            markdown = engine_view(demo).markdown
+        finally:
+            demo.wait().close()
+            demo.visitors.close()
+        said = (f"**Served by:** the engine tier shared by every front end of this app: {url}, model {MODEL} (python "
+                f"variant); this front end holds no copy of the model")
+        assert (said in markdown) == (index is not None) and f"**Server:** {url}" in markdown
+    assert Demo(AppConfig(backend=url, front_end_index=0)).builds_refused == BUILDS_SPLIT
+
+
 def test_server_down_at_start_is_one_sentence(session_factory):
     from segdemo.triton.server import free_port
 
