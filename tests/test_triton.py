@@ -213,6 +213,29 @@ def test_server_down_at_start_is_one_sentence(session_factory):
     assert time.monotonic() - start < 10
 
 
+def test_a_server_that_comes_up_late_is_waited_for_when_asked(session_factory, repository, monkeypatch):
+    """SEGDEMO_TRITON_WAIT_S (set by --front-ends for its front ends): the load keeps trying while the server starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segdemo.triton.server import free_port
+
+    monkeypatch.setenv("SEGDEMO_TRITON_WAIT_S", "60")
+    grpc_port = free_port()
+    late = _server(repository, grpc_port=grpc_port)
+    started = time.monotonic()
+    # The server starts from this thread: its parent-death signal follows the thread that started it.
+    with ThreadPoolExecutor(1) as pool:
+        connecting = pool.submit(_backend, session_factory(MODEL, "fp32"), f"triton://127.0.0.1:{grpc_port}/segformer")
+        try:
+            time.sleep(1.0)
+            assert not connecting.done()
+            late.start()
+            with connecting.result(timeout=60) as remote:
+                assert remote.variant == "python" and time.monotonic() - started >= 1.0
+        finally:
+            late.close()
+
+
 def test_server_dies_mid_run_and_serving_resumes_when_it_returns(session_factory, repository, build_dir):
     """A request while the server is gone fails with one sentence; the session keeps going and recovers."""
     from segdemo.pipeline import Session
