@@ -2,9 +2,10 @@
 
 One Gradio process spends CPU on every request outside the engine (routing, upload, queue, event stream,
 file download), so on a many-core machine one process caps the app long before the GPU does. This supervisor starts
-N copies (`--front-ends 1`, each with its own session), serves the public address through HAProxy (configured by
-`haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy that exits (with a
-backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
+the engine tier that holds the one copy of the model where one can run here (`engine_tier`), then N copies
+(`--front-ends 1`, each with a session on that tier, else on a model of its own), serves the public address through
+HAProxy (configured by `haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy
+that exits (with a backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
 """
 
 from __future__ import annotations
@@ -251,6 +252,8 @@ class Fleet:
             try:
                 await self._start_engine(self.engine)
             except (engine_tier.EngineFailed, OSError) as exc:
+                self.engine.stop()
+                self.engine = None
                 tier = engine_tier.TierChoice(self.config.backend, False, f"no shared engine tier: {exc} — each "
                                                                           f"front end loads its own copy of the model")
         (log.info if tier.local or is_url(tier.backend) else log.warning)("%s", tier.note)
