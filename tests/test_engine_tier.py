@@ -47,3 +47,34 @@ def test_otherwise_each_front_end_loads_its_own_model_and_the_log_says_why(optio
     assert tier.note.startswith(f"no shared engine tier: {why}") and "each front end loads its own copy" in tier.note
     assert "\n" not in tier.note
     assert front_end_config(config, tier) == config
+
+
+def test_an_engine_tier_that_cannot_be_made_leaves_each_front_end_its_own_model(tmp_path, caplog):
+    """The tier's export fails (a preset it does not know: the command line exits 2): one warning says so, and the
+    front ends start with the operator's own backend instead of the tier's address."""
+    import asyncio
+    import logging
+
+    from segdemo.serving.engine_tier import EngineTier
+    from segdemo.serving.frontends import Fleet, free_ports
+
+    config = AppConfig(model="random:nosuch", backend="onnxruntime", front_ends=2, build_dir=str(tmp_path))
+    front, grpc = free_ports(2)
+
+    async def start() -> Fleet:
+        engine = EngineTier(config, grpc)
+        fleet = Fleet(config, "app.py", str(tmp_path), [front], choose(config, grpc, None, False), engine)
+        try:
+            await fleet.start()
+        finally:
+            fleet.stop()
+            await asyncio.gather(*fleet.runs, return_exceptions=True)
+            engine.close()
+        return fleet
+
+    with caplog.at_level(logging.INFO, "segdemo.serving.frontends"):
+        fleet = asyncio.run(start())
+    assert fleet.engine is None and [f.config.backend for f in fleet.fronts] == ["onnxruntime"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("no shared engine tier: the engine tier's model export exited with code 2") and
+               m.endswith("each front end loads its own copy of the model") for m in warned), warned
