@@ -422,3 +422,25 @@ def test_without_haproxy_several_front_ends_stop_at_start_with_one_sentence(tmp_
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 1
     assert "HAProxy, which is not installed" in done.stderr and "apt-get install haproxy" in done.stderr
+
+
+def test_front_ends_pointed_at_a_remote_engine_tier_use_it_and_start_none(build_dir, images, session_factory,
+                                                                         tmp_path):
+    """`--front-ends 2 --backend triton://…`: a tier started elsewhere (here a tritonserver of the test's own) serves
+    both front ends; the supervisor starts no engine of its own and says so."""
+    from segdemo.triton.repository import export_repository
+    from segdemo.triton.server import TritonServer, unavailable_reason
+
+    if _haproxy() is None or unavailable_reason():
+        pytest.skip(f"needs haproxy and a local tritonserver: {unavailable_reason() or 'apt-get install haproxy'}")
+    session = session_factory("random:tiny", "fp32")
+    (done,) = export_repository(session.source, session.onnx_file, tmp_path / "triton", ("python",))
+    log = tmp_path / "app.log"
+    with TritonServer(done.repository) as server:
+        url = f"triton://{server.grpc_address}/segformer"
+        with app_process(build_dir, log, "--front-ends", "2", "--backend", url) as (_, app_url):
+            text = _wait_for(log, routed, 120)
+            assert f"served by the engine tier at {url} (started elsewhere: none is started here)" in text
+            assert "engine tier started" not in text
+            answer = _segment(_client(app_url), images[0])
+    assert np.array_equal(answer, session.segment(str(images[0])).class_map)
