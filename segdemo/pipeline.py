@@ -341,7 +341,11 @@ class Session:
 
     @contextmanager
     def _engine(self, spans: SpanRecorder) -> Iterator[None]:
-        """Hold the engine slot; time spent queueing for it becomes an "engine wait" span."""
+        """Hold the engine slot; time spent queueing for it becomes an "engine wait" span. A concurrent backend (a
+        server with its own queue) takes no slot."""
+        if self.backend.concurrent:
+            yield
+            return
         queued = time.perf_counter_ns()
         with self._slot:
             waited = time.perf_counter_ns() - queued

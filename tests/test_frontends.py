@@ -1,5 +1,6 @@
-"""`python app.py --front-ends 2`: the real app in two processes behind the real HAProxy, driven by gradio_client;
-and HAProxy's limits (short timeouts, a small connection cap) tried on loopback in front of those processes."""
+"""`python app.py --front-ends 2`: the real app in two processes behind the real HAProxy, sharing one engine tier (a
+real tritonserver, where the nvidia-pytriton wheel is installed), driven by gradio_client; and HAProxy's limits (short
+timeouts, a small connection cap) tried on loopback in front of those processes."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ needs_haproxy = pytest.mark.skipif(_haproxy() is None, reason="haproxy is not in
 
 @pytest.fixture(scope="module")
 def fleet(build_dir, tmp_path_factory):
-    """One app with two front ends for the module: (supervisor process, URL, log file)."""
+    """One app with two front ends (and their engine tier, where a tritonserver can run) for the module:
+    (supervisor process, URL, log file)."""
     if _haproxy() is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     log = tmp_path_factory.mktemp("frontends") / "app.log"
@@ -121,6 +123,24 @@ def _served(log: Path) -> dict[int, int]:
     return counts
 
 
+def shared(log: Path) -> bool:
+    """Whether the front ends share the supervisor's engine tier (else each loaded its own model: no tritonserver)."""
+    return "the front ends share one engine tier" in log.read_text(errors="replace")
+
+
+def needs_engine_tier(log: Path) -> None:
+    if not shared(log):
+        note = re.search(r"no shared engine tier: [^\n]*", log.read_text(errors="replace"))
+        pytest.skip(note.group(0) if note else "the front ends do not share an engine tier")
+
+
+def _engine(log: Path) -> tuple[int, int]:
+    """The engine tier's latest tritonserver: (pid, HTTP port), from the supervisor's log."""
+    started = r"engine tier started: pid (\d+), gRPC [\d.:]+, HTTP 127\.0\.0\.1:(\d+)"
+    pid, port = re.findall(started, log.read_text())[-1]
+    return int(pid), int(port)
+
+
 def _client(url: str):
     from gradio_client import Client
 
@@ -164,11 +184,19 @@ def test_concurrent_clients_get_their_own_answers_from_both_front_ends(fleet, im
         maps = [answer for answers in pool.map(visit, clients) for answer in answers]
     for index, classes in maps:
         assert classes.shape == SIZES[index]
-    direct = session_factory("random:tiny").segment(str(images[0])).class_map
+    # The engine tier runs the fused graph at fp32; front ends with engines of their own, the CPU's default (int8).
+    direct = session_factory("random:tiny", "fp32" if shared(log) else "auto").segment(str(images[0])).class_map
     assert all(np.array_equal(classes, direct) for index, classes in maps if index == 0)
     _wait_for(log, lambda _: sum(_served(log).values()) >= sum(before.values()) + len(maps), 30)
     served = _served(log)
     assert all(served[k] > before[k] for k in (0, 1))
+    if shared(log):  # every answer came from the one engine, whose dynamic batcher took requests of both
+        import tritonclient.http
+
+        stats = tritonclient.http.InferenceServerClient(f"127.0.0.1:{_engine(log)[1]}").get_inference_statistics(
+            "segformer")["model_stats"][0]
+        print(f"engine tier: {stats['inference_count']} requests in {stats['execution_count']} executions")
+        assert stats["inference_count"] >= len(maps)
 
 
 def test_a_client_keeps_its_front_end(fleet, images):
@@ -201,6 +229,49 @@ def test_engine_builds_are_refused_with_several_front_ends(fleet):
     _, url, _ = fleet
     with pytest.raises(Exception, match="engine builds are turned off with --front-ends above 1"):
         _client(url).predict("fp32", api_name="/build_engine")
+
+
+def test_one_engine_tier_serves_both_front_ends_which_hold_no_model(fleet):
+    _, _, log = fleet
+    needs_engine_tier(log)
+    text = log.read_text()
+    assert len(re.findall(r"engine tier's model repository exported", text)) == 1
+    url = re.search(r"one engine tier: tritonserver at (triton://127\.0\.0\.1:\d+/segformer)", text).group(1)
+    for k in (0, 1):
+        assert (f"[frontend {k}] " in text and f"front end {k} is served by the engine tier shared by every front end "
+                f"of this app: {url}, model random:tiny (python variant)") in text
+        pid = int(re.findall(rf"front end {k} started: pid (\d+)", text)[-1])
+        assert "onnxruntime" not in (Path("/proc") / str(pid) / "maps").read_text()  # no runtime, no model
+    engine, _ = _engine(log)
+    stubs = [p for p in Path("/proc").glob("[0-9]*") if _group(p) == engine and p.name != str(engine)]
+    assert any("onnxruntime" in (p / "maps").read_text() for p in stubs)  # the one copy: in the Python backend
+
+
+def test_a_killed_engine_tier_costs_one_sentence_and_is_restarted(fleet, images, tmp_path):
+    """tritonserver killed while a large request runs: that request finishes or fails with one sentence, so does the
+    next one while the engine is down, and once the supervisor has restarted it (same port) the same visitor is
+    served again, the same answer as before."""
+    from gradio_client import handle_file
+
+    _, url, log = fleet
+    needs_engine_tier(log)
+    client = _client(url)
+    before = _segment(client, images[1])
+    pid, _ = _engine(log)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(photo("astronaut", (2000, 3000))).save(big, quality=90)
+    in_flight = ThreadPoolExecutor(1).submit(client.predict, handle_file(str(big)), 0.5, False, api_name="/segment")
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    failed = in_flight.exception(timeout=60)
+    assert failed is None or "did not answer this request" in str(failed)
+    with pytest.raises(Exception, match=r"the Triton server at 127\.0\.0\.1:\d+ did not answer this request") as down:
+        _segment(client, images[1])  # restarted only after 1 s
+    assert "\n" not in str(down.value)
+    text = _wait_for(log, lambda text: len(re.findall(r"engine tier ready on", text)) == 2, 60)
+    assert re.search(rf"engine tier \(tritonserver pid {pid}\) exited with code -9 after \d+ s; restarting it in 1 s",
+                     text)
+    assert np.array_equal(_segment(client, images[1]), before)
 
 
 @needs_haproxy
@@ -325,15 +396,24 @@ def test_a_killed_haproxy_is_restarted(fleet, images):
 
 def test_sigterm_stops_the_supervisor_haproxy_and_every_front_end(fleet):
     proc, _, log = fleet
-    pids = [int(p) for p in re.findall(r"(?:front end \d|haproxy) started: pid (\d+)", log.read_text())]
+    pids = [int(p) for p in re.findall(r"(?:front end \d|haproxy|engine tier) started: pid (\d+)", log.read_text())]
     assert len(pids) >= 3 and re.search(r"haproxy started: pid \d+", log.read_text())
+    engine = _engine(log)[0] if shared(log) else None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     deadline = time.time() + 10
     while any(alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], log.read_text()[-3000:]
-    assert "stopping haproxy and 2 front ends" in log.read_text()
+    assert re.search(r"stopping haproxy, 2 front ends( and the engine tier)?$", log.read_text(), re.M)
+    if engine is not None:  # the Python backend's stubs too: they share tritonserver's process group
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _group(p) == engine]
+
+
+def _group(proc: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    return None
 
 
 def test_without_haproxy_several_front_ends_stop_at_start_with_one_sentence(tmp_path):
@@ -342,3 +422,25 @@ def test_without_haproxy_several_front_ends_stop_at_start_with_one_sentence(tmp_
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 1
     assert "HAProxy, which is not installed" in done.stderr and "apt-get install haproxy" in done.stderr
+
+
+def test_front_ends_pointed_at_a_remote_engine_tier_use_it_and_start_none(build_dir, images, session_factory,
+                                                                         tmp_path):
+    """`--front-ends 2 --backend triton://…`: a tier started elsewhere (here a tritonserver of the test's own) serves
+    both front ends; the supervisor starts no engine of its own and says so."""
+    from segdemo.triton.repository import export_repository
+    from segdemo.triton.server import TritonServer, unavailable_reason
+
+    if _haproxy() is None or unavailable_reason():
+        pytest.skip(f"needs haproxy and a local tritonserver: {unavailable_reason() or 'apt-get install haproxy'}")
+    session = session_factory("random:tiny", "fp32")
+    (done,) = export_repository(session.source, session.onnx_file, tmp_path / "triton", ("python",))
+    log = tmp_path / "app.log"
+    with TritonServer(done.repository) as server:
+        url = f"triton://{server.grpc_address}/segformer"
+        with app_process(build_dir, log, "--front-ends", "2", "--backend", url) as (_, app_url):
+            text = _wait_for(log, routed, 120)
+            assert f"served by the engine tier at {url} (started elsewhere: none is started here)" in text
+            assert "engine tier started" not in text
+            answer = _segment(_client(app_url), images[0])
+    assert np.array_equal(answer, session.segment(str(images[0])).class_map)

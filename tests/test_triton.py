@@ -179,6 +179,28 @@ def test_a_different_model_or_name_is_refused(session_factory, server):
         _backend(session, f"triton://{server.grpc_address}/segformer", precision="fp16")
 
 
+def test_a_front_end_served_by_the_engine_tier_says_so_on_its_engine_tab(server, build_dir):
+    """A front end of --front-ends whose backend is the shared Triton server: its Engine tab names the tier (address
+    and model), and its page refuses builds as every front end does."""
+    from segdemo.web.config import BUILDS_SPLIT, AppConfig
+    from segdemo.web.demo import Demo
+    from segdemo.web.engine_page import engine_view
+
+    url = f"triton://{server.grpc_address}/segformer"
+    for index in (0, None):
+        demo = Demo(AppConfig(model=MODEL, backend=url, build_dir=str(build_dir), front_end_index=index)).start()
+        try:
+            demo.wait(timeout=60)
+            markdown = engine_view(demo).markdown
+        finally:
+            demo.wait().close()
+            demo.visitors.close()
+        said = (f"**Served by:** the engine tier shared by every front end of this app: {url}, model {MODEL} (python "
+                f"variant); this front end holds no copy of the model")
+        assert (said in markdown) == (index is not None) and f"**Server:** {url}" in markdown
+    assert Demo(AppConfig(backend=url, front_end_index=0)).builds_refused == BUILDS_SPLIT
+
+
 def test_server_down_at_start_is_one_sentence(session_factory):
     from segdemo.triton.server import free_port
 
@@ -189,6 +211,29 @@ def test_server_down_at_start_is_one_sentence(session_factory):
     assert message.startswith("the Triton server at 127.0.0.1:") and "did not answer at start" in message
     assert "segdemo triton serve" in message and "\n" not in message
     assert time.monotonic() - start < 10
+
+
+def test_a_server_that_comes_up_late_is_waited_for_when_asked(session_factory, repository, monkeypatch):
+    """SEGDEMO_TRITON_WAIT_S (set by --front-ends for its front ends): the load keeps trying while the server starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segdemo.triton.server import free_port
+
+    monkeypatch.setenv("SEGDEMO_TRITON_WAIT_S", "60")
+    grpc_port = free_port()
+    late = _server(repository, grpc_port=grpc_port)
+    started = time.monotonic()
+    # The server starts from this thread: its parent-death signal follows the thread that started it.
+    with ThreadPoolExecutor(1) as pool:
+        connecting = pool.submit(_backend, session_factory(MODEL, "fp32"), f"triton://127.0.0.1:{grpc_port}/segformer")
+        try:
+            time.sleep(1.0)
+            assert not connecting.done()
+            late.start()
+            with connecting.result(timeout=60) as remote:
+                assert remote.variant == "python" and time.monotonic() - started >= 1.0
+        finally:
+            late.close()
 
 
 def test_server_dies_mid_run_and_serving_resumes_when_it_returns(session_factory, repository, build_dir):

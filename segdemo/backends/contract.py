@@ -44,6 +44,9 @@ class Backend(ABC):
     name: ClassVar[str]
     device: str  # "cpu" or "cuda" (a class attribute; triton's names its server, per instance)
     precision: str  # what it actually runs: "fp32" or "fp16"
+    # Whether calls may overlap: a server queues (and batches) them itself, so the session's one-at-a-time engine slot
+    # would only keep its queue short.
+    concurrent: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, model_input: ModelInput, spans: SpanRecorder, detailed: bool = False) -> np.ndarray:

@@ -9,7 +9,9 @@ sentence and drops the connection; the next request connects afresh, so serving 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,14 @@ SCHEMES = {"triton": "grpc", "triton+grpc": "grpc", "triton+http": "http"}
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 EXAMPLE = "triton://host:8001/segformer"
 START_TIMEOUT = 5.0  # seconds for each check at load (gRPC)
+# Seconds to keep trying at load while the server is not up or its model not ready (default 0: fail at once); the
+# --front-ends supervisor sets it for its front ends, whose shared engine tier may be (re)starting.
+WAIT_ENV = "SEGDEMO_TRITON_WAIT_S"
+WAIT_POLL_S = 1.0
+
+
+class NotServing(SegdemoError):
+    """The server did not answer, or has no ready model of that name: it may yet come up."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class TritonBackend(Backend):
 
     name = "triton"
     device = "triton"
+    concurrent = True  # the server queues requests and its dynamic batcher groups them
 
     def __init__(self, endpoint: Endpoint, onnx_file: Path, context: LoadContext, spans: SpanRecorder,
                  precision: str = "auto", timeout: float = 30.0) -> None:
@@ -96,7 +107,7 @@ class TritonBackend(Backend):
         self._module = require(f"tritonclient.{endpoint.protocol}", "tritonclient[grpc,http]", "the triton backend")
         self._local = threading.local()
         with spans.span("connect to triton", LOAD, server=str(endpoint)):
-            config = self._checked_config(onnx_file, context)
+            config = self._waited_config(onnx_file, context, float(os.environ.get(WAIT_ENV) or 0))
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.variant = params.get(PARAM_VARIANT, "?")
         self.precision = params.get(PARAM_PRECISION, "fp32")
@@ -136,9 +147,21 @@ class TritonBackend(Backend):
             return getattr(self._client(), method)(*args, **kwargs)
         except Exception as exc:  # grpc, gevent and socket errors alike: the server did not answer
             self._drop_client()
-            raise SegdemoError(f"the Triton server at {self.endpoint.address} did not answer {what} "
+            raise NotServing(f"the Triton server at {self.endpoint.address} did not answer {what} "
                                f"({_cause(exc)}) — check that it runs (segdemo triton serve REPOSITORY) and that "
                                f"--backend {self.endpoint} names it") from None
+
+    def _waited_config(self, onnx_file: Path, context: LoadContext, wait_s: float) -> dict[str, Any]:
+        """`_checked_config`, tried again for up to `wait_s` seconds while the server is not serving the model."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._checked_config(onnx_file, context)
+            except NotServing as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("waiting for %s (up to %.0f s more): %s", self.endpoint, deadline - time.monotonic(), exc)
+                time.sleep(WAIT_POLL_S)
 
     def _checked_config(self, onnx_file: Path, context: LoadContext) -> dict[str, Any]:
         """The served model's config, after checking that the server is up and the model is ours."""
@@ -147,7 +170,7 @@ class TritonBackend(Backend):
         if not self._call("at start", "is_model_ready", model):
             index = self._call("at start", "get_model_repository_index")
             names = sorted({m["name"] if isinstance(m, dict) else m.name for m in _models(index)})
-            raise SegdemoError(f"the Triton server at {self.endpoint.address} has no ready model '{model}' (it has "
+            raise NotServing(f"the Triton server at {self.endpoint.address} has no ready model '{model}' (it has "
                                f"{', '.join(names) or 'none'}) — serve a repository made by segdemo triton export")
         if self.endpoint.protocol == "grpc":
             config = self._call("at start", "get_model_config", model, as_json=True)["config"]

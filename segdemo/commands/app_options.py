@@ -35,8 +35,8 @@ def parse_app_args(argv: list[str] | None = None) -> AppConfig:
                    help="requests that reach the engine together share one call, up to this many (default 1: off; "
                         "16 suits a GPU serving many visitors)")
     p.add_argument("--front-ends", type=int, default=env.front_ends,
-                   help="serve through this many copies of the app, each its own process and engine, behind one port "
-                        "with a sticky proxy (default 1)")
+                   help="serve through this many copies of the app, each its own process, behind one port with a "
+                        "sticky proxy, sharing one engine tier (tritonserver) where one can run here (default 1)")
     p.add_argument("--public", action="store_true", default=env.public,
                    help="treat the app as public though bound to loopback (it is behind a reverse proxy)")
     p.add_argument("--image-mb", type=int, default=env.image_mb,

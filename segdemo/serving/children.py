@@ -38,6 +38,22 @@ async def accepts(host: str, port: int) -> bool:
     return True
 
 
+async def http_ok(host: str, port: int, path: str) -> bool:
+    """Whether `GET path` on `host`:`port` answers 200 now (within 2 s)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        status = await asyncio.wait_for(reader.readline(), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+    return status.split(b" ")[1:2] == [b"200"]
+
+
 async def relay(stream: asyncio.StreamReader, prefix: str) -> None:
     """A child's output, line by line, into this process's stderr."""
     pending = b""

@@ -2,9 +2,10 @@
 
 One Gradio process spends CPU on every request outside the engine (routing, upload, queue, event stream,
 file download), so on a many-core machine one process caps the app long before the GPU does. This supervisor starts
-N copies (`--front-ends 1`, each with its own session), serves the public address through HAProxy (configured by
-`haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy that exits (with a
-backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
+the engine tier that holds the one copy of the model where one can run here (`engine_tier`), then N copies
+(`--front-ends 1`, each with a session on that tier, else on a model of its own), serves the public address through
+HAProxy (configured by `haproxy`, run by `haproxy_process`), relays their output as `[frontend k] …`, restarts a copy
+that exits (with a backoff) and stops them all on SIGINT or SIGTERM. It builds no Demo and loads no model itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..backends.triton import WAIT_ENV, is_url
 from ..errors import SegdemoError
+from ..web.examples import examples_cache_folder
+from . import engine_tier
 from .children import PR_SET_PDEATHSIG, Backoff, accepts, relay
 from .haproxy import COOKIE, ProxyConfig, executable
 from .haproxy_process import HAProxy
@@ -195,7 +199,8 @@ async def _share(host: str, port: int) -> None:
 
 
 async def supervise(config: AppConfig, script: str | Path) -> int:
-    """Serve config.host:config.port through haproxy to config.front_ends copies of the app until a signal."""
+    """Serve config.host:config.port through haproxy to config.front_ends copies of the app, and to their shared
+    engine tier where one can run here (`engine_tier`), until a signal."""
     try:
         binary = executable()
     except SegdemoError as exc:
@@ -211,19 +216,87 @@ async def supervise(config: AppConfig, script: str | Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     made_temp = not os.environ.get("GRADIO_TEMP_DIR")
     temp = tempfile.mkdtemp(prefix="segdemo-gradio-") if made_temp else os.environ["GRADIO_TEMP_DIR"]
-    ports = free_ports(config.front_ends)
-    fronts = [FrontEnd(i, port, config, script, child_env(temp)) for i, port in enumerate(ports)]
-    proxy = HAProxy(ProxyConfig(config.host, config.port, tuple(ports)), binary)
+    ports = free_ports(config.front_ends + 1)  # the last: the engine tier's gRPC port
+    tier = engine_tier.plan(config, ports[-1])
+    engine = engine_tier.EngineTier(config, ports[-1]) if tier.local else None
+    proxy = HAProxy(ProxyConfig(config.host, config.port, tuple(ports[:-1])), binary)
     try:
-        return await _serve(config, proxy, fronts, stop, temp)
+        return await _serve(Fleet(config, script, temp, ports[:-1], tier, engine), proxy, stop)
     finally:
         proxy.close()
+        if engine is not None:
+            engine.close()
         if made_temp:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-async def _serve(config: AppConfig, proxy: HAProxy, fronts: list[FrontEnd], stop: asyncio.Event, temp: str) -> int:
-    """haproxy, then the front ends, until `stop` or haproxy fails; the exit code."""
+@dataclasses.dataclass
+class Fleet:
+    """What the supervisor starts behind haproxy: the front ends (on `ports`) and their engine tier, if local."""
+
+    config: AppConfig
+    script: str | Path
+    temp: str
+    ports: list[int]
+    tier: engine_tier.TierChoice
+    engine: engine_tier.EngineTier | None
+    runs: list[asyncio.Task] = dataclasses.field(default_factory=list)
+    fronts: list[FrontEnd] = dataclasses.field(default_factory=list)
+    halt: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        """The engine tier (if local) until it is ready, then the front ends; with no engine tier after all, each
+        front end loads its own model (one log sentence says why)."""
+        tier = self.tier
+        if self.engine is not None:
+            try:
+                await self._start_engine(self.engine)
+            except (engine_tier.EngineFailed, OSError) as exc:
+                self.engine.stop()
+                self.engine = None
+                tier = engine_tier.TierChoice(self.config.backend, False, f"no shared engine tier: {exc} — each "
+                                                                          f"front end loads its own copy of the model")
+        (log.info if tier.local or is_url(tier.backend) else log.warning)("%s", tier.note)
+        if self.halt.is_set():
+            return
+        config = engine_tier.front_end_config(self.config, tier)
+        env = child_env(self.temp)
+        if is_url(config.backend):  # its load waits while the engine tier (re)starts
+            env[WAIT_ENV] = str(engine_tier.WAIT_S)
+        if tier.local:  # one examples cache for this set-up, whichever port the tier got this time
+            cfg = self.config
+            folder = examples_cache_folder(Path(cfg.build_dir) if cfg.build_dir else None, cfg.model, "engine-tier",
+                                           engine_tier.VARIANT, cfg.display_side)
+            env.setdefault("GRADIO_EXAMPLES_CACHE", str(folder))
+        self.fronts = [FrontEnd(i, port, config, self.script, env) for i, port in enumerate(self.ports)]
+        self.runs += [asyncio.create_task(f.run()) for f in self.fronts]
+
+    async def _start_engine(self, engine: engine_tier.EngineTier) -> None:
+        repository = await engine.export()
+        running = asyncio.create_task(engine.run(repository))
+        self.runs.append(running)
+        ready, halted = asyncio.create_task(engine.ready.wait()), asyncio.create_task(self.halt.wait())
+        await asyncio.wait({running, ready, halted}, timeout=engine_tier.READY_S, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        halted.cancel()
+        if running.done() and (failed := running.exception()) is not None:
+            self.runs.remove(running)
+            raise failed
+        if not engine.ready.is_set() and not self.halt.is_set():
+            engine.stop()
+            raise engine_tier.EngineFailed(f"tritonserver was not ready within {engine_tier.READY_S:.0f} s")
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.engine is not None:
+            self.engine.stop()
+        for front in self.fronts:
+            front.stop()
+
+
+async def _serve(fleet: Fleet, proxy: HAProxy, stop: asyncio.Event) -> int:
+    """haproxy, then the engine tier and the front ends, until `stop` or haproxy fails; the exit code."""
+    config = fleet.config
     try:
         await proxy.check()
     except SegdemoError as exc:
@@ -232,22 +305,21 @@ async def _serve(config: AppConfig, proxy: HAProxy, fronts: list[FrontEnd], stop
     serving = asyncio.create_task(proxy.run())
     served, stopping = asyncio.create_task(proxy.served.wait()), asyncio.create_task(stop.wait())
     await asyncio.wait({serving, served, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    runs: list[asyncio.Task] = []
     if served.done() and not stopping.done():
         print(f"* Running on local URL:  http://{config.host}:{config.port}", flush=True)
-        log.info("serving %d front ends through haproxy (sticky cookie %s); Gradio files in %s", len(fronts), COOKIE,
-                 temp)
-        runs = [asyncio.create_task(f.run()) for f in fronts]
+        log.info("serving %d front ends through haproxy (sticky cookie %s); Gradio files in %s", len(fleet.ports),
+                 COOKIE, fleet.temp)
         if config.share and not os.environ.get("SPACE_ID"):  # Gradio makes no share link on a Space either
-            runs.append(asyncio.create_task(_share(config.host, config.port)))
+            fleet.runs.append(asyncio.create_task(_share(config.host, config.port)))
+        fleet.runs.append(asyncio.create_task(fleet.start()))  # the engine tier, then the front ends
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     served.cancel()
     stopping.cancel()
-    log.info("stopping haproxy and %d front ends", len(fronts))
+    log.info("stopping haproxy, %d front ends%s", len(fleet.ports), " and the engine tier" if fleet.engine else "")
     proxy.stop()
-    for front in fronts:
-        front.stop()
-    await asyncio.gather(*runs, return_exceptions=True)
+    fleet.stop()
+    while pending := [task for task in fleet.runs if not task.done()]:  # starting may add tasks as it ends
+        await asyncio.gather(*pending, return_exceptions=True)
     try:
         await serving
     except SegdemoError as exc:

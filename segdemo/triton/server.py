@@ -91,26 +91,16 @@ class TritonServer:
             raise SegdemoError(reason)
         if not self.repository.is_dir():
             raise SegdemoError(f"no model repository at {self.repository} — make one with segdemo triton export")
-        root = wheel_root()
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="segdemo-triton-"))
-            _backend_folder(root, self._scratch / "backends")
+            backend_folder(self._scratch / "backends")
         log_file = self.log_file or self._scratch / "tritonserver.log"
-        command = [
-            str(root / "bin" / "tritonserver"), "--model-repository", str(self.repository),
-            "--backend-directory", str(self._scratch / "backends"),
-            "--http-address", self.host, "--http-port", str(self.http_port),
-            "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
-            "--allow-metrics", "false", "--exit-on-error", "true", "--exit-timeout-secs", "5",
-        ]
-        env = {**os.environ, "LD_LIBRARY_PATH": _joined(root.parent.parent / "nvidia_pytriton.libs",
-                                                        os.environ.get("LD_LIBRARY_PATH")),
-               PATH_ENV: os.pathsep.join(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))}
+        command, env = launch(self.repository, self._scratch / "backends", self.host, self.http_port, self.grpc_port)
         with open(log_file, "ab") as fh:
             # Its own session: Ctrl-C in a terminal reaches us, and we stop it in order. The parent-death signal
             # ends it if we die without stopping it (a killed test run must not leave servers behind).
             self.process = process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True, preexec_fn=_end_with_parent)
+                                                      start_new_session=True, preexec_fn=end_with_parent)
         self._wait_ready(process, timeout, log_file)
         log.info("tritonserver ready: gRPC %s, HTTP %s (log %s)", self.grpc_address, self.http_address, log_file)
         return self
@@ -133,12 +123,8 @@ class TritonServer:
     def kill(self) -> None:
         """End the server at once (SIGKILL), as a crash would, Python backend stubs included."""
         if self.process is not None and self.process.poll() is None:
-            regions = _shm_regions(self.process.pid)
-            os.killpg(self.process.pid, signal.SIGKILL)
+            kill_group(self.process.pid)
             self.process.wait()
-            for region in regions:  # a crash leaves the Python backend's shared memory behind; tidy it up
-                with contextlib.suppress(OSError):
-                    (Path("/dev/shm") / region).unlink()
 
     def stop(self, timeout: float = 20.0) -> None:
         """Shut the server down (SIGTERM, then SIGKILL after `timeout` s); safe to call twice."""
@@ -149,8 +135,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         if self.process is not None:  # its stubs live in the same process group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            kill_group(self.process.pid)
 
     def close(self) -> None:
         """Stop and remove the private backend folder."""
@@ -166,8 +151,23 @@ class TritonServer:
         self.close()
 
 
-def _backend_folder(root: Path, backends: Path) -> None:
+def launch(repository: Path, backends: Path, host: str, http_port: int, grpc_port: int) -> tuple[list[str], dict]:
+    """The wheel's tritonserver command on `repository` (backends from `backend_folder`) and its environment."""
+    root = wheel_root()
+    command = [
+        str(root / "bin" / "tritonserver"), "--model-repository", str(repository), "--backend-directory", str(backends),
+        "--http-address", host, "--http-port", str(http_port), "--grpc-address", host, "--grpc-port", str(grpc_port),
+        "--allow-metrics", "false", "--exit-on-error", "true", "--exit-timeout-secs", "5",
+    ]
+    env = {**os.environ, "LD_LIBRARY_PATH": _joined(root.parent.parent / "nvidia_pytriton.libs",
+                                                    os.environ.get("LD_LIBRARY_PATH")),
+           PATH_ENV: os.pathsep.join(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))}
+    return command, env
+
+
+def backend_folder(backends: Path) -> None:
     """backends/python with the wheel's Python backend and the stub of this interpreter's Python version."""
+    root = wheel_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     python = backends / "python"
     python.mkdir(parents=True)
@@ -176,6 +176,17 @@ def _backend_folder(root: Path, backends: Path) -> None:
             shutil.copy2(item, python / item.name)
     # Copied, not linked: the backend and the stub find the wheel's libraries through LD_LIBRARY_PATH.
     shutil.copy2(root / "python_backend_stubs" / version / "triton_python_backend_stub", python)
+
+
+def kill_group(group: int) -> None:
+    """SIGKILL to a tritonserver's process group (its Python backend stubs included), and the shared memory that a
+    crash leaves behind removed."""
+    regions = _shm_regions(group)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
+    for region in regions:
+        with contextlib.suppress(OSError):
+            (Path("/dev/shm") / region).unlink()
 
 
 def _shm_regions(group: int) -> list[str]:
@@ -189,7 +200,7 @@ def _shm_regions(group: int) -> list[str]:
     return regions
 
 
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies (Linux's PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

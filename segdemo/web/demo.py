@@ -139,6 +139,8 @@ class Demo:
             if self.session.random_weights and not self.banner:
                 self.banner = (f"⚠️ **Random weights** (`{cfg.model}`): the masks are meaningless — a demo of the "
                                f"pipeline, not of the model. Start with a trained model to get real results.")
+            if served_by := self.served_by():
+                log.info("front end %d is served by %s", cfg.front_end_index, served_by)
             self.stage = "ready"
         except SegdemoError as exc:
             self.error = str(exc)
@@ -147,6 +149,17 @@ class Demo:
             self.error = f"the model could not be loaded: {exc}"
         finally:
             self._ready.set()
+
+    def served_by(self) -> str | None:
+        """For a front end of `--front-ends` whose engine is a Triton server: that it is the shared engine tier, its
+        address and model; None otherwise."""
+        from ..backends.triton import TritonBackend
+
+        backend = self.session.backend if self.session is not None else None
+        if self.config.front_end_index is None or not isinstance(backend, TritonBackend):
+            return None
+        return (f"the engine tier shared by every front end of this app: {backend.endpoint}, model "
+                f"{backend.served_spec} ({backend.variant} variant); this front end holds no copy of the model")
 
     def _progress(self, fraction: float, message: str) -> None:
         self.stage = f"building the engine: {message} ({fraction * 100:.0f} %)"

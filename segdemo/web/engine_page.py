@@ -70,6 +70,8 @@ def _facts(demo: Demo) -> str:
         f"**Fused graph:** `{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)",
         f"**Init time:** {session.init_ms:.0f} ms · **peak RSS:** {peak_rss_mb():.0f} MB",
     ]
+    if served_by := demo.served_by():
+        lines.insert(2, f"**Served by:** {served_by}")
     for key, value in backend.facts().items():
         lines.append(f"**{key}:** {value}")
     return "  \n".join(lines)

@@ -1,0 +1,80 @@
+"""What serves the front ends of `--front-ends N`: the supervisor's engine tier, a remote one, or (where neither can
+run) each front end's own model — decided from the options and the machine, each choice in one sentence."""
+
+from __future__ import annotations
+
+import pytest
+
+from segdemo.serving.engine_tier import choose, front_end_config
+from segdemo.web.config import AppConfig
+
+NO_SERVER = "no tritonserver here: the nvidia-pytriton wheel bundles one — pip install --no-deps nvidia-pytriton==0.7.0"
+
+
+def _config(**options) -> AppConfig:
+    return AppConfig(model="random:tiny", front_ends=2, **options)
+
+
+def test_the_cpu_backend_gets_the_local_engine_tier():
+    for backend in ("auto", "onnxruntime"):
+        tier = choose(_config(backend=backend, max_batch=4), 7001, None, has_gpu=False)
+        assert tier.local and tier.backend == "triton://127.0.0.1:7001/segformer"
+        assert "share one engine tier" in tier.note and "fp32" in tier.note
+        front = front_end_config(_config(backend=backend, max_batch=4), tier)
+        # Batches form in Triton, across front ends; the python variant answers at fp32.
+        assert (front.backend, front.max_batch, front.precision) == (tier.backend, 1, "auto")
+
+
+def test_a_remote_engine_tier_is_used_as_given():
+    url = "triton://gpu-1:8001/segformer"
+    tier = choose(_config(backend=url, precision="fp16", max_batch=8), 7001, NO_SERVER, has_gpu=True)
+    assert not tier.local and tier.backend == url and "none is started here" in tier.note
+    front = front_end_config(_config(backend=url, precision="fp16", max_batch=8), tier)
+    assert (front.backend, front.max_batch, front.precision) == (url, 1, "fp16")
+
+
+@pytest.mark.parametrize(("options", "has_gpu", "server", "why"), [
+    ({"backend": "torch-cuda"}, True, None, "--backend torch-cuda runs on this machine's GPU"),
+    ({"backend": "tensorrt"}, False, None, "--backend tensorrt runs on this machine's GPU"),
+    ({"backend": "auto"}, True, None, "this machine has a GPU"),
+    ({"precision": "int8"}, False, None, "it runs fp32, not --precision int8"),
+    ({}, False, NO_SERVER, NO_SERVER),
+])
+def test_otherwise_each_front_end_loads_its_own_model_and_the_log_says_why(options, has_gpu, server, why):
+    config = _config(**options)
+    tier = choose(config, 7001, server, has_gpu)
+    assert not tier.local and tier.backend == config.backend
+    assert tier.note.startswith(f"no shared engine tier: {why}") and "each front end loads its own copy" in tier.note
+    assert "\n" not in tier.note
+    assert front_end_config(config, tier) == config
+
+
+def test_an_engine_tier_that_cannot_be_made_leaves_each_front_end_its_own_model(tmp_path, caplog):
+    """The tier's export fails (a preset it does not know: the command line exits 2): one warning says so, and the
+    front ends start with the operator's own backend instead of the tier's address."""
+    import asyncio
+    import logging
+
+    from segdemo.serving.engine_tier import EngineTier
+    from segdemo.serving.frontends import Fleet, free_ports
+
+    config = AppConfig(model="random:nosuch", backend="onnxruntime", front_ends=2, build_dir=str(tmp_path))
+    front, grpc = free_ports(2)
+
+    async def start() -> Fleet:
+        engine = EngineTier(config, grpc)
+        fleet = Fleet(config, "app.py", str(tmp_path), [front], choose(config, grpc, None, False), engine)
+        try:
+            await fleet.start()
+        finally:
+            fleet.stop()
+            await asyncio.gather(*fleet.runs, return_exceptions=True)
+            engine.close()
+        return fleet
+
+    with caplog.at_level(logging.INFO, "segdemo.serving.frontends"):
+        fleet = asyncio.run(start())
+    assert fleet.engine is None and [f.config.backend for f in fleet.fronts] == ["onnxruntime"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("no shared engine tier: the engine tier's model export exited with code 2") and
+               m.endswith("each front end loads its own copy of the model") for m in warned), warned
