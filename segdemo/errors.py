@@ -11,3 +11,7 @@ class BadImageError(SegdemoError):
 
 class ModelNotFoundError(SegdemoError):
     """The model could not be loaded from the hub or a local directory."""
+
+
+class EngineUnavailableError(SegdemoError):
+    """The engine serving this process (a Triton server) did not answer; its message is for the operator."""

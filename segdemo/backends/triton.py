@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..artifacts import file_sha256
-from ..errors import SegdemoError
+from ..errors import EngineUnavailableError, SegdemoError
 from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..image.preprocess import ModelInput
 from ..optional import missing, require
@@ -48,7 +48,7 @@ WAIT_ENV = "SEGDEMO_TRITON_WAIT_S"
 WAIT_POLL_S = 1.0
 
 
-class NotServing(SegdemoError):
+class NotServing(EngineUnavailableError):
     """The server did not answer, or has no ready model of that name: it may yet come up."""
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError, SegdemoError
+from ..errors import EngineUnavailableError, ModelNotFoundError, SegdemoError
 from ..media.live import LiveFrame, LiveStream, LiveStreams
 from ..media.video_io import probe
 from ..media.video_job import Pace, VideoResult, segment_video
@@ -25,6 +25,7 @@ from .response import Response, full_overlay_file, respond
 from .visitors import Visitor, VisitorFolders, fingerprint
 
 log = logging.getLogger("segdemo.app")
+ENGINE_DOWN = "the engine is not answering right now (it may be restarting) — try again in a few seconds"
 
 SEGMENT_API_DOC = (
     "Segment one image. Inputs: image (file), opacity (0..1, overlay blend), detailed (bool, per-layer profiling). "
@@ -211,7 +212,7 @@ class Demo:
         facts = inspect_image(image, self.config.image_limits)
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         session = self.wait(timeout=900)
-        with self.pixels.hold(facts.pixels):
+        with self.pixels.hold(facts.pixels), _engine_answers():
             yield session
 
     def segment(self, image: Any, detailed: bool = False) -> Segmentation:
@@ -292,8 +293,19 @@ class Demo:
         self._begin_load()  # already started, except in a ZeroGPU worker's first request
         session = self.wait(timeout=900)
         folder = self.visitors.result_folder(visitor or self.visitors.new_visitor(""), "v")
-        return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits,
-                             Pace(info.fps, report) if report else None)
+        with _engine_answers():
+            return segment_video(session, path, folder / "overlay.mp4", opacity, self.config.video_limits,
+                                 Pace(info.fps, report) if report else None)
+
+
+@contextmanager
+def _engine_answers() -> Iterator[None]:
+    """An engine that did not answer becomes the visitor's sentence; the operator's, naming the server, is logged."""
+    try:
+        yield
+    except EngineUnavailableError as exc:
+        log.warning("a request found the engine down: %s", exc)
+        raise SegdemoError(ENGINE_DOWN) from None
 
 
 def owner_of(request: Any) -> str:
