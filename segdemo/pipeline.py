@@ -84,6 +84,7 @@ class Session:
         warm_up: str = "auto",
         max_batch: int = 1,
         batch_window_ms: float = BATCH_WINDOW_MS,
+        encoded_images: bool = True,
     ) -> None:
         """`progress(fraction, message)` hears about long steps (engine builds); the app shows it.
 
@@ -94,7 +95,8 @@ class Session:
         CUDA graphs, which the first request must not race).
         `max_batch` > 1: requests up to BATCH_MAX_PIXELS reaching the engine within `batch_window_ms` of each other
         share one engine call (batcher.Batcher) — whole requests on the device for a BatchRenderer, else model inputs
-        for a BatchRunner; larger ones keep the device path of a DeviceRenderer."""
+        for a BatchRunner; larger ones keep the device path of a DeviceRenderer. `encoded_images=False`: requests
+        bring pixels only (an engine tier's), so no JPEG decoder is checked or compiled."""
         if warm_up not in WARM_UPS:
             raise ValueError(f"warm_up must be one of {', '.join(WARM_UPS)}, not {warm_up!r}")
         self.load_spans = SpanRecorder()
@@ -114,7 +116,8 @@ class Session:
                                   bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
-            self._context = backends.LoadContext(self.source, build_dir, progress, long_lived=warm_up != "off")
+            self._context = backends.LoadContext(self.source, build_dir, progress, long_lived=warm_up != "off",
+                                                 encoded_images=encoded_images)
             self._options = {"max_batch": max_batch} if max_batch > 1 else {}  # kept for reload_backend
             self.backend = backends.create(name, self.onnx_file, self.load_spans, self._context,
                                            precision=backends.precision_for(name, precision), **self._options)

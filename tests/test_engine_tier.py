@@ -18,11 +18,22 @@ def _config(**options) -> AppConfig:
 def test_the_cpu_backend_gets_the_local_engine_tier():
     for backend in ("auto", "onnxruntime"):
         tier = choose(_config(backend=backend, max_batch=4), 7001, None, has_gpu=False)
-        assert tier.local and tier.backend == "triton://127.0.0.1:7001/segformer"
-        assert "share one engine tier" in tier.note and "fp32" in tier.note
+        assert tier.local and tier.backend == "triton://127.0.0.1:7001/segformer" and tier.max_batch == 8
+        assert "share one engine tier" in tier.note and f"--backend {backend}" in tier.note
+        assert "on the CPU" in tier.note
         front = front_end_config(_config(backend=backend, max_batch=4), tier)
-        # Batches form in Triton, across front ends; the python variant answers at fp32.
+        # Batches form in Triton, across front ends; the tier's session answers at its own precision.
         assert (front.backend, front.max_batch, front.precision) == (tier.backend, 1, "auto")
+
+
+@pytest.mark.parametrize(("options", "batch"), [({"backend": "torch-cuda"}, 16), ({"backend": "auto"}, 16),
+                                                ({"backend": "torch-cuda", "max_batch": 32}, 32)])
+def test_a_gpu_gets_the_local_engine_tier_with_gpu_sized_batches(options, batch):
+    """One engine per GPU: the front ends of a GPU machine share the tier's one session, batched up to 16 (more if
+    --max-batch asks for more)."""
+    tier = choose(_config(precision="fp16", **options), 7001, None, has_gpu=True)
+    assert tier.local and tier.max_batch == batch and "on the GPU" in tier.note
+    assert f"--backend {options['backend']} --precision fp16" in tier.note
 
 
 def test_a_remote_engine_tier_is_used_as_given():
@@ -33,18 +44,12 @@ def test_a_remote_engine_tier_is_used_as_given():
     assert (front.backend, front.max_batch, front.precision) == (url, 1, "fp16")
 
 
-@pytest.mark.parametrize(("options", "has_gpu", "server", "why"), [
-    ({"backend": "torch-cuda"}, True, None, "--backend torch-cuda runs on this machine's GPU"),
-    ({"backend": "tensorrt"}, False, None, "--backend tensorrt runs on this machine's GPU"),
-    ({"backend": "auto"}, True, None, "this machine has a GPU"),
-    ({"precision": "int8"}, False, None, "it runs fp32, not --precision int8"),
-    ({}, False, NO_SERVER, NO_SERVER),
-])
-def test_otherwise_each_front_end_loads_its_own_model_and_the_log_says_why(options, has_gpu, server, why):
-    config = _config(**options)
-    tier = choose(config, 7001, server, has_gpu)
+def test_without_a_tritonserver_each_front_end_loads_its_own_model_and_the_log_says_why():
+    config = _config()
+    tier = choose(config, 7001, NO_SERVER, has_gpu=False)
     assert not tier.local and tier.backend == config.backend
-    assert tier.note.startswith(f"no shared engine tier: {why}") and "each front end loads its own copy" in tier.note
+    assert tier.note.startswith(f"no shared engine tier: {NO_SERVER}")
+    assert "each front end loads its own copy" in tier.note
     assert "\n" not in tier.note
     assert front_end_config(config, tier) == config
 

@@ -185,9 +185,11 @@ def test_concurrent_clients_get_their_own_answers_from_both_front_ends(fleet, im
         maps = [answer for answers in pool.map(visit, clients) for answer in answers]
     for index, classes in maps:
         assert classes.shape == SIZES[index]
-    # The engine tier runs the fused graph at fp32; front ends with engines of their own, the CPU's default (int8).
-    direct = session_factory("random:tiny", "fp32" if shared(log) else "auto").segment(str(images[0])).class_map
-    assert all(np.array_equal(classes, direct) for index, classes in maps if index == 0)
+    # The CPU's default (int8) everywhere; the engine tier's session runs the batched network graph, quantized on its
+    # own, so its answers agree with a direct session's as the batched and one-image int8 graphs agree.
+    direct = session_factory("random:tiny").segment(str(images[0])).class_map
+    agreement = [float((classes == direct).mean()) for index, classes in maps if index == 0]
+    assert agreement and min(agreement) >= (0.99 if shared(log) else 1.0), agreement
     _wait_for(log, lambda _: sum(_served(log).values()) >= sum(before.values()) + len(maps), 30)
     served = _served(log)
     assert all(served[k] > before[k] for k in (0, 1))
@@ -240,7 +242,7 @@ def test_one_engine_tier_serves_both_front_ends_which_hold_no_model(fleet):
     url = re.search(r"one engine tier: tritonserver at (triton://127\.0\.0\.1:\d+/segformer)", text).group(1)
     for k in (0, 1):
         assert (f"[frontend {k}] " in text and f"front end {k} is served by the engine tier shared by every front end "
-                f"of this app: {url}, model random:tiny (python variant)") in text
+                f"of this app: {url}, model random:tiny (session variant)") in text
         pid = int(re.findall(rf"front end {k} started: pid (\d+)", text)[-1])
         assert "onnxruntime" not in (Path("/proc") / str(pid) / "maps").read_text()  # no runtime, no model
     engine, _ = _engine(log)

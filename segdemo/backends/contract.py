@@ -29,13 +29,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What any backend's loading may use (each takes what it needs): the model, the artifact folder, progress, and
-    whether the session will serve many requests (then background compilations pay off; a one-shot CLI run's don't)."""
+    """What any backend's loading may use (each takes what it needs): the model, the artifact folder, progress,
+    whether the session will serve many requests (then background compilations pay off; a one-shot CLI run's don't),
+    and whether requests may bring encoded images to decode on the device (an engine tier's bring pixels)."""
 
     source: ModelSource | None = None
     build_dir: Path | None = None
     progress: Callable[[float, str], None] | None = None
     long_lived: bool = True
+    encoded_images: bool = True
 
 
 class Backend(ABC):

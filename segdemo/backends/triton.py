@@ -115,7 +115,7 @@ class TritonBackend(Backend):
         if precision not in ("auto", self.precision):
             raise SegdemoError(f"the Triton model {endpoint} runs {self.precision}, not {precision} — drop "
                                f"--precision, or serve a repository exported at {precision}")
-        self.batched = int(config.get("max_batch_size", 0)) > 0  # the python variant's requests carry a batch dim
+        self.batched = int(config.get("max_batch_size", 0)) > 0  # the python and session variants: a batch dim
         self.device = f"triton {self.variant} @ {endpoint.address}"
 
     def _client(self) -> Any:

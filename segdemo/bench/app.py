@@ -118,10 +118,14 @@ class Server:
 
     def settle(self, backend: str, timeout: float = 900, front_ends: int = 1) -> None:
         """Wait for the app's background work at start-up (torch-cuda: program, batch graphs, compilation) in each
-        front end, so the bench times a settled app, as Session.settle does for in-process benches."""
+        front end — or once, in the engine tier they share — so the bench times a settled app, as Session.settle does
+        for in-process benches."""
         if backend == "torch-cuda":
             from ..backends.torch_cuda import BACKGROUND_DONE
+            from ..serving.engine_tier import SHARED
 
+            if front_ends > 1 and SHARED in self.log_file.read_text(errors="replace"):
+                front_ends = 1  # the tier settles before it reports ready, and the front ends hold no model
             if not self.wait_for(BACKGROUND_DONE, timeout, front_ends):
                 log.warning("%s: background work not done after %.0f s; timing it anyway", self.name, timeout)
 

@@ -1,5 +1,7 @@
 """`segdemo bench --load`: many users at once — N concurrent clients × M requests against the session in this
-process and against the real app through gradio_client, each without and with batching in the same run.
+process, against the real app through gradio_client, each without and with batching in the same run, and against an
+engine tier alone (a Triton server: model inputs sent by tritonclient, as perf_analyzer would). `--clients 1,4,32`
+repeats each run at every count on the same server or session.
 
 Every image of the set has a size of its own, so an answer carries its image's identity: each is checked to have
 its own image's size and to agree with that image's unbatched class map (≥ AGREEMENT: identical on the CPU;
@@ -22,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import SegdemoError
+from ..optional import require
 from ..profiling.spans import percentile
 from .app import READY_S
 
 log = logging.getLogger(__name__)
 
 AGREEMENT = 0.99
+TARGETS = ("session", "app", "floor", "front-ends", "engine")
 SIDES = ((512, 512), (512, 496), (496, 512), (480, 512), (512, 480), (464, 512), (512, 464), (448, 512))
 
 
@@ -120,21 +124,36 @@ def _checker(expected: list[np.ndarray], sizes_only: bool = False):
 
 
 def session_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]],
-                 max_batch: int) -> dict[str, Any]:
-    """The load against a Session in this process."""
+                 max_batch: int) -> dict[int, dict[str, Any]]:
+    """The load against a Session in this process, at each client count."""
     from ..pipeline import Session
 
     with Session(args.model, args.backend, args.precision, args.build_dir, warm_up="now",
                  max_batch=max_batch) as session:
         session.settle(timeout=600)
         expected = [session.segment(str(path)).class_map for path, _ in images]  # one at a time
-        for _ in range(args.warmup):
-            _drive(args.clients, 1, lambda i: session.segment(str(images[i][0])).class_map, lambda i, a: None)
-        run = _drive(args.clients, args.requests, lambda i: session.segment(str(images[i][0])).class_map,
-                     _checker(expected))
-        run["batches"] = _batch_sizes(session)
-        run.update(backend=session.backend.name, precision=session.backend.precision)
-    return run
+        runs = {}
+        for clients in counts(args):
+            for _ in range(args.warmup):
+                _drive(clients, 1, lambda i: session.segment(str(images[i][0])).class_map, lambda i, a: None)
+            session.history.clear()
+            run = _drive(clients, args.requests, lambda i: session.segment(str(images[i][0])).class_map,
+                         _checker(expected))
+            run["batches"] = _batch_sizes(session)
+            run.update(backend=session.backend.name, precision=session.backend.precision)
+            runs[clients] = run
+    return runs
+
+
+def counts(args: argparse.Namespace) -> list[int]:
+    """The client counts of `--clients` (one number, or several separated by commas)."""
+    try:
+        found = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    except ValueError:
+        found = []
+    if not found or min(found) < 1:
+        raise SegdemoError(f"--clients takes counts of at least 1 separated by commas, not {args.clients!r}")
+    return found
 
 
 def _batch_sizes(session: Any) -> dict[str, float]:
@@ -151,7 +170,10 @@ def client_processes(clients: int, asked: int = 0) -> int:
 
 
 def _answer(kind: str, client: Any, path: str) -> np.ndarray:
-    """One request through gradio_client: the app's class map (its classes PNG), or the floor's echoed image."""
+    """One request through gradio_client: the app's class map (its classes PNG), or the floor's echoed image; for
+    the engine tier, one tritonclient request of the image's model input."""
+    if kind == "engine":
+        return client.infer(path)
     from gradio_client import handle_file
     from PIL import Image
 
@@ -165,9 +187,10 @@ def _answer(kind: str, client: Any, path: str) -> np.ndarray:
 
 def _client_process(url: str, kind: str, paths: list[str], expected_file: str, first: int, count: int,
                     requests: int, warmup: int, download: str, barrier: Any, results: Any) -> None:
-    """One process of `count` clients (threads, one gradio_client Client each): warm up, meet the others at the
-    barrier, then the timed requests; puts (latencies, failures, wrong) on `results`."""
-    from gradio_client import Client
+    """One process of `count` clients (threads, one gradio_client Client or EngineCaller each): warm up, meet the
+    others at the barrier, then the timed requests; puts (latencies, failures, wrong) on `results`."""
+    if kind != "engine":
+        from gradio_client import Client
 
     def run(tally: _Tally, number: int, check) -> None:
         with ThreadPoolExecutor(count) as pool:
@@ -177,8 +200,8 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
     try:
         with np.load(expected_file) as saved:
             expected = [saved[str(i)] for i in range(len(saved.files))]
-        clients = [Client(url, verbose=False, download_files=download, analytics_enabled=False)
-                   for _ in range(count)]
+        clients = [EngineCaller(url, paths) if kind == "engine" else
+                   Client(url, verbose=False, download_files=download, analytics_enabled=False) for _ in range(count)]
         run(_Tally(), warmup, lambda i, a: None)
     except Exception as exc:  # noqa: BLE001 — the parent hears why instead of waiting out the barrier
         barrier.abort()
@@ -193,22 +216,22 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
         results.put((tally.latencies, tally.failures, tally.wrong))
 
 
-def _drive_processes(url: str, kind: str, images: list[tuple[Path, tuple[int, int]]], expected: list[np.ndarray],
+def _drive_processes(url: str, kind: str, paths: list[str], expected: list[np.ndarray], clients: int,
                      args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """args.clients clients spread over client processes, all starting together after their warm-up."""
+    """`clients` clients spread over client processes, all starting together after their warm-up."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    count = client_processes(args.clients, args.client_processes)
+    count = client_processes(clients, args.client_processes)
     expected_file = work / f"expected-{kind}.npz"
     # numpy's stub lets **kwds reach allow_pickle (a bool); the keys here are array names
     np.savez(expected_file, **{str(i): m for i, m in enumerate(expected)})  # type: ignore[arg-type]
     barrier, results = context.Barrier(count + 1), context.Queue()
-    shares = [args.clients // count + (1 if p < args.clients % count else 0) for p in range(count)]
+    shares = [clients // count + (1 if p < clients % count else 0) for p in range(count)]
     processes = []
     for p, share in enumerate(shares):
         process = context.Process(target=_client_process, daemon=True, name=f"load client {p}", args=(
-            url, kind, [str(path) for path, _ in images], str(expected_file), sum(shares[:p]), share, args.requests,
+            url, kind, paths, str(expected_file), sum(shares[:p]), share, args.requests,
             max(1, args.warmup), str(work / "downloads"), barrier, results))
         process.start()
         processes.append(process)
@@ -223,11 +246,11 @@ def _drive_processes(url: str, kind: str, images: list[tuple[Path, tuple[int, in
     wall = time.perf_counter() - start
     for process in processes:
         process.join(timeout=30)
-    return {**tally.summary(args.clients, args.requests, wall), "client_processes": count}
+    return {**tally.summary(clients, args.requests, wall), "client_processes": count}
 
 
 def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]], max_batch: int,
-             work: Path, front_ends: int = 1, kind: str = "app") -> dict[str, Any]:
+             work: Path, front_ends: int = 1, kind: str = "app") -> dict[int, dict[str, Any]]:
     """The load against the real app (`python app.py`, or the floor: a do-nothing Gradio app) through gradio_client
     clients spread over client processes."""
     import sys
@@ -254,10 +277,59 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
         if kind == "app":  # the floor has no background work (and never logs its end)
             server.settle(args.backend, front_ends=front_ends)
         client = Client(server.url, verbose=False, download_files=str(work / "downloads"), analytics_enabled=False)
-        expected = [_answer(kind, client, str(path)) for path, _ in images]  # one at a time
-        run = _drive_processes(server.url, kind, images, expected, args, work)
-    run["ready_s"] = round(server.ready_s, 1)
-    return run
+        paths = [str(path) for path, _ in images]
+        expected = [_answer(kind, client, path) for path in paths]  # one at a time
+        runs = {clients: _drive_processes(server.url, kind, paths, expected, clients, args, work)
+                for clients in counts(args)}
+    for run in runs.values():
+        run["ready_s"] = round(server.ready_s, 1)
+    return runs
+
+
+class EngineCaller:
+    """One tritonclient gRPC client of an engine tier (`triton://host:port/model`) with the model inputs of the
+    load's images, made once: each call sends one image's input and returns its class map."""
+
+    def __init__(self, url: str, paths: list[str]) -> None:
+        from ..backends.triton import parse_url
+        from ..graph.export import INPUT_IMAGE
+        from ..image.decode import decode
+        from ..image.preprocess import prepare
+
+        endpoint = parse_url(url)
+        grpc = require("tritonclient.grpc", "tritonclient[grpc,http]", "--load-targets engine")
+        self.grpc, self.model = grpc, endpoint.model
+        self.client = grpc.InferenceServerClient(endpoint.address)
+        config = self.client.get_model_config(self.model, as_json=True)["config"]
+        dims = next(tensor["dims"] for tensor in config["input"] if tensor["name"] == INPUT_IMAGE)
+        size = (int(dims[0]), int(dims[1]))
+        self.inputs = {path: prepare(decode(path), size) for path in paths}
+
+    def infer(self, path: str) -> np.ndarray:
+        from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+
+        model_input, grpc = self.inputs[path], self.grpc
+        image = grpc.InferInput(INPUT_IMAGE, list(model_input.pixels.shape), "UINT8")
+        image.set_data_from_numpy(model_input.pixels)
+        out_size = grpc.InferInput(INPUT_SIZE, [1, 2], "INT64")
+        out_size.set_data_from_numpy(np.array([model_input.out_size], np.int64))
+        result = self.client.infer(self.model, [image, out_size], outputs=[grpc.InferRequestedOutput(OUTPUT_CLASSES)])
+        return result.as_numpy(OUTPUT_CLASSES)[0]
+
+
+def engine_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]],
+                work: Path) -> dict[int, dict[str, Any]]:
+    """The load against the engine tier at --backend (triton://…) alone: no Gradio, no decoding per request."""
+    from ..backends.triton import is_url
+
+    if not is_url(args.backend):
+        raise SegdemoError("--load-targets engine times an engine tier: pass its address as --backend "
+                           "triton://HOST:PORT/MODEL (e.g. one started by segdemo triton serve)")
+    paths = [str(path) for path, _ in images]
+    caller = EngineCaller(args.backend, paths)
+    expected = [caller.infer(path) for path in paths]  # one at a time
+    return {clients: _drive_processes(args.backend, "engine", paths, expected, clients, args, work)
+            for clients in counts(args)}
 
 
 def run_load_bench(args: argparse.Namespace) -> int:
@@ -266,26 +338,33 @@ def run_load_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="segdemo-load-") as folder:
         work = Path(folder)
         images = make_set(work / "images")
+        several = len(counts(args)) > 1
         results: dict[str, Any] = {"model": args.model, "backend": args.backend, "clients": args.clients,
                                    "requests_per_client": args.requests, "max_batch": args.max_batch,
                                    "front_ends": args.front_ends, "runs": {}}
         targets = [t for t in args.load_targets.split(",") if t]
-        unknown = set(targets) - {"session", "app", "floor", "front-ends"}
+        unknown = set(targets) - set(TARGETS)
         if unknown:
-            raise SegdemoError(f"--load-targets takes session, app, floor and front-ends, not "
-                               f"{', '.join(sorted(unknown))}")
+            raise SegdemoError(f"--load-targets takes {', '.join(TARGETS)}, not {', '.join(sorted(unknown))}")
         for target in targets:
             for batch, front_ends in _runs(target, args.max_batch, args.front_ends):
                 kind = "app" if target == "front-ends" else target
-                label = "floor" if target == "floor" else f"{kind}, max batch {batch}" + (
+                label = target if target in ("floor", "engine") else f"{kind}, max batch {batch}" + (
                     f", {front_ends} front ends" if front_ends > 1 else "")
                 log.info("load: %s", label)
-                run = session_load(args, images, batch) if target == "session" else \
-                    app_load(args, images, batch, work, front_ends, kind=kind)
-                results["runs"][label] = run
-                (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")  # each run as it ends
-                print(f"{label}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
-                      f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong", flush=True)
+                if target == "session":
+                    runs = session_load(args, images, batch)
+                elif target == "engine":
+                    runs = engine_load(args, images, work)
+                else:
+                    runs = app_load(args, images, batch, work, front_ends, kind=kind)
+                for clients, run in runs.items():
+                    name = f"{label}, {clients} clients" if several else label
+                    results["runs"][name] = run
+                    (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")  # each as it ends
+                    print(f"{name}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
+                          f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong",
+                          flush=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return 0
@@ -293,8 +372,9 @@ def run_load_bench(args: argparse.Namespace) -> int:
 
 def _runs(target: str, max_batch: int, front_ends: int) -> list[tuple[int, int]]:
     """(max batch, front ends) of each run of a target: unbatched first (the baseline), then batched, then the
-    app's several front ends; the floor runs once, "front-ends" only the last of the app's."""
-    if target == "floor":
+    app's several front ends; the floor and the engine tier (its batches are its own) run once, "front-ends" only
+    the last of the app's."""
+    if target in ("floor", "engine"):
         return [(1, 1)]
     if target == "front-ends":  # only the app's run with several front ends
         return [(max_batch, front_ends)]
@@ -308,11 +388,11 @@ def table(results: dict[str, Any]) -> str:
             f"images 448–512 px a side", "",
             "| run | images/s | × unbatched | p50 ms | p95 ms | p99 ms | failures | wrong | mean batch |",
             "|---|---|---|---|---|---|---|---|---|"]
-    base: dict[str, float] = {}
+    base: dict[tuple[str, int], float] = {}  # the first run of each target at each client count: its baseline
     for label, run in results["runs"].items():
-        target = label.split(",")[0]
-        base.setdefault(target, run["throughput_per_s"] or 1.0)
-        ratio = run["throughput_per_s"] / base[target] if base[target] else 0.0
+        key = (label.split(",")[0], run["clients"])
+        base.setdefault(key, run["throughput_per_s"] or 1.0)
+        ratio = run["throughput_per_s"] / base[key] if base[key] else 0.0
         rows.append(f"| {label} | {run['throughput_per_s']} | {ratio:.2f} | {run['p50_ms']} | {run['p95_ms']} | "
                     f"{run['p99_ms']} | {run['failures']} | {run['wrong_answers']} | "
                     f"{run.get('batches', {}).get('mean', '—')} |")

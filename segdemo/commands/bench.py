@@ -83,12 +83,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     load = p.add_argument_group("--load: N concurrent clients × M requests against the session and the real app, "
                                 "each unbatched and with --max-batch, same run (uses --model, --backend, --out)")
     load.add_argument("--load", action="store_true", help="run the load test")
-    load.add_argument("--clients", type=int, default=8, help="--load: concurrent clients (default 8)")
+    load.add_argument("--clients", default="8",
+                      help="--load: concurrent clients, or several counts separated by commas, each timed on the same "
+                           "session or server (default 8)")
     load.add_argument("--requests", type=int, default=10, help="--load: requests per client (default 10)")
     load.add_argument("--max-batch", type=int, default=8, help="--load: the batched runs' max batch (default 8)")
     load.add_argument("--load-targets", default="session,app",
                       help="--load: any of session, app, floor (a do-nothing Gradio app: Gradio's own ceiling), "
-                           "front-ends (only the app's --front-ends run) (default session,app)")
+                           "front-ends (only the app's --front-ends run), engine (the engine tier at --backend "
+                           "triton://… alone) (default session,app)")
     load.add_argument("--front-ends", type=int, default=1,
                       help="--load: > 1 adds a run of the app with this many front-end processes (app.py --front-ends)")
     load.add_argument("--client-processes", type=int, default=0,

@@ -17,22 +17,25 @@ log = logging.getLogger("segdemo")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`triton export` and `triton serve`, each with its own options."""
-    from ..triton.repository import DEFAULT_NAME, VARIANTS
+    from ..triton.repository import DEFAULT_NAME, DEFAULT_VARIANTS, VARIANTS
 
     sub = p.add_subparsers(dest="triton_command", required=True, metavar="{export,serve}")
     export = sub.add_parser("export", help="write a Triton model repository per variant (OUT/<variant>/<name>)",
                             description="write a Triton model repository per variant (OUT/<variant>/<name>)")
     add_model(export)
     export.add_argument("--out", type=Path, required=True, help="folder for the repositories")
-    export.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default all; tensorrt only when "
-                             f"segdemo build made a TensorRT plan of this graph)")
+    export.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)}; "
+                             f"tensorrt only when segdemo build made a TensorRT plan of this graph; session serves "
+                             f"segdemo's own session, where segdemo is installed)")
     export.add_argument("--name", default=DEFAULT_NAME, help=f"the model's name on the server (default {DEFAULT_NAME})")
     export.add_argument("--max-batch", type=int, default=8,
-                        help="python variant: most queued requests handed to one execute (default 8)")
+                        help="python and session variants: most queued requests handed to one execute (default 8)")
     export.add_argument("--instances", type=int, default=1, help="model instances per server (default 1)")
-    add_precision(export, "fp16", choices=("fp16", "fp32"),
-                  help="tensorrt variant: the plan's precision (default fp16; the others run fp32)")
+    export.add_argument("--backend", default="auto",
+                        help="session variant: the backend it runs (default auto: the best one on this machine)")
+    add_precision(export, help="tensorrt variant: the plan's precision (auto: fp16); session variant: its backend's "
+                               "(auto: the backend's default); python and onnxruntime run fp32")
     add_build_dir(export)
     export.set_defaults(triton_run=_export)
     serve = sub.add_parser("serve", help="run the nvidia-pytriton wheel's tritonserver on a repository",
@@ -45,16 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .. import backends
+    from ..errors import SegdemoError
     from ..graph.export import ensure_onnx
     from ..model.source import resolve
     from ..triton.repository import export_repository
 
     start = time.perf_counter()
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if args.precision == "int8" and "tensorrt" in variants:
+        raise SegdemoError("the tensorrt variant's plans are fp16 or fp32, not int8")
+    session_runs = ("auto", "auto")
+    if "session" in variants:  # resolved here, on the machine that will serve it, so clients see what runs
+        name, _ = backends.choose(args.backend)
+        session_runs = (name, backends.precision_for(name, args.precision))
     source = resolve(args.model, args.build_dir)
     onnx_file, _ = ensure_onnx(source, args.build_dir)
-    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    plan_precision = "fp16" if args.precision == "auto" else args.precision
     done = export_repository(source, onnx_file, args.out, variants, args.name, args.max_batch, args.instances,
-                             args.build_dir, args.precision)
+                             args.build_dir, plan_precision, session_runs)
     for item in done:
         print(item.note)
     served = [item for item in done if item.repository is not None]

@@ -100,6 +100,11 @@ class RequestHistory:
         with self._lock:
             self._items.append(spans)
 
+    def clear(self) -> None:
+        """Forget the kept requests (a bench's next run summarises its own)."""
+        with self._lock:
+            self._items.clear()
+
     def recent(self) -> list[SpanRecorder]:
         """The kept requests' recorders, oldest first."""
         with self._lock:

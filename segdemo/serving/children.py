@@ -65,6 +65,14 @@ async def relay(stream: asyncio.StreamReader, prefix: str) -> None:
         sys.stderr.write(f"{prefix}{pending.decode(errors='replace')}\n")
 
 
+async def exit_code(proc: asyncio.subprocess.Process, poll_s: float = 0.1) -> int:
+    """The process's exit code once it exits — even while a child of its (a Python backend stub) still holds its
+    output pipe, which `proc.wait()` waits for too (asyncio wakes wait() only once every pipe is closed)."""
+    while proc.returncode is None:
+        await asyncio.sleep(poll_s)
+    return proc.returncode
+
+
 def end_with_parent() -> None:
     """In a forked child before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux only)."""
     if sys.platform.startswith("linux"):

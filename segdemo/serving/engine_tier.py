@@ -1,11 +1,13 @@
 """The engine tier of `--front-ends N`: one tritonserver that owns the model, shared by every front end.
 
 Without it every front end loads, exports and warms up its own copy of the model. With it the supervisor exports a
-Triton model repository once (`segdemo triton export`, in a child process, so the supervisor never loads the model),
-runs the nvidia-pytriton wheel's tritonserver on it as one more child (relayed as `[engine] …`, restarted with a
-backoff on the same ports), and the front ends get `--backend triton://127.0.0.1:<gRPC port>/<model>`. The local
-tier runs what that tritonserver can: the `python` variant (the fused graph with ONNX Runtime on the CPU); a GPU's
-TensorRT plan is served from NVIDIA's Triton container, which front ends reach with `--backend triton://HOST:8001/…`.
+Triton model repository once (`segdemo triton export --variants session`, in a child process, so the supervisor never
+loads the model), runs the nvidia-pytriton wheel's tritonserver on it as one more child (relayed as `[engine] …`,
+restarted with a backoff on the same ports), and the front ends get `--backend triton://127.0.0.1:<gRPC port>/<model>`.
+The tier's model is segdemo's own session on the operator's backend (serving.engine_model): torch-cuda on a GPU, ONNX
+Runtime on a CPU, loaded and compiled once, running the requests Triton's dynamic batcher queues from every front end
+as one batch. NVIDIA's Triton container serves the exported TensorRT plan instead, reached with
+`--backend triton://HOST:8001/…`.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ from ..backends.triton import is_url
 from ..errors import SegdemoError
 from ..triton.repository import DEFAULT_NAME
 from ..triton.server import backend_folder, free_port, kill_group, launch, unavailable_reason
-from .children import Backoff, end_with_parent, http_ok, relay
+from .children import Backoff, end_with_parent, exit_code, http_ok, relay
 
 if TYPE_CHECKING:
     from ..web.config import AppConfig
 
 log = logging.getLogger("segdemo.serving.frontends")
 
-VARIANT = "python"  # what the wheel's tritonserver runs: its Python backend (ONNX Runtime on the CPU)
-PRECISIONS = ("auto", "fp32")  # the python variant runs the fp32 fused graph
-MAX_BATCH = 8  # requests Triton's dynamic batcher hands to one execute at least (--max-batch raises it)
+VARIANT = "session"  # the repository variant the tier serves: segdemo's session in tritonserver's Python backend
+MAX_BATCH = 8  # requests one execute runs as a batch at least on a CPU (--max-batch raises it)
+MAX_BATCH_GPU = 16  # on a GPU: where the batched network's throughput levels off (docs/benchmarks.md)
+SHARED = "the front ends share one engine tier"  # how the log says that the tier serves them (benches look for it)
 READY_S = 300.0  # the first start's bound: the model's load in tritonserver, not the export before it
 POLL_S = 0.2  # how often a starting tritonserver's readiness is asked
 STOP_S = 10.0  # tritonserver's grace between SIGTERM and SIGKILL (it drains in-flight requests first)
@@ -49,11 +52,13 @@ class EngineFailed(SegdemoError):
 
 @dataclass(frozen=True)
 class TierChoice:
-    """What serves the front ends: `backend` is their --backend; `local`: this supervisor runs the engine tier."""
+    """What serves the front ends: `backend` is their --backend; `local`: this supervisor runs the engine tier, whose
+    batches hold up to `max_batch` requests."""
 
     backend: str
     local: bool
     note: str  # one sentence for the log: what serves the front ends, or why each loads its own model
+    max_batch: int = 1
 
 
 def choose(config: AppConfig, grpc_port: int, server_problem: str | None, has_gpu: bool) -> TierChoice:
@@ -63,20 +68,15 @@ def choose(config: AppConfig, grpc_port: int, server_problem: str | None, has_gp
     if is_url(backend):
         return TierChoice(backend, False, f"the front ends are served by the engine tier at {backend} (started "
                                           f"elsewhere: none is started here)")
-    own = "each front end loads its own copy of the model"
-    remote = "; to share one, point them at a Triton server: --backend triton://HOST:8001/segformer (docs/serving.md)"
-    if backend not in ("auto", "onnxruntime") or (backend == "auto" and has_gpu):
-        why = f"--backend {backend} runs on this machine's GPU" if backend != "auto" else "this machine has a GPU"
-        return TierChoice(backend, False, f"no shared engine tier: {why}, and the local one runs ONNX Runtime on the "
-                                          f"CPU — {own}{remote}")
-    if config.precision not in PRECISIONS:
-        return TierChoice(backend, False, f"no shared engine tier: it runs fp32, not --precision {config.precision} "
-                                          f"— {own}")
     if server_problem:
-        return TierChoice(backend, False, f"no shared engine tier: {server_problem} — {own}{remote}")
+        return TierChoice(backend, False, f"no shared engine tier: {server_problem} — each front end loads its own "
+                                          f"copy of the model; to share one, point them at a Triton server: "
+                                          f"--backend triton://HOST:8001/segformer (docs/serving.md)")
+    batch = max(MAX_BATCH_GPU if has_gpu else MAX_BATCH, config.max_batch)
     url = f"triton://127.0.0.1:{grpc_port}/{DEFAULT_NAME}"
-    return TierChoice(url, True, f"the front ends share one engine tier: tritonserver at {url} ({VARIANT} variant: "
-                                 f"{config.model} with ONNX Runtime on the CPU, fp32)")
+    return TierChoice(url, True, f"{SHARED}: tritonserver at {url} ({config.model} on "
+                                 f"--backend {backend} --precision {config.precision} in one process, "
+                                 f"{'on the GPU' if has_gpu else 'on the CPU'}, batches of up to {batch})", batch)
 
 
 def plan(config: AppConfig, grpc_port: int) -> TierChoice:
@@ -98,8 +98,8 @@ def front_end_config(config: AppConfig, tier: TierChoice) -> AppConfig:
 class EngineTier:
     """tritonserver on a repository exported for `config`'s model, on fixed loopback ports, restarted until `stop`."""
 
-    def __init__(self, config: AppConfig, grpc_port: int) -> None:
-        self.config, self.grpc_port, self.http_port = config, grpc_port, free_port()
+    def __init__(self, config: AppConfig, grpc_port: int, max_batch: int = MAX_BATCH) -> None:
+        self.config, self.grpc_port, self.http_port, self.max_batch = config, grpc_port, free_port(), max_batch
         self.folder = Path(tempfile.mkdtemp(prefix="segdemo-engine-"))  # mkdtemp: this user's only
         self.ready = asyncio.Event()  # set while tritonserver reports ready; cleared when it exits
         self.pid: int | None = None
@@ -112,10 +112,11 @@ class EngineTier:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def export_argv(self) -> list[str]:
-        """`python -m segdemo triton export` of the python variant into this tier's folder."""
+        """`python -m segdemo triton export` of the session variant into this tier's folder."""
         cfg = self.config
         argv = [sys.executable, "-m", "segdemo", "triton", "export", "--model", cfg.model, "--out",
-                str(self.folder / "models"), "--variants", VARIANT, "--max-batch", str(max(MAX_BATCH, cfg.max_batch))]
+                str(self.folder / "models"), "--variants", VARIANT, "--max-batch", str(self.max_batch),
+                "--backend", cfg.backend, "--precision", cfg.precision]
         return argv + (["--build-dir", str(cfg.build_dir)] if cfg.build_dir else [])
 
     async def export(self) -> Path:
@@ -179,7 +180,8 @@ class EngineTier:
         assert proc.stdout is not None  # stdout=PIPE
         relayed = asyncio.create_task(relay(proc.stdout, "[engine] "))
         watch = asyncio.create_task(self._watch(time.monotonic()))
-        exited, stopping = asyncio.create_task(proc.wait()), asyncio.create_task(self._stop.wait())
+        # Not proc.wait(): a stub left alive by a killed tritonserver holds the pipe until kill_group below.
+        exited, stopping = asyncio.create_task(exit_code(proc)), asyncio.create_task(self._stop.wait())
         await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
         stopping.cancel()

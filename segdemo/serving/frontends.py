@@ -218,7 +218,7 @@ async def supervise(config: AppConfig, script: str | Path) -> int:
     temp = tempfile.mkdtemp(prefix="segdemo-gradio-") if made_temp else os.environ["GRADIO_TEMP_DIR"]
     ports = free_ports(config.front_ends + 1)  # the last: the engine tier's gRPC port
     tier = engine_tier.plan(config, ports[-1])
-    engine = engine_tier.EngineTier(config, ports[-1]) if tier.local else None
+    engine = engine_tier.EngineTier(config, ports[-1], tier.max_batch) if tier.local else None
     proxy = HAProxy(ProxyConfig(config.host, config.port, tuple(ports[:-1])), binary)
     try:
         return await _serve(Fleet(config, script, temp, ports[:-1], tier, engine), proxy, stop)

@@ -12,6 +12,11 @@ that true in its own way:
   side. Dynamic batching needs a batch dimension every request shares, which the per-request output size rules
   out; the plan is the one segdemo's engine cache already holds (batch 1, `out_size` a shape tensor).
 
+- `session` (any machine segdemo runs on): the Python backend again, but its model is segdemo's own session
+  (`segdemo.serving.engine_model`) on the backend the operator chose — torch-cuda's CUDA graphs on a GPU, ONNX
+  Runtime (int8 by default) on a CPU — so the requests Triton's dynamic batcher queues run as one batch. It needs
+  segdemo and that backend's packages where it is served: the engine tier of `--front-ends N` serves it there.
+
 Each variant is its own repository (`OUT/<variant>/<name>/…`), so clients use one model name whichever runs.
 The configs carry the model's identity as `parameters`, which the `triton` backend checks when it connects.
 """
@@ -30,21 +35,33 @@ from ..artifacts import digest, file_sha256
 from ..engine_cache import ENGINE_DIR
 from ..errors import SegdemoError
 from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
+from .server import PATH_ENV
 
 if TYPE_CHECKING:
     from ..model.source import ModelSource
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("python", "onnxruntime", "tensorrt")
+VARIANTS = ("python", "onnxruntime", "tensorrt", "session")
+DEFAULT_VARIANTS = VARIANTS[:3]  # what serves anywhere (NVIDIA's container too); `session` needs segdemo installed
 DEFAULT_NAME = "segformer"
 # Parameters every exported config carries: what the client checks (model, graph) and shows (spec, precision…).
 PARAM_MODEL, PARAM_GRAPH, PARAM_SPEC = "segdemo_model", "segdemo_graph", "segdemo_spec"
 PARAM_PRECISION, PARAM_VARIANT, PARAM_CLASSES = "segdemo_precision", "segdemo_variant", "segdemo_classes"
+PARAM_BACKEND, PARAM_BUILD_DIR = "segdemo_backend", "segdemo_build_dir"  # the session variant's backend and caches
+BATCHED = ("python", "session")  # the variants whose requests carry a batch dimension (dynamic batching)
 _PLATFORM = {"python": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
-             "tensorrt": 'platform: "tensorrt_plan"'}
-_KIND = {"python": "KIND_CPU", "onnxruntime": "KIND_AUTO", "tensorrt": "KIND_GPU"}
+             "tensorrt": 'platform: "tensorrt_plan"', "session": 'backend: "python"'}
+# The session variant places its own work (torch-cuda on GPU 0): KIND_CPU keeps Triton from handing the Python
+# backend CUDA tensors or needing its own view of the GPU.
+_KIND = {"python": "KIND_CPU", "onnxruntime": "KIND_AUTO", "tensorrt": "KIND_GPU", "session": "KIND_CPU"}
 _MODEL_FILE = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+# The session variant's model.py: segdemo's folders on the stub's path (it embeds the system's libpython and ignores
+# PYTHONPATH; server.PATH_ENV names them), then the engine tier's model.
+SESSION_MODEL_PY = f"""import os, sys
+sys.path[:0] = [p for p in os.environ.get({PATH_ENV!r}, "").split(os.pathsep) if p and p not in sys.path]
+from segdemo.serving.engine_model import TritonPythonModel  # noqa: E402,F401
+"""
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ def config_text(variant: str, name: str, source: ModelSource, graph_sha256: str,
     if variant not in VARIANTS:
         raise SegdemoError(f"unknown Triton variant '{variant}' — choose from {', '.join(VARIANTS)}")
     height, width = source.input_size
-    batched = variant == "python"
+    batched = variant in BATCHED
     lead = [] if batched else [1]  # max_batch_size 0: the dims are the graph's own, batch 1 included
     shape_tensor = "\n    is_shape_tensor: true" if variant == "tensorrt" else ""
     params = {PARAM_MODEL: model_key(source), PARAM_GRAPH: graph_sha256, PARAM_SPEC: source.spec,
@@ -99,10 +116,12 @@ def _tensor(name: str, data_type: str, dims: list[int], extra: str = "") -> str:
             f"{extra}\n  }}")
 
 
-def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants: tuple[str, ...] = VARIANTS,
+def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants: tuple[str, ...] = DEFAULT_VARIANTS,
                       name: str = DEFAULT_NAME, max_batch: int = 8, instances: int = 1,
-                      build_dir: Path | None = None, precision: str = "fp16") -> list[Exported]:
-    """Write `out/<variant>/<name>/` for each variant; `precision` picks the TensorRT plan (the others are fp32)."""
+                      build_dir: Path | None = None, precision: str = "fp16",
+                      served: tuple[str, str] = ("auto", "auto")) -> list[Exported]:
+    """Write `out/<variant>/<name>/` for each variant; `precision` picks the TensorRT plan (python and onnxruntime
+    are fp32); `served`: the session variant's (backend, precision), resolved when it is served."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SegdemoError(f"unknown Triton variant {', '.join(unknown)} — choose from {', '.join(VARIANTS)}")
@@ -112,8 +131,12 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
     done = []
     for variant in variants:
         extra: dict[str, str] = {}
-        artifact, variant_precision = onnx_file, "fp32"
-        if variant == "tensorrt":
+        artifact: Path | None = onnx_file
+        variant_precision = "fp32"
+        if variant == "session":
+            artifact, variant_precision = None, served[1]
+            extra = {PARAM_BACKEND: served[0], PARAM_BUILD_DIR: str(build_dir.resolve()) if build_dir else ""}
+        elif variant == "tensorrt":
             found = find_plan(onnx_file, precision, build_dir if build_dir is not None else onnx_file.parent.parent)
             if found is None:
                 done.append(Exported(variant, None, _no_plan(source, precision)))
@@ -127,9 +150,12 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
         if model_dir.exists():
             shutil.rmtree(model_dir)  # a previous export of another model must not leave files behind
         (model_dir / "1").mkdir(parents=True)
-        _link_or_copy(artifact, model_dir / "1" / _MODEL_FILE[variant])
+        if artifact is not None:
+            _link_or_copy(artifact, model_dir / "1" / _MODEL_FILE[variant])
         if variant == "python":
             shutil.copyfile(Path(__file__).with_name("python_model.py"), model_dir / "1" / "model.py")
+        elif variant == "session":
+            (model_dir / "1" / "model.py").write_text(SESSION_MODEL_PY)
         (model_dir / "config.pbtxt").write_text(
             config_text(variant, name, source, graph_sha, variant_precision, max_batch, instances, extra))
         done.append(Exported(variant, repository, f"{variant:12s} {model_dir}  ({variant_precision})"))

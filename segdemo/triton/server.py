@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE = "nvidia-pytriton==0.7.0"
 INSTALL = f"pip install --no-deps {PACKAGE}"
-PATH_ENV = "SEGDEMO_TRITON_PYTHONPATH"  # python_model.py puts these folders on sys.path (the same name there)
+PATH_ENV = "SEGDEMO_TRITON_PYTHONPATH"  # the models put these folders on sys.path (python_model.py: the same name)
 
 
 def wheel_root() -> Path:
@@ -161,8 +161,17 @@ def launch(repository: Path, backends: Path, host: str, http_port: int, grpc_por
     ]
     env = {**os.environ, "LD_LIBRARY_PATH": _joined(root.parent.parent / "nvidia_pytriton.libs",
                                                     os.environ.get("LD_LIBRARY_PATH")),
-           PATH_ENV: os.pathsep.join(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))}
+           PATH_ENV: os.pathsep.join(_package_folders())}
     return command, env
+
+
+def _package_folders() -> list[str]:
+    """What the stub's Python needs on its path: segdemo's folder (the session variant imports it) and this
+    environment's package folders, PYTHONPATH's included."""
+    root = str(Path(__file__).resolve().parents[2])
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isdir(p)]
+    sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    return list(dict.fromkeys([root, *extra, *sites]))
 
 
 def backend_folder(backends: Path) -> None:

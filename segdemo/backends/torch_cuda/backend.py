@@ -52,9 +52,10 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
     def __init__(self, source: ModelSource, spans: SpanRecorder, precision: str = "fp16", device: int = 0,
                  compile: bool | None = None, build_dir: Path | None = None,
                  progress: Callable[[float, str], None] | None = None, max_batch: int = 1,
-                 long_lived: bool = True) -> None:
+                 long_lived: bool = True, encoded_images: bool = True) -> None:
         """`compile`: torch.compile the network (default $SEGDEMO_TORCH_COMPILE, on) — in the background, swapping
-        each CUDA graph for its compiled twin when ready, in a `long_lived` session; one-shot runs stay uncompiled."""
+        each CUDA graph for its compiled twin when ready, in a `long_lived` session; one-shot runs stay uncompiled.
+        `encoded_images=False`: no request brings a JPEG, so the GPU decoders are neither checked nor compiled."""
         import torch
 
         if precision not in ("fp16", "fp32"):
@@ -92,7 +93,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             # (torch._dynamo) are not safe to race from two; not a daemon, because interpreter shutdown in the
             # middle of a compilation aborts.
             self.compiling = threading.Thread(target=self._background,
-                                              args=(spans, wanted, wanted and not self.network.aot),
+                                              args=(spans, wanted, wanted and not self.network.aot, encoded_images),
                                               name="segdemo background load")
             self.compiling.start()
         else:
@@ -139,11 +140,12 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
                         raise
                 self.jpeg_decoder = decoder
 
-    def _background(self, spans: SpanRecorder, compile_colour: bool, compile: bool) -> None:
-        """Check the JPEG decoders, load the exported program, capture its graph for each batch bucket, compile the
-        network (if `compile`), then the JPEG colour conversion (if `compile_colour`)."""
+    def _background(self, spans: SpanRecorder, compile_colour: bool, compile: bool, decoders: bool = True) -> None:
+        """Check the JPEG decoders (if `decoders`), load the exported program, capture its graph for each batch
+        bucket, compile the network (if `compile`), then the JPEG colour conversion (if `compile_colour`)."""
         try:
-            self._check_decoder(spans)
+            if decoders:
+                self._check_decoder(spans)
         except Exception:  # noqa: BLE001 — Pillow keeps decoding uploads
             log.exception("checking the GPU JPEG decoders failed; Pillow decodes uploads")
         if self.max_batch > 1 or compile:
@@ -368,4 +370,4 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
     if context.source is None:
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
     return TorchCudaBackend(context.source, spans, precision, device, compile, context.build_dir, context.progress,
-                            max_batch, context.long_lived)
+                            max_batch, context.long_lived, context.encoded_images)
