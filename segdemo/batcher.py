@@ -1,6 +1,7 @@
 """Dynamic batching: requests that reach the engine close together share one engine call.
 
-A dispatcher thread takes the first waiting request, then keeps collecting for up to `window` seconds — but only
+A request that finds no other in flight (`alone`) takes the unbatched path instead. A dispatcher
+thread takes the first waiting request, then keeps collecting for up to `window` seconds — but only
 while more requests are on their way (holding a ticket from `expect`: decoding or resizing), so a lone request never
 waits — until `max_batch` are together, and runs them through the batch function while holding the session's engine
 slot. A batch is of whatever that function takes: model inputs (`BatchRunner.run_batch`) or whole requests for a
@@ -38,10 +39,12 @@ class _Request:
 
 
 class Ticket:
-    """A request on its way to the batcher; released when it is submitted or goes elsewhere (safe twice)."""
+    """A request on its way to the batcher; released when it is submitted or goes elsewhere (safe twice), and done
+    when the request ends (leaving its `with` block), whichever way it went."""
 
     def __init__(self, batcher: Batcher) -> None:
         self._batcher: Batcher | None = batcher
+        self._active: Batcher | None = batcher
 
     def release(self) -> None:
         batcher, self._batcher = self._batcher, None
@@ -54,6 +57,10 @@ class Ticket:
 
     def __exit__(self, *exc: object) -> None:
         self.release()  # no-op once submitted or released; covers a request that failed on its way
+        batcher, self._active = self._active, None
+        if batcher is not None:
+            with batcher._count_lock:
+                batcher._active -= 1
 
 
 class Batcher:
@@ -65,6 +72,7 @@ class Batcher:
         (one it raises fails the whole batch); `slot()` is the session's engine lock."""
         self.run, self.max_batch, self.slot, self.window_s = run, max_batch, slot, window_s
         self._upstream = 0  # tickets not yet released: requests that may still join a batch
+        self._active = 0  # tickets not yet done: requests anywhere between their start and their end
         self._count_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._numbers = itertools.count(1)
@@ -77,7 +85,14 @@ class Batcher:
         """Announce a request that may soon be submitted: batches wait for it (up to the window)."""
         with self._count_lock:
             self._upstream += 1
+            self._active += 1
         return Ticket(self)
+
+    def alone(self) -> bool:
+        """Whether the asking request (holding a ticket) is the only one in flight — none other on its way, queued,
+        batched or running unbatched: a batch of it alone would only add the hand-offs to the dispatcher and back
+        (measured slower than the unbatched path)."""
+        return self._active <= 1
 
     def submit(self, item: Any, spans: SpanRecorder, ticket: Ticket | None = None) -> Any:
         """Queue `item` (releasing its ticket) and wait for its result; the batch's errors are raised here."""

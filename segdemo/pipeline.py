@@ -225,7 +225,8 @@ class Session:
             shown = display_size(size, self.display_side)
             route = choose_route(
                 on_device=renderer is not None and (isinstance(source, EncodedJpeg) or self._renders(size)),
-                batching=self.batcher is not None and not detailed, pixels=size[0] * size[1],
+                batching=self.batcher is not None and not detailed and not self.batcher.alone(),
+                pixels=size[0] * size[1],
                 batch_renders=self._batch_renders)
             batched = ticket if route.batched else None
             if ticket is not None and batched is None:

@@ -33,12 +33,14 @@ def test_batched_and_unbatched_results_are_identical_per_image(batched, session_
     alone = [batched.segment(image).class_map for image in images]  # one at a time: batches of one
     with ThreadPoolExecutor(len(images)) as pool:
         together = list(pool.map(batched.segment, images))
-    sizes = [[s.attrs["size"] for s in r.spans.spans if s.name == "batch"][0] for r in together]
+    # A request that found none other on its way ran unbatched (no "batch" span); the others rode in batches.
+    spans = [[s for s in r.spans.spans if s.name == "batch"] for r in together]
+    sizes = [found[0].attrs["size"] if found else 1 for found in spans]
     assert max(sizes) > 1, f"no batch formed: {sizes}"
     mixed = {}  # batch number → output sizes that rode in it
-    for result in together:
-        (span,) = [s for s in result.spans.spans if s.name == "batch"]
-        mixed.setdefault(span.attrs["batch"], set()).add(result.class_map.shape)
+    for result, found in zip(together, spans, strict=True):
+        for span in found:
+            mixed.setdefault(span.attrs["batch"], set()).add(result.class_map.shape)
     assert any(len(shapes) > 1 for shapes in mixed.values()), "no batch held images of different sizes"
     for image, single, result in zip(images, alone, together, strict=True):
         assert result.class_map.shape == image.shape[:2]
@@ -64,12 +66,25 @@ def test_a_failed_batch_fails_each_of_its_requests_and_the_next_one_works(batche
     assert batched.segment(photo("coffee", (200, 300))).class_map.shape == (200, 300)
 
 
-def test_a_lone_request_does_not_wait_for_the_window(build_dir):
+def test_a_lone_request_takes_the_unbatched_path(build_dir):
+    """Nothing else in flight: no batch to wait for or to ride in — the request runs as an unbatched session's
+    would (a batch of one measured slower: the hand-offs to the dispatcher and back), whatever the window."""
     with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=4, batch_window_ms=60_000) as session:
-        result = session.segment(photo("rocket", (128, 160)))  # nothing else in flight: no reason to wait 60 s
+        result = session.segment(photo("rocket", (128, 160)))
         assert result.info["infer_ms"] < 30_000
+        assert not [s for s in result.spans.spans if s.name == "batch"]
+        (request,) = [s for s in result.spans.spans if s.name == "request"]
+        assert request.attrs["route"] == "HOST"
+
+
+def test_a_request_on_its_way_makes_a_batch_worth_waiting_for(build_dir):
+    """A ticket held by a request still decoding counts: the batcher is not alone, so the next one batches."""
+    with Session("random:tiny", "onnxruntime", build_dir=build_dir, max_batch=4, batch_window_ms=50) as session:
+        assert session.batcher is not None
+        with session.batcher.expect():  # another request on its way (decoding)
+            result = session.segment(photo("rocket", (128, 160)))
         (span,) = [s for s in result.spans.spans if s.name == "batch"]
-        assert span.attrs["size"] == 1
+        assert span.attrs["size"] == 1  # the other never came within the window
 
 
 def test_a_backend_without_batches_refuses_max_batch(build_dir):

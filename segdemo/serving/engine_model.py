@@ -1,6 +1,7 @@
 """The engine tier's model inside tritonserver's Python backend (the repository's `session` variant, whose model.py
-imports `TritonPythonModel` from here): one segdemo session, loaded and settled (every compilation done) before Triton
-reports the model ready, running what Triton's dynamic batcher queued as batches.
+imports `TritonPythonModel` from here): one segdemo session, warmed up before Triton reports the model ready, running
+what Triton's dynamic batcher queued as batches. Its background work (torch-cuda: batch graphs, then compilation)
+goes on after ready, as in the app: requests replay what is captured and never wait for a compilation.
 
 Requests carry model inputs (resized pixels and an output size), as the `triton` backend sends them; each request
 gets its own class maps whatever else rode in its batch, and a bad one fails alone. Tensors cross the stub through
@@ -41,7 +42,6 @@ class ServedSession:
                                warm_up="now", encoded_images=False)
         if model_key(self.session.source) != params.get(PARAM_MODEL):
             raise ValueError(f"{params[PARAM_SPEC]} changed since this repository was exported — export it again")
-        self.session.settle()  # compiled and captured before the first request: nothing compiles on one
         backend = self.session.backend
         self.batch = backend.max_batch if isinstance(backend, BatchRunner) else 1
         self.input_size = self.session.source.input_size
