@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..image.visuals import DEFAULT_OPACITY
-from ..pipeline import Segmentation, Session
+from ..pipeline import Session
 from ..profiling.spans import INFERENCE, SpanRecorder
+from ..segmentation import EncoderFrame
 from .video_io import (
     APP_LIMITS,
     FAST_PRESET,
@@ -63,11 +64,15 @@ def frames_per_list(session: Session, info: VideoInfo) -> int:
     return max(1, min(batch if batch > 1 else BATCH, BATCH_PIXELS // max(1, info.width * info.height)))
 
 
-def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder,
-                   opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
-    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames),
-    with the overlays as I420 where the device makes them (the encoder then converts nothing)."""
-    return session.segment_frames(frames, spans, opacity, i420=True)
+def segment_frames(session: Session, frames: list[Any], spans: SpanRecorder,
+                   opacity: float = DEFAULT_OPACITY) -> list[EncoderFrame]:
+    """Segment a list of RGB frames of one size for the encoder: batched where the backend runs batches, with the
+    overlays as I420 where the device makes them (the encoder then converts nothing, and nothing else of a frame is
+    downloaded: Session.encoder_frames); each frame's legend gives its shares."""
+    with spans.span("segment", INFERENCE, frames=len(frames)):
+        results = session.encoder_frames(frames, spans, opacity)
+    with spans.span("overlay", INFERENCE, frames=len(frames)):  # made here only for frames done on the host
+        return [r if isinstance(r, EncoderFrame) else EncoderFrame.of(r, opacity) for r in results]
 
 
 @dataclass
@@ -243,19 +248,15 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     done, size = 0, None
     try:
         while (chunk := decoded.get()) is not None:
-            with spans.span("segment", INFERENCE, frames=len(chunk)):
-                results = segment_frames(session, chunk, spans, opacity)
-            with spans.span("overlay", INFERENCE, frames=len(chunk)):
-                pictures = [r.display_overlay(opacity) for r in results]
+            results = segment_frames(session, chunk, spans, opacity)
             for r in results:
                 counts = np.zeros(classes, np.float64)
                 for entry in r.legend:
                     counts[entry.id] = entry.share
                 shares.append(counts)
-            size = size or even_size(*pictures[0].shape[:2])
+            size = size or even_size(*results[0].size)
             # I420 from the device where it made it (already of even sides), else the RGB overlay made even here
-            encoded.put([r.overlay_i420 if r.overlay_i420 is not None else p[: size[0], : size[1]]
-                         for r, p in zip(results, pictures, strict=True)])
+            encoded.put([r.overlay if r.i420 else r.overlay[: size[0], : size[1]] for r in results])
             done += len(chunk)
             if progress:
                 progress(done, max(done, info.frames))
