@@ -188,3 +188,23 @@ def test_pace_says_frames_per_second_and_the_real_time_factor_as_the_job_goes():
     pace(30, 60)
     (fraction, line), = lines
     assert fraction == 0.5 and line.startswith("30 / 60 frames · 15.0 frames/s · 1.50× real time")
+
+
+def test_a_decoder_child_started_before_the_session_is_the_jobs_when_its_mode_fits(clip, session_factory, tmp_path):
+    """The command line starts the job's decoder child before the session loads: the job takes it (one child, not a
+    probe's and the job's), or — started for NVDEC that the session does not use — closes it and starts one that
+    decodes; either way no child outlives the job."""
+    from segdemo.media.video_io import APP_LIMITS, open_video
+    from segdemo.media.video_job import decoder_mode
+
+    assert decoder_mode("onnxruntime") == "decode"
+    session = session_factory(MODEL)
+    results = []
+    for mode in ("decode", "packets"):
+        child, spans = open_video(clip, APP_LIMITS, mode), SpanRecorder()
+        results.append(segment_video(session, child, tmp_path / f"{mode}.mp4", 0.5, spans=spans))
+        (probe,) = [s for s in spans.spans if s.name == "probe"]
+        assert probe.attrs["started_before"] is (mode == "decode")
+        assert child.process.poll() is not None  # closed by the job
+    assert results[0].frames == results[1].frames == 10
+    np.testing.assert_allclose(results[0].shares, results[1].shares, atol=1e-6)

@@ -186,19 +186,36 @@ class Pace:
                                           f"{rate / self.fps:.2f}× real time")
 
 
-def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
-                  limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
-                  spans: SpanRecorder | None = None, batch: int | None = None) -> VideoResult:
-    """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
+def decoder_mode(backend: str) -> str:
+    """The decoder child's mode (video_child.MODES) a job on `backend` (a --backend value) will probably take, for a
+    child started before the session loads (segment_video starts another if it was wrong)."""
+    from .nvdec import nvdec_likely
+
+    return "packets" if nvdec_likely(backend) else "decode"
+
+
+def segment_video(session: Session, source: str | Path | DecoderProcess, out: Path,
+                  opacity: float = DEFAULT_OPACITY, limits: VideoLimits = APP_LIMITS,
+                  progress: Progress | None = None, spans: SpanRecorder | None = None,
+                  batch: int | None = None) -> VideoResult:
+    """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate).
+
+    `source` may be the job's decoder child already started (open_video, of decoder_mode; its own limits hold): the
+    job then owns it and closes it."""
     from .nvdec import nvdec_reason
 
     spans = spans or SpanRecorder()
     start = time.perf_counter()
     why_not = nvdec_reason(session, limits)
-    with spans.span("probe", INFERENCE):
+    mode = "decode" if why_not else "packets"
+    with spans.span("probe", INFERENCE) as attrs:
+        if isinstance(source, DecoderProcess) and source.mode != mode:
+            source.close()  # started in the mode guessed before the session loaded, wrongly: one of the right mode
+            source = source.path
+        attrs["started_before"] = isinstance(source, DecoderProcess)
         # One child per job: it probes, then decodes — or, for a GPU decoder here, demuxes packets of the streams
         # it can take (`child.sends_packets`)
-        child = open_video(source, limits, "decode" if why_not else "packets")
+        child = source if isinstance(source, DecoderProcess) else open_video(source, limits, mode)
     if not child.sends_packets:
         log.info("video: frames decoded on the host (PyAV, in the decoder child): %s",
                  why_not or f"{child.info.codec} {child.info.pix_fmt} is not a stream NVDEC decodes here")
