@@ -114,4 +114,4 @@ def _show(path: Path) -> None:
 
 COMMAND = Command("segment", "segment one image (classes.png, overlay.png, legend.json, profiling.json) or video "
                   "(overlay.mp4, shares.csv, shares.json, profiling.json)",
-                  _segment_args, _segment)
+                  _segment_args, _segment, exits_at_once=True)
