@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from .image.visuals import (
 from .model.labels import palette
 from .model.source import ModelSource, resolve
 from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, LOAD, RequestHistory, Span, SpanRecorder
-from .segmentation import Segmentation
+from .segmentation import EncoderFrame, Segmentation
 
 log = logging.getLogger("segdemo")
 
@@ -279,10 +280,12 @@ class Session:
         with spans.span("legend", INFERENCE):
             entries = legend_from_counts(rendered.counts[: len(self.labels)], self.labels, self.colours)
         decoded = source if isinstance(source, np.ndarray) else None
-        return Segmentation(rendered.class_map, entries, self.colours, spans, rendered.display_image,
-                            rendered.display_map, source=image, _image=decoded,
-                            _display_overlays={rendered.opacity: rendered.display_overlay},
-                            overlay_i420=rendered.overlay_i420)
+        class_map, shown, shown_map, overlay = (rendered.class_map, rendered.display_image, rendered.display_map,
+                                                rendered.display_overlay)
+        # only an encoder_only job's lack them (encoder_frames), and none of those comes here
+        assert class_map is not None and shown is not None and shown_map is not None and overlay is not None
+        return Segmentation(class_map, entries, self.colours, spans, shown, shown_map, source=image, _image=decoded,
+                            _display_overlays={rendered.opacity: overlay}, overlay_i420=rendered.overlay_i420)
 
     def _on_host(self, rgb: np.ndarray, shown: tuple[int, int], spans: SpanRecorder,
                  detailed: bool, batched: Ticket | None = None) -> Segmentation:
@@ -322,15 +325,10 @@ class Session:
         batch = max(1, getattr(backend, "max_batch", 1))
         chunks = [frames[k:k + batch] for k in range(0, len(frames), batch)]
         results: list[Segmentation] = []
-        if isinstance(backend, backends.BatchRenderer) and backend.renders(out_size):
-            for chunk in chunks:
-                jobs = [backends.RenderJob(frame, opacity, out_size, shown, i420) for frame in chunk]
-                with self._engine(spans):
-                    rendered = backend.render_batch(jobs, spans)
-                for frame, done in zip(chunk, rendered, strict=True):
-                    if isinstance(done, Exception):
-                        raise done
-                    results.append(self._from_rendered(done, frame, frame, spans))
+        if self._renders_frames(size):
+            job = backends.RenderJob(None, opacity, out_size, shown, i420)
+            results = [self._from_rendered(done, frame, frame, spans)
+                       for frame, done in self._render_frames(frames, job, spans)]
         elif isinstance(backend, backends.BatchRunner) and batch > 1:
             for chunk in chunks:
                 with spans.span("resize", INFERENCE, size=list(size), frames=len(chunk)):
@@ -342,6 +340,45 @@ class Session:
         else:
             results = [self.segment(frame, spans, record=False) for frame in frames]
         return results
+
+    def encoder_frames(self, frames: list[Any], spans: SpanRecorder,
+                       opacity: float = DEFAULT_OPACITY) -> list[Segmentation | EncoderFrame]:
+        """`segment_frames` of a video's frames for its encoder: where the device renders them, each frame's
+        EncoderFrame (its counts and I420 overlay the one download: no class maps, no display pictures), else the
+        full results (EncoderFrame.of makes them one)."""
+        size = frames[0].shape[:2]
+        if not self._renders_frames(size):
+            return list(self.segment_frames(frames, spans, opacity, i420=True))
+        job = backends.RenderJob(None, opacity, output_size(size, self.max_side), display_size(size, self.display_side),
+                                 i420=True, encoder_only=True)
+        results: list[Segmentation | EncoderFrame] = []
+        for _, done in self._render_frames(frames, job, spans):
+            overlay = done.overlay_i420 if done.overlay_i420 is not None else done.display_overlay
+            assert overlay is not None  # an encoder_only job gets one or the other (RenderJob.encoder_only)
+            with spans.span("legend", INFERENCE):
+                entries = legend_from_counts(done.counts[: len(self.labels)], self.labels, self.colours)
+            results.append(EncoderFrame(entries, overlay))
+        return results
+
+    def _renders_frames(self, size: tuple[int, int]) -> bool:
+        """Whether frames of this size go whole to the device, in batches (a BatchRenderer that renders them)."""
+        backend = self.backend
+        return isinstance(backend, backends.BatchRenderer) and backend.renders(output_size(size, self.max_side))
+
+    def _render_frames(self, frames: list[Any], job: backends.RenderJob,
+                       spans: SpanRecorder) -> Iterator[tuple[Any, backends.Rendered]]:
+        """Each frame with its Rendered, as `job` (its source replaced by the frame) asks, the backend's batch at a
+        time; a frame's error is raised."""
+        backend = self.backend
+        assert isinstance(backend, backends.BatchRenderer)  # callers check _renders_frames
+        for k in range(0, len(frames), max(1, backend.max_batch)):
+            chunk = frames[k:k + max(1, backend.max_batch)]
+            with self._engine(spans):
+                rendered = backend.render_batch([replace(job, source=frame) for frame in chunk], spans)
+            for frame, done in zip(chunk, rendered, strict=True):
+                if isinstance(done, Exception):
+                    raise done
+                yield frame, done
 
     @contextmanager
     def _engine(self, spans: SpanRecorder) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""One request's result: the class map at the original size, the display-size pictures, legend and spans."""
+"""One request's result: the class map at the original size, the display-size pictures, legend and spans; a video
+frame's, for its encoder: the legend and the overlay alone."""
 
 from __future__ import annotations
 
@@ -88,3 +89,28 @@ class Segmentation:
     def write_legend(self, path: Path) -> Path:
         path.write_text(json.dumps(self.legend_json(), indent=2) + "\n")
         return path
+
+
+@dataclass
+class EncoderFrame:
+    """A video frame's result as its encoder and class shares take it: the legend and the display-size overlay, as
+    I420 planes where the device made them (nothing else of the frame left the device), else RGB."""
+
+    legend: list[LegendEntry]
+    overlay: np.ndarray  # I420: ((height × 3/2) × width) uint8, even sides; RGB: height × width × 3
+
+    @property
+    def i420(self) -> bool:
+        return self.overlay.ndim == 2
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the overlay."""
+        height, width = self.overlay.shape[:2]
+        return (height * 2 // 3 if self.i420 else height), width
+
+    @classmethod
+    def of(cls, result: Segmentation, opacity: float = DEFAULT_OPACITY) -> EncoderFrame:
+        """A full result's legend and overlay (its I420 where the device made it)."""
+        overlay = result.overlay_i420 if result.overlay_i420 is not None else result.display_overlay(opacity)
+        return cls(result.legend, overlay)

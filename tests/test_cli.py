@@ -107,3 +107,32 @@ def test_bad_video_is_one_line_and_nonzero(tmp_path, content, message):
     result = run("segment", str(clip), "--model", "random:tiny", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_segment_ends_its_process_at_once_with_every_file_written(tmp_path, build_dir):
+    """`segment` as the process's entry ends without the interpreter's teardown (an exit hook never runs), yet its
+    files are complete, its lines printed and its exit code the command's."""
+    av = pytest.importorskip("av")
+    from segdemo.bench.clips import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", 160, 120, 0.5, fps=10)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    script = ("import atexit, sys\nfrom segdemo.cli import main\natexit.register(print, 'teardown ran')\n"
+              "sys.argv[0] = 'segdemo'\nsys.exit(main())")
+    out = tmp_path / "out"
+    runs = [subprocess.run([sys.executable, "-c", script, "segment", str(name), "--model", "random:tiny", "--out",
+                            str(out), "--build-dir", str(build_dir)], capture_output=True, text=True, timeout=600)
+            for name in (clip, tmp_path / "bad.mp4")]
+    (done, bad) = runs
+    assert done.returncode == 0, done.stderr
+    assert "teardown ran" not in done.stdout and done.stdout.splitlines()[-1].startswith("profiling")
+    with av.open(str(out / "overlay.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5  # the MP4 closed: index written, every frame in it
+    assert len((out / "shares.csv").read_text().splitlines()) == 1 + 5
+    assert json.loads((out / "shares.json").read_text())["frames"] == 5
+    assert json.loads((out / "profiling.json").read_text())["traceEvents"]
+    assert bad.returncode == 2 and "is not a video file" in bad.stderr and "teardown ran" not in bad.stdout
+    # Called with its arguments (a test, a script) it returns: the caller's process goes on.
+    import segdemo.cli
+
+    assert segdemo.cli.main(["segment", str(tmp_path / "bad.mp4"), "--model", "random:tiny"]) == 2

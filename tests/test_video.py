@@ -64,13 +64,15 @@ def test_segmented_video_is_h264_mp4_with_every_frame_and_its_shares(clip, sessi
 
 
 def test_segment_frames_is_one_call_per_list(clip, session_factory):
-    """The batch seam: a list of frames in, one result per frame out, the same as one at a time."""
+    """The batch seam: a list of frames in, one result per frame out — its legend and the overlay for the encoder
+    (RGB from a host backend) — the same as one at a time."""
     session = session_factory(MODEL)
     frames = decoded(clip)[4][:3]
-    results = segment_frames(session, frames, SpanRecorder())
-    assert [r.class_map.shape for r in results] == [(120, 160)] * 3
-    assert all((r.class_map == session.segment(f, record=False).class_map).all()
-               for r, f in zip(results, frames, strict=True))
+    results = segment_frames(session, frames, SpanRecorder(), 0.5)
+    assert [r.size for r in results] == [(120, 160)] * 3 and not any(r.i420 for r in results)
+    for r, f in zip(results, frames, strict=True):
+        alone = session.segment(f, record=False)
+        assert r.legend == alone.legend and (r.overlay == alone.display_overlay(0.5)).all()
 
 
 def test_portrait_phone_video_comes_out_upright_and_odd_sides_are_made_even(session_factory, tmp_path):

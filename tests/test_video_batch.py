@@ -16,6 +16,7 @@ from segdemo.bench.clips import make_clip  # noqa: E402
 from segdemo.media.video_job import segment_video  # noqa: E402
 from segdemo.pipeline import Session  # noqa: E402
 from segdemo.profiling.spans import SpanRecorder  # noqa: E402
+from segdemo.segmentation import EncoderFrame  # noqa: E402
 
 MODEL = "random:tiny"
 CUDA_REASON = torch_cuda.unavailable_reason()
@@ -82,7 +83,14 @@ def test_one_shot_torch_cuda_batches_frames_on_the_device_as_one_at_a_time(clip,
         assert _batch_sizes(spans) == [len(pictures)] and not any(s.name == "resize" for s in spans.spans)
         alone = [session.segment(p, record=False) for p in pictures]
         (lone,) = session.segment_frames(pictures[:1], SpanRecorder(), 0.5, i420=True)  # a batch of one: no graph
+        encoded = session.encoder_frames(pictures, SpanRecorder(), 0.5)  # the video job's: counts and I420 only
     assert lone.overlay_i420 is not None and (lone.overlay_i420 == batched[0].overlay_i420).mean() > 0.99
+    for e, b in zip(encoded, batched, strict=True):
+        # the same batch replayed again: what comes back is the full result's, bar kernels that round differently
+        assert isinstance(e, EncoderFrame) and e.i420 and e.size == (120, 160) and b.overlay_i420 is not None
+        assert e.overlay.shape == b.overlay_i420.shape and (e.overlay == b.overlay_i420).mean() > 0.99
+        shares_e, shares_b = ({x.id: x.share for x in r.legend} for r in (e, b))
+        assert all(abs(shares_e.get(k, 0) - shares_b.get(k, 0)) < 0.01 for k in shares_e.keys() | shares_b.keys())
     for b, a in zip(batched, alone, strict=True):
         # the network at batch 16 rounds like batch 1 only as far as cuDNN's kernels do; all after it is exact
         assert float((b.class_map == a.class_map).mean()) > 0.99
@@ -93,6 +101,53 @@ def test_one_shot_torch_cuda_batches_frames_on_the_device_as_one_at_a_time(clip,
         want = av.VideoFrame.from_ndarray(b.display_overlay(0.5), format="rgb24").reformat(format="yuv420p")
         assert b.overlay_i420 is not None and a.overlay_i420 is None
         assert np.abs(b.overlay_i420.astype(np.int16) - want.to_ndarray()).max() <= 1
+
+
+@pytest.mark.parametrize("height", [120, 118])  # 118: its height is no multiple of 4, so no I420 (render._i420)
+def test_an_encoder_only_job_downloads_its_counts_and_overlay_alone(monkeypatch, height):
+    """What torch-cuda's one download holds (run on CPU tensors): a video frame's job (RenderJob.encoder_only) gets the
+    counts and I420 overlay a full job gets — or its RGB overlay where no I420 is made — and nothing else."""
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from segdemo.backends import RenderJob
+    from segdemo.backends.torch_cuda import render
+    from segdemo.model.labels import ADE20K_LABELS, palette
+
+    from .conftest import photo
+
+    downloaded: list[int] = []
+
+    def download(parts):  # the pinned block's copies, made on the host here
+        downloaded.append(sum(part.numel() for part in parts))
+        return [part.clone() for part in parts]
+
+    class Event:  # CUDA events: nothing to time on the CPU
+        def record(self, *_):
+            pass
+
+        synchronize = record
+
+    monkeypatch.setattr(render, "download", download)
+    pictures = render.Pictures(torch.device("cpu"), None, [Event()] * 6, palette(ADE20K_LABELS))
+    size = (height, 160)
+    image = torch.from_numpy(photo("astronaut", size).copy())
+    classes = torch.from_numpy(np.random.default_rng(1).integers(0, 150, size, dtype=np.uint8))
+    full_job = RenderJob(None, 0.5, size, size, i420=True)
+    # as NVDEC's frames come (no host copy, so a full job downloads the display picture too)
+    (full,) = pictures.render_and_download([(full_job, image, None, (classes, classes))])
+    (frame,) = pictures.render_and_download([(replace(full_job, encoder_only=True), image, None, (classes, classes))])
+    assert np.array_equal(frame.counts, full.counts)
+    assert frame.class_map is None and frame.display_image is None and frame.display_map is None
+    pixels = height * 160
+    if height % 4 == 0:
+        assert frame.overlay_i420 is not None and np.array_equal(frame.overlay_i420, full.overlay_i420)
+        assert frame.display_overlay is None and downloaded == [256 * 8 + pixels * 8 + pixels * 3 // 2,
+                                                                256 * 8 + pixels * 3 // 2]
+    else:
+        assert frame.overlay_i420 is None and full.overlay_i420 is None
+        assert frame.display_overlay is not None and np.array_equal(frame.display_overlay, full.display_overlay)
+        assert downloaded == [256 * 8 + pixels * 8, 256 * 8 + pixels * 3]
 
 
 def test_encoder_takes_i420_as_the_device_makes_it(clip, tmp_path):
@@ -133,3 +188,23 @@ def test_pace_says_frames_per_second_and_the_real_time_factor_as_the_job_goes():
     pace(30, 60)
     (fraction, line), = lines
     assert fraction == 0.5 and line.startswith("30 / 60 frames · 15.0 frames/s · 1.50× real time")
+
+
+def test_a_decoder_child_started_before_the_session_is_the_jobs_when_its_mode_fits(clip, session_factory, tmp_path):
+    """The command line starts the job's decoder child before the session loads: the job takes it (one child, not a
+    probe's and the job's), or — started for NVDEC that the session does not use — closes it and starts one that
+    decodes; either way no child outlives the job."""
+    from segdemo.media.video_io import APP_LIMITS, open_video
+    from segdemo.media.video_job import decoder_mode
+
+    assert decoder_mode("onnxruntime") == "decode"
+    session = session_factory(MODEL)
+    results = []
+    for mode in ("decode", "packets"):
+        child, spans = open_video(clip, APP_LIMITS, mode), SpanRecorder()
+        results.append(segment_video(session, child, tmp_path / f"{mode}.mp4", 0.5, spans=spans))
+        (probe,) = [s for s in spans.spans if s.name == "probe"]
+        assert probe.attrs["started_before"] is (mode == "decode")
+        assert child.process.poll() is not None  # closed by the job
+    assert results[0].frames == results[1].frames == 10
+    np.testing.assert_allclose(results[0].shares, results[1].shares, atol=1e-6)

@@ -76,13 +76,15 @@ class Backend(ABC):
 @dataclass(frozen=True)
 class Rendered:
     """A request done on a device, every array bit-identical to what the host pipeline makes (pipeline._on_host),
-    given the same decoded pixels."""
+    given the same decoded pixels. An `encoder_only` job's gets only its counts and the overlay for an encoder: the
+    arrays it was not sent are None (every one is set for other jobs)."""
 
-    class_map: np.ndarray  # uint8 ids at the original (upright) size: restore_size of the out_size map
+    class_map: np.ndarray | None  # uint8 ids at the original (upright) size: restore_size of the out_size map
     counts: np.ndarray  # pixels per class id of class_map, int64 [256]
-    display_image: np.ndarray  # RGB at display size (Pillow's bilinear resize of the decoded image)
-    display_map: np.ndarray  # restore_size(out_size map, display size)
-    display_overlay: np.ndarray  # visuals.overlay(display_image, colour_mask(display_map), opacity)
+    display_image: np.ndarray | None  # RGB at display size (Pillow's bilinear resize of the decoded image)
+    display_map: np.ndarray | None  # restore_size(out_size map, display size)
+    # visuals.overlay(display_image, colour_mask(display_map), opacity); an encoder_only job's only where no I420 is
+    display_overlay: np.ndarray | None
     opacity: float
     overlay_i420: np.ndarray | None = None  # asked for by RenderJob.i420: the overlay as an H.264 encoder takes it
 
@@ -128,6 +130,9 @@ class RenderJob:
     # Also the overlay as I420 (yuv420p planes, BT.601 limited range; cropped to even sides), for a video's encoder:
     # where the renderer makes it (the display's height, made even, a multiple of 4), Rendered.overlay_i420 holds it.
     i420: bool = False
+    # Only what a video's encoder and its class shares need comes back (the counts, and the overlay as I420 — RGB
+    # where no I420 is made): a 1080p frame's maps and display picture would be six times the download.
+    encoder_only: bool = False
 
 
 class BatchRenderer(DeviceRenderer):

@@ -18,6 +18,9 @@ class Command(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    # Its process may end the moment `run` returns (cli.main, as the process's entry): everything it made is written,
+    # closed and reaped by then, so the interpreter's teardown (torch's, CUDA's: tenths of a second) is skipped.
+    exits_at_once: bool = False
 
 
 ORDER = ("export", "segment", "build", "bench", "doctor", "triton")  # module names under segdemo.commands

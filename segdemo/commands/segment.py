@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..media.video_io import CLI_LIMITS, is_video_path
 from . import Command
 from .options import add_session_options
+
+if TYPE_CHECKING:
+    from ..media.video_io import DecoderProcess, VideoLimits
 
 log = logging.getLogger("segdemo")
 
@@ -55,14 +59,26 @@ def _segment(args: argparse.Namespace) -> int:
 def _segment_video(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from ..media.video_io import open_video
+    from ..media.video_job import decoder_mode
+
+    limits = CLI_LIMITS if args.max_seconds is None else replace(CLI_LIMITS, seconds=args.max_seconds)
+    # The job's own decoder child, first: a bad video fails here, before any model loading, and the child starts (and
+    # decodes ahead) while the session loads, where a probe's child of its own took its start-up before that.
+    child = open_video(args.image, limits, decoder_mode(args.backend))
+    try:
+        return _run_video(args, child, limits)
+    finally:
+        child.close()  # the job closes it; here too if the session's load failed
+
+
+def _run_video(args: argparse.Namespace, child: DecoderProcess, limits: VideoLimits) -> int:
     from ..backends import choose
-    from ..media.video_io import probe
     from ..media.video_job import Pace, max_batch_for, segment_video, write_outputs
     from ..pipeline import Session
     from ..profiling.spans import SpanRecorder
 
-    limits = CLI_LIMITS if args.max_seconds is None else replace(CLI_LIMITS, seconds=args.max_seconds)
-    info = probe(args.image, limits)  # a bad video fails here, before any model loading
+    info = child.info
     log.info("%s: %d×%d, %.1f s at %.2f fps, about %d frames (%s)", args.image.name, info.width, info.height,
              info.seconds, float(info.fps), info.frames, info.codec)
     spans = SpanRecorder()
@@ -77,7 +93,7 @@ def _segment_video(args: argparse.Namespace) -> int:
     # One-shot: nothing in the background (no compilation to wait for at exit), batches where the backend runs them.
     with Session(args.model, backend, args.precision, args.build_dir, display_side=limits.side, warm_up="off",
                  max_batch=max_batch_for(backend)) as session:
-        result = segment_video(session, args.image, args.out / "overlay.mp4", args.opacity, limits,
+        result = segment_video(session, child, args.out / "overlay.mp4", args.opacity, limits,
                                Pace(info.fps, report), spans)
         files = {"video": result.path, **write_outputs(result, args.out, session.load_spans.spans)}
     log.info("%d frames in %.1f s: %.2f× real time", result.frames, result.seconds, result.speed)
@@ -98,4 +114,4 @@ def _show(path: Path) -> None:
 
 COMMAND = Command("segment", "segment one image (classes.png, overlay.png, legend.json, profiling.json) or video "
                   "(overlay.mp4, shares.csv, shares.json, profiling.json)",
-                  _segment_args, _segment)
+                  _segment_args, _segment, exits_at_once=True)

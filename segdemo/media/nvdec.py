@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 NVDEC_ENV = "SEGDEMO_NVDEC"  # "0": decode on the host (PyAV, in the decoder child) even where NVDEC is usable
 
 
+def nvdec_likely(backend: str) -> bool:
+    """Whether a job on `backend` (a --backend value: "auto" may become torch-cuda, the one backend that takes device
+    frames) may decode with NVDEC — said before its session loads, without importing PyNvVideoCodec; nvdec_reason
+    decides."""
+    from importlib.util import find_spec
+
+    return os.environ.get(NVDEC_ENV, "1") != "0" and backend in ("auto", "torch-cuda") and \
+        find_spec("PyNvVideoCodec") is not None
+
+
 def nvdec_reason(session: Session, limits: VideoLimits) -> str | None:
     """None if NVDEC can decode frames for `session`'s backend (of any size `limits` let through), else why not."""
     from ..backends import BatchRenderer

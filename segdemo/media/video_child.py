@@ -37,7 +37,7 @@ class DecoderProcess:
     def __init__(self, path: Path, limits: VideoLimits, mode: str = "decode") -> None:
         if mode not in MODES:
             raise ValueError(f"a decoder child's mode is one of {', '.join(MODES)}, not {mode!r}")
-        self.path, self.limits, self.name = path, limits, f"'{path.name}'"
+        self.path, self.limits, self.mode, self.name = path, limits, mode, f"'{path.name}'"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         env["MALLOC_ARENA_MAX"] = "2"  # glibc reserves 64 MB of address space per thread arena, which RLIMIT_AS counts

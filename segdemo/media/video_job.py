@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..image.visuals import DEFAULT_OPACITY
-from ..pipeline import Segmentation, Session
+from ..pipeline import Session
 from ..profiling.spans import INFERENCE, SpanRecorder
+from ..segmentation import EncoderFrame
 from .video_io import (
     APP_LIMITS,
     FAST_PRESET,
@@ -63,11 +64,15 @@ def frames_per_list(session: Session, info: VideoInfo) -> int:
     return max(1, min(batch if batch > 1 else BATCH, BATCH_PIXELS // max(1, info.width * info.height)))
 
 
-def segment_frames(session: Session, frames: list[np.ndarray], spans: SpanRecorder,
-                   opacity: float = DEFAULT_OPACITY) -> list[Segmentation]:
-    """Segment a list of RGB frames of one size: batched where the backend runs batches (Session.segment_frames),
-    with the overlays as I420 where the device makes them (the encoder then converts nothing)."""
-    return session.segment_frames(frames, spans, opacity, i420=True)
+def segment_frames(session: Session, frames: list[Any], spans: SpanRecorder,
+                   opacity: float = DEFAULT_OPACITY) -> list[EncoderFrame]:
+    """Segment a list of RGB frames of one size for the encoder: batched where the backend runs batches, with the
+    overlays as I420 where the device makes them (the encoder then converts nothing, and nothing else of a frame is
+    downloaded: Session.encoder_frames); each frame's legend gives its shares."""
+    with spans.span("segment", INFERENCE, frames=len(frames)):
+        results = session.encoder_frames(frames, spans, opacity)
+    with spans.span("overlay", INFERENCE, frames=len(frames)):  # made here only for frames done on the host
+        return [r if isinstance(r, EncoderFrame) else EncoderFrame.of(r, opacity) for r in results]
 
 
 @dataclass
@@ -181,19 +186,36 @@ class Pace:
                                           f"{rate / self.fps:.2f}× real time")
 
 
-def segment_video(session: Session, source: str | Path, out: Path, opacity: float = DEFAULT_OPACITY,
-                  limits: VideoLimits = APP_LIMITS, progress: Progress | None = None,
-                  spans: SpanRecorder | None = None, batch: int | None = None) -> VideoResult:
-    """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate)."""
+def decoder_mode(backend: str) -> str:
+    """The decoder child's mode (video_child.MODES) a job on `backend` (a --backend value) will probably take, for a
+    child started before the session loads (segment_video starts another if it was wrong)."""
+    from .nvdec import nvdec_likely
+
+    return "packets" if nvdec_likely(backend) else "decode"
+
+
+def segment_video(session: Session, source: str | Path | DecoderProcess, out: Path,
+                  opacity: float = DEFAULT_OPACITY, limits: VideoLimits = APP_LIMITS,
+                  progress: Progress | None = None, spans: SpanRecorder | None = None,
+                  batch: int | None = None) -> VideoResult:
+    """Decode `source`, segment every frame, write the overlay video to `out` (H.264 MP4, source frame rate).
+
+    `source` may be the job's decoder child already started (open_video, of decoder_mode; its own limits hold): the
+    job then owns it and closes it."""
     from .nvdec import nvdec_reason
 
     spans = spans or SpanRecorder()
     start = time.perf_counter()
     why_not = nvdec_reason(session, limits)
-    with spans.span("probe", INFERENCE):
+    mode = "decode" if why_not else "packets"
+    with spans.span("probe", INFERENCE) as attrs:
+        if isinstance(source, DecoderProcess) and source.mode != mode:
+            source.close()  # started in the mode guessed before the session loaded, wrongly: one of the right mode
+            source = source.path
+        attrs["started_before"] = isinstance(source, DecoderProcess)
         # One child per job: it probes, then decodes — or, for a GPU decoder here, demuxes packets of the streams
         # it can take (`child.sends_packets`)
-        child = open_video(source, limits, "decode" if why_not else "packets")
+        child = source if isinstance(source, DecoderProcess) else open_video(source, limits, mode)
     if not child.sends_packets:
         log.info("video: frames decoded on the host (PyAV, in the decoder child): %s",
                  why_not or f"{child.info.codec} {child.info.pix_fmt} is not a stream NVDEC decodes here")
@@ -243,19 +265,15 @@ def _segment(session: Session, child: DecoderProcess, out: Path, opacity: float,
     done, size = 0, None
     try:
         while (chunk := decoded.get()) is not None:
-            with spans.span("segment", INFERENCE, frames=len(chunk)):
-                results = segment_frames(session, chunk, spans, opacity)
-            with spans.span("overlay", INFERENCE, frames=len(chunk)):
-                pictures = [r.display_overlay(opacity) for r in results]
+            results = segment_frames(session, chunk, spans, opacity)
             for r in results:
                 counts = np.zeros(classes, np.float64)
                 for entry in r.legend:
                     counts[entry.id] = entry.share
                 shares.append(counts)
-            size = size or even_size(*pictures[0].shape[:2])
+            size = size or even_size(*results[0].size)
             # I420 from the device where it made it (already of even sides), else the RGB overlay made even here
-            encoded.put([r.overlay_i420 if r.overlay_i420 is not None else p[: size[0], : size[1]]
-                         for r, p in zip(results, pictures, strict=True)])
+            encoded.put([r.overlay if r.i420 else r.overlay[: size[0], : size[1]] for r in results])
             done += len(chunk)
             if progress:
                 progress(done, max(done, info.frames))

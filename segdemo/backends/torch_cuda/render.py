@@ -40,11 +40,14 @@ class Pictures:
         """Replay `entry` (its grid uploaded): the class map at the image's size and at `display`."""
         entry.graph.replay()
         computed = entry.classes[:out_size[0], :out_size[1]]
-        # Both copies: the next replay overwrites the graph's output.
-        return self.nearest(computed, size), self.nearest(computed, display)
+        # Copies: the next replay overwrites the graph's output. One for both where the display is the image's size
+        # (a video's frames): nothing writes to either.
+        classes = self.nearest(computed, size)
+        return classes, classes if display == size else self.nearest(computed, display)
 
     def render_and_download(self, done: list[Done]) -> list[Rendered]:
-        """Counts, display picture and overlay of each request on the GPU, then one download of all and one wait."""
+        """Counts, display picture and overlay of each request on the GPU, then one download of all and one wait
+        (of an encoder_only job's, the counts and its overlay for the encoder alone)."""
         torch = self.torch
         self.events[3].record(self.stream)
         parts, counts, i420 = [], [], []
@@ -53,8 +56,12 @@ class Pictures:
             same = job.display == tuple(image.shape[:2])
             shown = image if same else resize_like_pil(image, job.display)
             blended = blend(shown, colourise(shown_map, self.lut), self.blend_table(clamp_opacity(job.opacity)))
-            parts.append([classes, shown_map, blended] + ([] if same and host_image is not None else [shown]))
-            i420.append(_i420(blended) if job.i420 else None)
+            planes = _i420(blended) if job.i420 or job.encoder_only else None
+            if job.encoder_only:
+                parts.append([] if planes is not None else [blended])
+            else:
+                parts.append([classes, shown_map, blended] + ([] if same and host_image is not None else [shown]))
+            i420.append(planes)
         self.events[4].record(self.stream)
         # The counts as bytes at the block's start (aligned for int64 again on the host), then every picture.
         host = download([torch.stack(counts).view(torch.uint8)] + [part for image in parts for part in image] +
@@ -64,11 +71,16 @@ class Pictures:
         host_counts, arrays = host[0].numpy().view(np.int64), iter(host[1:])
         rendered = []
         for index, ((job, _, host_image, _), downloaded) in enumerate(zip(done, parts, strict=True)):
-            class_map, display_map, overlay, *display = (next(arrays).numpy() for _ in downloaded)
+            arrays_of_job = [next(arrays).numpy() for _ in downloaded]
+            opacity = clamp_opacity(job.opacity)
+            if job.encoder_only:  # the RGB overlay only where no I420 is made (see parts above)
+                rgb = arrays_of_job[0] if arrays_of_job else None
+                rendered.append(Rendered(None, host_counts[index], None, None, rgb, opacity))
+                continue
+            class_map, display_map, overlay, *display = arrays_of_job
             # no display picture downloaded: the host's image is the one shown (see parts above)
             display_image = display[0] if display else cast(np.ndarray, host_image)
-            rendered.append(Rendered(class_map, host_counts[index], display_image, display_map, overlay,
-                                     clamp_opacity(job.opacity)))
+            rendered.append(Rendered(class_map, host_counts[index], display_image, display_map, overlay, opacity))
         for index, planes in enumerate(i420):  # downloaded after every picture
             if planes is not None:
                 rendered[index] = replace(rendered[index], overlay_i420=next(arrays).numpy())
