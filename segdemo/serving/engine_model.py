@@ -10,6 +10,7 @@ DLPack, as in python_model.py (the stub's numpy bridge misreads numpy 2 arrays).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from collections import defaultdict
@@ -97,7 +98,10 @@ class ServedSession:
         if error is not None:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
         classes = np.ascontiguousarray(np.stack(maps))
-        return pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack(OUTPUT_CLASSES, classes)])
+        capsule = classes.__dlpack__()
+        tensor = pb_utils.Tensor.from_dlpack(OUTPUT_CLASSES, capsule)
+        _mark_used(capsule)
+        return pb_utils.InferenceResponse([tensor])
 
     def close(self) -> None:
         self.session.close()
@@ -125,3 +129,16 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.served.close()
 
+
+
+# DLPack's name for a capsule its consumer took over. The stub renames the capsules it takes to "used_dlpack", which
+# numpy's capsule destructor does not know: it then fails to read a "dltensor" and prints that ValueError with a
+# traceback, once a response. Renamed as DLPack says, numpy leaves it to the stub, as it does anyway. A module global:
+# PyCapsule_SetName keeps the pointer, not a copy.
+_USED = b"used_dltensor"
+
+
+def _mark_used(capsule: Any) -> None:
+    set_name = ctypes.pythonapi.PyCapsule_SetName
+    set_name.argtypes, set_name.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_int
+    set_name(capsule, _USED)

@@ -7,6 +7,7 @@ Tensors cross the stub through DLPack, not `as_numpy()`/`Tensor(name, array)`: t
 arrays wrongly (inputs come out as zeros, outputs empty), and DLPack works with numpy 1 and 2 alike.
 """
 
+import ctypes
 import json
 import os
 import sys
@@ -61,7 +62,10 @@ class TritonPythonModel:
         if len({m.shape for m in maps}) > 1:
             raise ValueError("the images of one request must share one out_size; send them as separate requests")
         classes = np.ascontiguousarray(np.concatenate(maps))
-        return pb_utils.InferenceResponse([pb_utils.Tensor.from_dlpack("classes", classes.__dlpack__())])
+        capsule = classes.__dlpack__()
+        tensor = pb_utils.Tensor.from_dlpack("classes", capsule)
+        _mark_used(capsule)
+        return pb_utils.InferenceResponse([tensor])
 
     def finalize(self):
         self.session = None
@@ -70,3 +74,15 @@ class TritonPythonModel:
 def _array(request, name):
     """A request's input as an owned, contiguous numpy array (the DLPack view points into shared memory)."""
     return np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)), copy=True, order="C")
+
+
+# The stub renames the DLPack capsules it takes over to "used_dlpack", which numpy's capsule destructor does not know
+# (it then prints a ValueError traceback, once a response); DLPack's own name tells numpy the stub owns it, as it does
+# anyway (segdemo.serving.engine_model does the same). A module global: PyCapsule_SetName keeps the pointer.
+_USED = b"used_dltensor"
+
+
+def _mark_used(capsule):
+    set_name = ctypes.pythonapi.PyCapsule_SetName
+    set_name.argtypes, set_name.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_int
+    set_name(capsule, _USED)

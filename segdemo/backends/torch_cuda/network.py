@@ -183,11 +183,18 @@ class Network:
         try:
             program = self.exported()
             if max_batch > 1:
+                side = self.torch.cuda.Stream(self.cuda)
                 with spans.span("capture batch graphs", LOAD, backend=NAME, max_batch=max_batch) as attrs:
                     for size in BATCH_BUCKETS:
                         if size <= batch_bucket(max_batch) and not self.closing.is_set():
                             pixels = self.torch.randint(0, 256, (size, *self.input_size, 3), dtype=self.torch.uint8,
                                                         device=self.cuda)
+                            # One run on a stream of its own first, outside the lock: cuDNN's autotuning for this
+                            # shape happens here, beside the requests, not while they wait for the capture (the
+                            # engine tier's requests waited up to 4.9 s before this).
+                            with self.torch.inference_mode(), self.torch.cuda.stream(side):
+                                program(pixels)
+                            side.synchronize()
                             with self.lock:
                                 graph, logits = capture_network(self.stream, self.cuda, program, pixels)
                                 self.batch_graphs[size] = BatchGraph(size, pixels, graph, logits)
