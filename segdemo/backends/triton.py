@@ -33,6 +33,7 @@ from ..triton.repository import (
     PARAM_SPEC,
     PARAM_VARIANT,
     model_key,
+    parameters,
 )
 from .contract import Backend, LoadContext
 
@@ -108,7 +109,7 @@ class TritonBackend(Backend):
         self._local = threading.local()
         with spans.span("connect to triton", LOAD, server=str(endpoint)):
             config = self._waited_config(onnx_file, context, float(os.environ.get(WAIT_ENV) or 0))
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         self.variant = params.get(PARAM_VARIANT, "?")
         self.precision = params.get(PARAM_PRECISION, "fp32")
         self.served_spec = params.get(PARAM_SPEC, "?")
@@ -176,7 +177,7 @@ class TritonBackend(Backend):
             config = self._call("at start", "get_model_config", model, as_json=True)["config"]
         else:
             config = self._call("at start", "get_model_config", model)
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         if context.source is not None:
             ours, theirs, what = model_key(context.source), params.get(PARAM_MODEL), context.source.spec
         else:

@@ -125,7 +125,7 @@ class Server:
             from ..serving.engine_tier import SHARED
 
             if front_ends > 1 and SHARED in self.log_file.read_text(errors="replace"):
-                front_ends = 1  # the tier settles before it reports ready, and the front ends hold no model
+                front_ends = 1  # the front ends hold no model: only the tier's background work is logged (relayed)
             if not self.wait_for(BACKGROUND_DONE, timeout, front_ends):
                 log.warning("%s: background work not done after %.0f s; timing it anyway", self.name, timeout)
 

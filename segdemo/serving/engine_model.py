@@ -24,7 +24,15 @@ from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
 from ..image.preprocess import MAX_OUTPUT_SIDE, ModelInput
 from ..pipeline import Session
 from ..profiling.spans import SpanRecorder
-from ..triton.repository import PARAM_BACKEND, PARAM_BUILD_DIR, PARAM_MODEL, PARAM_PRECISION, PARAM_SPEC, model_key
+from ..triton.repository import (
+    PARAM_BACKEND,
+    PARAM_BUILD_DIR,
+    PARAM_MODEL,
+    PARAM_PRECISION,
+    PARAM_SPEC,
+    model_key,
+    parameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ class ServedSession:
         if not logging.getLogger().handlers:  # the stub's own process: its log goes to tritonserver's output
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = parameters(config)
         build_dir = Path(params[PARAM_BUILD_DIR]) if params.get(PARAM_BUILD_DIR) else None
         self.session = Session(params[PARAM_SPEC], backend=params[PARAM_BACKEND], precision=params[PARAM_PRECISION],
                                build_dir=build_dir, max_batch=max(1, int(config.get("max_batch_size", 1))),

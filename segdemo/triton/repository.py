@@ -73,6 +73,11 @@ class Exported:
     note: str
 
 
+def parameters(config: dict) -> dict[str, str]:
+    """The `parameters` of a served model's config (JSON, as Triton gives it): what export wrote, by name."""
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
 def model_key(source: ModelSource) -> str:
     """What identifies the model a server must run: weights and config (content hash) and the input size."""
     return digest(source.content_hash, str(source.input_size))[:16]
