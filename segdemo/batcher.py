@@ -25,7 +25,34 @@ from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
 
 # The dispatcher feeds the device in short steps between waits, and each time it takes the GIL back it queues behind
 # the request threads' Python (decoding, legends, the web server) — up to the 5 ms default switch interval a turn.
+# Process-wide, so only while some batcher has two or more requests in flight: a lone request (which goes unbatched)
+# and the rest of the process run as in an unbatched session.
 SWITCH_INTERVAL_S = 0.0005
+
+
+class _SwitchInterval:
+    """The process's GIL switch interval: SWITCH_INTERVAL_S while any batcher is busy, else what it was."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy = 0  # batchers with two or more requests in flight
+        self._idle_s = sys.getswitchinterval()
+
+    def busy(self) -> None:
+        with self._lock:
+            if self._busy == 0:
+                self._idle_s = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._idle_s, SWITCH_INTERVAL_S))
+            self._busy += 1
+
+    def idle(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if self._busy == 0:
+                sys.setswitchinterval(self._idle_s)
+
+
+_SWITCH = _SwitchInterval()
 
 
 @dataclass
@@ -61,6 +88,8 @@ class Ticket:
         if batcher is not None:
             with batcher._count_lock:
                 batcher._active -= 1
+                if batcher._active == 1:
+                    _SWITCH.idle()
 
 
 class Batcher:
@@ -76,8 +105,6 @@ class Batcher:
         self._count_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._numbers = itertools.count(1)
-        if sys.getswitchinterval() > SWITCH_INTERVAL_S:  # process-wide: set once, by the first batcher
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._serve, name="segdemo batcher", daemon=True)
         self._thread.start()
 
@@ -86,6 +113,8 @@ class Batcher:
         with self._count_lock:
             self._upstream += 1
             self._active += 1
+            if self._active == 2:
+                _SWITCH.busy()
         return Ticket(self)
 
     def alone(self) -> bool:

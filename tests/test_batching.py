@@ -218,3 +218,26 @@ def test_each_request_takes_one_route():
     assert choose_route(on_device=False, batching=True, pixels=small, batch_renders=True) is Route.HOST
     assert choose_route(on_device=False, batching=False, pixels=small, batch_renders=False) is Route.HOST
     assert choose_route(on_device=False, batching=True, pixels=large, batch_renders=False) is Route.HOST
+
+
+def test_the_fast_gil_switch_holds_only_while_requests_are_batched_together():
+    """The dispatcher's short GIL switch interval is process-wide: a lone request (unbatched) runs under the
+    interval the process had, and the interval comes back when the batcher is down to one request again."""
+    import sys
+
+    from segdemo.batcher import SWITCH_INTERVAL_S
+
+    lock = threading.Lock()
+    batcher = Batcher(lambda items, spans: items, 4, lambda: lock, window_s=0.01)
+    before = sys.getswitchinterval()
+    try:
+        with batcher.expect():
+            assert sys.getswitchinterval() == before
+            with batcher.expect():
+                assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+            assert sys.getswitchinterval() == before
+            with batcher.expect() as ticket:
+                assert batcher.submit("x", SpanRecorder(), ticket) == "x"
+        assert sys.getswitchinterval() == before
+    finally:
+        batcher.close()

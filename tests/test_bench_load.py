@@ -81,6 +81,12 @@ def test_load_run_of_an_engine_tier_alone(tmp_path, build_dir, session_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "load.json").read_text())["runs"]["engine"]
     assert run["answered"] == 12 and run["failures"] == 0 and run["wrong_answers"] == 0, run
-    assert run["client_processes"] == 2 and "| engine |" in result.stdout
+    assert run["client_processes"] == 2 and "| engine |" in result.stdout and run["client_cpu_ms"] > 0
+    # Triton's own account of the run: every timed request (and the warm-ups) passed through the model's execute.
+    server = run["server"]
+    assert server["requests"] >= 12 and sum(b["executions"] for b in server["batch_sizes"].values()) == \
+        server["executions"] and 1 <= server["mean_batch"] <= 4, server
+    assert 0 < server["per_request"]["compute_infer_ms"] <= server["per_request"]["success_ms"], server
+    assert "in the server, ms a request" in result.stdout
     # Every answer left the stub without a traceback (its DLPack capsules are handed over by DLPack's own name).
     assert "Traceback" not in (tmp_path / "tritonserver.log").read_text(errors="replace")

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import SegdemoError
-from ..optional import require
 from ..profiling.spans import percentile
 from .app import READY_S
+from .tier import EngineCaller
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class _Tally:
         self.failures: list[str] = []
         self.wrong: list[str] = []
         self.lock = threading.Lock()
+        self.cpu_s = 0.0  # CPU seconds the clients' processes spent in the timed part (client processes only)
         self._answers: list[tuple[Any, list]] = []  # (check, [(index, answer)]) of each client, checked later
 
     def client(self, c: int, requests: int, call, check) -> None:
@@ -85,10 +86,11 @@ class _Tally:
             self.wrong += [why for index, answer in answers if (why := check(index, answer))]
         self._answers = []
 
-    def merge(self, other: tuple[list[float], list[str], list[str]]) -> None:
+    def merge(self, other: tuple[list[float], list[str], list[str], float]) -> None:
         self.latencies += other[0]
         self.failures += other[1]
         self.wrong += other[2]
+        self.cpu_s += other[3]
 
     def summary(self, clients: int, requests: int, wall: float) -> dict[str, Any]:
         done = len(self.latencies)
@@ -96,6 +98,7 @@ class _Tally:
                 "failures": len(self.failures), "failure_examples": self.failures[:3],
                 "wrong_answers": len(self.wrong), "wrong_examples": self.wrong[:3], "wall_s": round(wall, 2),
                 "throughput_per_s": round(done / wall, 1) if wall else 0.0,
+                "client_cpu_ms": round(self.cpu_s / done * 1e3, 2) if done and self.cpu_s else None,
                 **{f"p{q}_ms": round(percentile(self.latencies, q), 1) if self.latencies else None
                    for q in (50, 95, 99)}}
 
@@ -205,15 +208,17 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
         run(_Tally(), warmup, lambda i, a: None)
     except Exception as exc:  # noqa: BLE001 — the parent hears why instead of waiting out the barrier
         barrier.abort()
-        results.put(([], [f"client process: {type(exc).__name__}: {exc}"], []))
+        results.put(([], [f"client process: {type(exc).__name__}: {exc}"], [], 0.0))
         return
     barrier.wait(timeout=READY_S)
-    tally = _Tally()
+    tally, cpu = _Tally(), time.process_time()
     try:
         run(tally, requests, _checker(expected, sizes_only=kind == "floor"))
+        cpu = time.process_time() - cpu  # before the check, which is not the clients' work
         tally.check()
     finally:
-        results.put((tally.latencies, tally.failures, tally.wrong))
+        tally.cpu_s = cpu
+        results.put((tally.latencies, tally.failures, tally.wrong, tally.cpu_s))
 
 
 def _drive_processes(url: str, kind: str, paths: list[str], expected: list[np.ndarray], clients: int,
@@ -286,37 +291,6 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
     return runs
 
 
-class EngineCaller:
-    """One tritonclient gRPC client of an engine tier (`triton://host:port/model`) with the model inputs of the
-    load's images, made once: each call sends one image's input and returns its class map."""
-
-    def __init__(self, url: str, paths: list[str]) -> None:
-        from ..backends.triton import parse_url
-        from ..graph.export import INPUT_IMAGE
-        from ..image.decode import decode
-        from ..image.preprocess import prepare
-
-        endpoint = parse_url(url)
-        grpc = require("tritonclient.grpc", "tritonclient[grpc,http]", "--load-targets engine")
-        self.grpc, self.model = grpc, endpoint.model
-        self.client = grpc.InferenceServerClient(endpoint.address)
-        config = self.client.get_model_config(self.model, as_json=True)["config"]
-        dims = next(tensor["dims"] for tensor in config["input"] if tensor["name"] == INPUT_IMAGE)
-        size = (int(dims[0]), int(dims[1]))
-        self.inputs = {path: prepare(decode(path), size) for path in paths}
-
-    def infer(self, path: str) -> np.ndarray:
-        from ..graph.export import INPUT_IMAGE, INPUT_SIZE, OUTPUT_CLASSES
-
-        model_input, grpc = self.inputs[path], self.grpc
-        image = grpc.InferInput(INPUT_IMAGE, list(model_input.pixels.shape), "UINT8")
-        image.set_data_from_numpy(model_input.pixels)
-        out_size = grpc.InferInput(INPUT_SIZE, [1, 2], "INT64")
-        out_size.set_data_from_numpy(np.array([model_input.out_size], np.int64))
-        result = self.client.infer(self.model, [image, out_size], outputs=[grpc.InferRequestedOutput(OUTPUT_CLASSES)])
-        return result.as_numpy(OUTPUT_CLASSES)[0]
-
-
 def engine_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]],
                 work: Path) -> dict[int, dict[str, Any]]:
     """The load against the engine tier at --backend (triton://…) alone: no Gradio, no decoding per request."""
@@ -328,8 +302,12 @@ def engine_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, in
     paths = [str(path) for path, _ in images]
     caller = EngineCaller(args.backend, paths)
     expected = [caller.infer(path) for path in paths]  # one at a time
-    return {clients: _drive_processes(args.backend, "engine", paths, expected, clients, args, work)
-            for clients in counts(args)}
+    runs = {}
+    for clients in counts(args):
+        before = caller.counters()  # the server's share of this run: queue, execute, batches (warm-ups included)
+        run = _drive_processes(args.backend, "engine", paths, expected, clients, args, work)
+        runs[clients] = {**run, "server": caller.counters().since(before)}
+    return runs
 
 
 def run_load_bench(args: argparse.Namespace) -> int:
@@ -363,11 +341,24 @@ def run_load_bench(args: argparse.Namespace) -> int:
                     results["runs"][name] = run
                     (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")  # each as it ends
                     print(f"{name}: {run['throughput_per_s']} /s, p50 {run['p50_ms']} p95 {run['p95_ms']} "
-                          f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong",
-                          flush=True)
+                          f"p99 {run['p99_ms']} ms, {run['failures']} failures, {run['wrong_answers']} wrong"
+                          + (f", client CPU {run['client_cpu_ms']} ms a request" if run.get("client_cpu_ms") else "")
+                          + server_line(run.get("server")), flush=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return 0
+
+
+def server_line(server: dict[str, Any] | None) -> str:
+    """The engine tier's own account of a run (Triton's statistics), or nothing for the other targets."""
+    if not server or not server.get("requests"):
+        return ""
+    phases = server["per_request"]
+    sizes = ", ".join(f"{size}: {b['executions']} × {b['execute_ms']} ms" for size, b in server["batch_sizes"].items())
+    return (f"\n  in the server, ms a request: {phases['success_ms']} in all, queue {phases['queue_ms']}, "
+            f"input {phases['compute_input_ms']}, execute {phases['compute_infer_ms']}, output "
+            f"{phases['compute_output_ms']}; {server['executions']} executions, mean batch {server['mean_batch']} "
+            f"(batch size: executions × ms each: {sizes})")
 
 
 def _runs(target: str, max_batch: int, front_ends: int) -> list[tuple[int, int]]:

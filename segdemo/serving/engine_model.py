@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,11 @@ class ServedSession:
         self.input_size = self.session.source.input_size
         log.info("serving %s on %s (%s), batches of up to %d", params[PARAM_SPEC], backend.name, backend.precision,
                  self.batch)
+        self.account = Account()
 
     def execute(self, requests: list[Any], pb_utils: Any) -> list[Any]:
         """One response per request, in order: its class maps [B, H, W] uint8, or the sentence saying why not."""
+        start, spans = time.perf_counter_ns(), SpanRecorder()
         owners: list[int] = []  # the request each model input came from
         inputs: list[ModelInput] = []
         failed: dict[int, str] = {}
@@ -71,16 +74,21 @@ class ServedSession:
             owners += [number] * len(mine)
             inputs += mine
         maps: dict[int, list[np.ndarray]] = defaultdict(list)
-        for start in range(0, len(inputs), self.batch):
-            chunk, whose = inputs[start:start + self.batch], owners[start:start + self.batch]
+        read = time.perf_counter_ns()
+        for first in range(0, len(inputs), self.batch):
+            chunk, whose = inputs[first:first + self.batch], owners[first:first + self.batch]
             try:
-                results = self._run(chunk)
+                results = self._run(chunk, spans)
             except Exception as exc:  # noqa: BLE001 — the requests of this batch hear of it; the others go on
                 failed.update((number, f"segdemo session: {exc}") for number in whose)
                 continue
             for number, class_map in zip(whose, results, strict=True):
                 maps[number].append(class_map)
-        return [self._response(pb_utils, failed.get(number), maps.get(number, [])) for number in range(len(requests))]
+        ran = time.perf_counter_ns()
+        responses = [self._response(pb_utils, failed.get(number), maps.get(number, []))
+                     for number in range(len(requests))]
+        self.account.add(len(inputs), (read - start, ran - read, time.perf_counter_ns() - ran), spans)
+        return responses
 
     def _inputs(self, request: Any, pb_utils: Any) -> list[ModelInput]:
         images = _array(pb_utils, request, INPUT_IMAGE)
@@ -95,8 +103,8 @@ class ServedSession:
             raise ValueError("the images of one request must share one out_size; send them as separate requests")
         return [ModelInput(images[i:i + 1], (int(h), int(w)), (int(h), int(w))) for i, (h, w) in enumerate(sizes)]
 
-    def _run(self, inputs: list[ModelInput]) -> list[np.ndarray]:
-        backend, spans = self.session.backend, SpanRecorder()
+    def _run(self, inputs: list[ModelInput], spans: SpanRecorder) -> list[np.ndarray]:
+        backend = self.session.backend
         if isinstance(backend, BatchRunner) and len(inputs) > 1:
             return backend.run_batch(inputs, spans)
         return [backend.run(model_input, spans) for model_input in inputs]
@@ -112,7 +120,45 @@ class ServedSession:
         return pb_utils.InferenceResponse([tensor])
 
     def close(self) -> None:
+        if self.account.executions:
+            log.info("%s", self.account.summary())
         self.session.close()
+
+
+class Account:
+    """Where the model's executions spent their time, logged once a period while requests come: reading the
+    inputs, the session (and its GPU's share, where the backend times it), writing the responses."""
+
+    PERIOD_S = 30.0
+
+    def __init__(self) -> None:
+        self._start_period()
+
+    def _start_period(self) -> None:
+        self.since = time.monotonic()
+        self.executions = self.images = 0
+        self.host_ns = [0, 0, 0]  # inputs, session, responses
+        self.gpu_ns: dict[str, int] = defaultdict(int)  # the backend's device spans ("gpu network", …)
+
+    def add(self, images: int, host_ns: tuple[int, int, int], spans: SpanRecorder) -> None:
+        self.executions, self.images = self.executions + 1, self.images + images
+        for i, ns in enumerate(host_ns):
+            self.host_ns[i] += ns
+        for span in spans.spans:
+            if span.name.startswith("gpu "):
+                self.gpu_ns[span.name[4:]] += span.duration_ns
+        if time.monotonic() - self.since >= self.PERIOD_S:
+            log.info("%s", self.summary())
+            self._start_period()
+
+    def summary(self) -> str:
+        """One line: executions, mean batch and the mean milliseconds of each part of an execution."""
+        n = max(1, self.executions)
+        inputs, session, responses = (ns / n / 1e6 for ns in self.host_ns)
+        gpu = ", ".join(f"{name} {ns / n / 1e6:.2f}" for name, ns in self.gpu_ns.items())
+        return (f"{self.executions} executions, mean batch {self.images / n:.1f}; ms an execution: inputs "
+                f"{inputs:.2f}, session {session:.2f}" + (f" (GPU: {gpu})" if gpu else "") +
+                f", responses {responses:.2f}")
 
 
 def _array(pb_utils: Any, request: Any, name: str) -> np.ndarray:
