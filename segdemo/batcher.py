@@ -25,17 +25,17 @@ from .profiling.spans import ENGINE_WAIT_SPAN_NS, INFERENCE, Span, SpanRecorder
 
 # The dispatcher feeds the device in short steps between waits, and each time it takes the GIL back it queues behind
 # the request threads' Python (decoding, legends, the web server) — up to the 5 ms default switch interval a turn.
-# Process-wide, so only while some batcher has two or more requests in flight: a lone request (which goes unbatched)
-# and the rest of the process run as in an unbatched session.
+# Process-wide, so only while some batcher has a backlog (requests queued when its batch ends: the engine is the
+# bottleneck); otherwise the request threads and the web server run as in an unbatched session.
 SWITCH_INTERVAL_S = 0.0005
 
 
 class _SwitchInterval:
-    """The process's GIL switch interval: SWITCH_INTERVAL_S while any batcher is busy, else what it was."""
+    """The process's GIL switch interval: SWITCH_INTERVAL_S while any batcher has a backlog, else what it was."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._busy = 0  # batchers with two or more requests in flight
+        self._busy = 0  # batchers with a backlog
         self._idle_s = sys.getswitchinterval()
 
     def busy(self) -> None:
@@ -88,8 +88,6 @@ class Ticket:
         if batcher is not None:
             with batcher._count_lock:
                 batcher._active -= 1
-                if batcher._active == 1:
-                    _SWITCH.idle()
 
 
 class Batcher:
@@ -113,8 +111,6 @@ class Batcher:
         with self._count_lock:
             self._upstream += 1
             self._active += 1
-            if self._active == 2:
-                _SWITCH.busy()
         return Ticket(self)
 
     def alone(self) -> bool:
@@ -135,28 +131,43 @@ class Batcher:
         return request.result
 
     def _serve(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.perf_counter() + self.window_s
-            while len(batch) < self.max_batch:
-                try:  # what is already queued joins at once
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0 or self._upstream == 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=min(remaining, 0.0005))
-                    except queue.Empty:
-                        continue
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
+        backlog = False
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                self._collect(first)
+                if backlog != (not self._queue.empty()):  # requests waited for that batch: the engine is the limit
+                    backlog = not backlog
+                    if backlog:
+                        _SWITCH.busy()
+                    else:
+                        _SWITCH.idle()
+        finally:
+            if backlog:
+                _SWITCH.idle()
+
+    def _collect(self, first: _Request) -> None:
+        """Gather a batch from `first` (and what joins within the window) and run it."""
+        batch = [first]
+        deadline = time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            try:  # what is already queued joins at once
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._upstream == 0:
                     break
-                batch.append(item)
-            self._run(batch)
+                try:
+                    item = self._queue.get(timeout=min(remaining, 0.0005))
+                except queue.Empty:
+                    continue
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        self._run(batch)
 
     def _run(self, batch: list[_Request]) -> None:
         number = next(self._numbers)

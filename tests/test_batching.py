@@ -220,24 +220,37 @@ def test_each_request_takes_one_route():
     assert choose_route(on_device=False, batching=True, pixels=large, batch_renders=False) is Route.HOST
 
 
-def test_the_fast_gil_switch_holds_only_while_requests_are_batched_together():
-    """The dispatcher's short GIL switch interval is process-wide: a lone request (unbatched) runs under the
-    interval the process had, and the interval comes back when the batcher is down to one request again."""
+def test_the_fast_gil_switch_holds_only_while_the_engine_has_a_backlog():
+    """The dispatcher's short GIL switch interval is process-wide: it holds only from a batch that ended with
+    requests waiting for the engine to one that ended with none, so a lone request, or a process whose engine keeps
+    up, runs under the interval the process had."""
     import sys
+    import time
 
     from segdemo.batcher import SWITCH_INTERVAL_S
 
-    lock = threading.Lock()
-    batcher = Batcher(lambda items, spans: items, 4, lambda: lock, window_s=0.01)
+    lock, release, seen = threading.Lock(), threading.Event(), []
+
+    def run(items: list[str], spans: SpanRecorder) -> list[str]:
+        seen.append((len(items), sys.getswitchinterval()))
+        if len(seen) == 1:
+            assert release.wait(30)
+        return items
+
     before = sys.getswitchinterval()
+    batcher = Batcher(run, 4, lambda: lock, window_s=0.01)
     try:
-        with batcher.expect():
-            assert sys.getswitchinterval() == before
-            with batcher.expect():
-                assert sys.getswitchinterval() == SWITCH_INTERVAL_S
-            assert sys.getswitchinterval() == before
-            with batcher.expect() as ticket:
-                assert batcher.submit("x", SpanRecorder(), ticket) == "x"
-        assert sys.getswitchinterval() == before
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(batcher.submit, "a", SpanRecorder())
+            while not seen:
+                time.sleep(0.01)
+            rest = [pool.submit(batcher.submit, item, SpanRecorder()) for item in "bc"]
+            while batcher._queue.qsize() < 2:
+                time.sleep(0.01)
+            release.set()
+            assert [first.result(), *(r.result() for r in rest)] == ["a", "b", "c"]
+        assert seen == [(1, before), (2, SWITCH_INTERVAL_S)]  # the second batch ran while b and c had waited
+        assert sys.getswitchinterval() == before  # that batch left no backlog
+        assert batcher.submit("d", SpanRecorder()) == "d" and seen[-1] == (1, before)
     finally:
         batcher.close()
