@@ -173,3 +173,18 @@ def test_nv12_from_a_gpu_decoder_becomes_what_pyav_makes_of_the_frame(colorspace
     got = nv12_to_rgb(torch.from_numpy(nv12), 480, 640, matrix).numpy()
     difference = np.abs(got.astype(np.int16) - want)
     assert got.shape == want.shape and difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_a_batch_splits_only_where_padding_costs_more_than_a_call():
+    """bucket_split: every request runs once, no part exceeds the largest bucket unless none is captured, and a
+    batch of 9 no longer pads bucket 16 with 7 rows of nothing (8 + 1 instead)."""
+    from segdemo.backends.torch_cuda.graphs import CALL_COST_ROWS, batch_bucket, bucket_split
+
+    buckets = [1, 2, 4, 8, 16]
+    for count in range(1, 40):
+        parts = bucket_split(count, buckets)
+        assert sum(parts) == count and all(part <= 16 for part in parts), (count, parts)
+        rows = sum(batch_bucket(part) for part in parts) + CALL_COST_ROWS * (len(parts) - 1)
+        assert rows <= batch_bucket(count) or count > 16, (count, parts)
+    assert bucket_split(9, buckets) == [8, 1] and bucket_split(16, buckets) == [16] and bucket_split(15, buckets) == [15]
+    assert bucket_split(3, [1]) == [1, 1, 1] and bucket_split(3, []) == [3] and bucket_split(0, buckets) == []

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ...image.preprocess import ModelInput
 from ...model.labels import palette
 from ...profiling.spans import INFERENCE, LOAD, SpanRecorder
 from ..contract import Backend, BatchRenderer, BatchRunner, LoadContext, Rendered, RenderJob
-from .graphs import MAX_GRAPHED_SIDE, PostGraphs, batch_bucket
+from .graphs import MAX_GRAPHED_SIDE, PostGraphs, batch_bucket, bucket_split
 from .jpeg import GpuJpegDecoder, checked_decoder
 from .network import COMPILE_ENV, NAME, Network
 from .ops import bucket, source_coordinates, upsample_argmax
@@ -197,6 +197,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         """Upload the batch, replay its bucket's network graph, then per image its post-processing graph, and one
         download; a bucket's padding rows compute what is never read."""
         torch, network = self.torch, self.network
+        sizes = bucket_split(len(inputs), list(network.batch_graphs))
+        if len(sizes) > 1:  # a padded bucket would cost more than another call
+            return [result for part in _chunks(inputs, sizes) for result in self.run_batch(part, spans)]
         if len(inputs) == 1 or network.batch_graph(len(inputs)) is None:
             return [self.run(model_input, spans) for model_input in inputs]
         if any(max(model_input.out_size) > MAX_GRAPHED_SIDE for model_input in inputs):
@@ -274,6 +277,9 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
         download of everything."""
         torch, network = self.torch, self.network
         self._check_renders(jobs)
+        sizes = bucket_split(len(jobs), list(network.batch_graphs))
+        if len(sizes) > 1:  # a padded bucket would cost more than another call
+            return [result for part in _chunks(jobs, sizes) for result in self.render_batch(part, spans)]
         entry = network.batch_graph(len(jobs))
         if len(jobs) == 1 or entry is None:  # graphs not captured yet, or a backend reloaded without max_batch
             return [self._render_or_refuse(job, spans) for job in jobs]
@@ -371,3 +377,12 @@ def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision
         raise ValueError("torch-cuda builds from the model source: pass a LoadContext with source=")
     return TorchCudaBackend(context.source, spans, precision, device, compile, context.build_dir, context.progress,
                             max_batch, context.long_lived, context.encoded_images)
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], sizes: list[int]) -> list[list[T]]:
+    """`items` cut into consecutive parts of `sizes` (which sum to its length)."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [items[start:start + size] for start, size in zip(starts, sizes, strict=True)]

@@ -16,9 +16,33 @@ MAX_GRAPHED_SIDE = 2048  # larger outputs (only with a raised max_side) run the 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # batches run in the smallest bucket that holds them
 
 
+# What one more batch call costs beyond its rows, in rows: a batch of 9 in bucket 16 computes 7 rows of padding, where
+# 8 + 1 computes none for one more call (docs/benchmarks.md, the engine tier's account per batch size).
+CALL_COST_ROWS = 2
+
+
 def batch_bucket(count: int) -> int:
     """The batch bucket holding `count` requests."""
     return next((size for size in BATCH_BUCKETS if size >= count), count)
+
+
+def bucket_split(count: int, buckets: list[int]) -> list[int]:
+    """The batch sizes to run `count` requests in, given the captured buckets: one padded bucket, or the largest
+    bucket below `count` full and the rest split alike, whichever computes fewer rows (each call costing
+    CALL_COST_ROWS more); [count] when no bucket is captured."""
+    sizes = sorted(buckets)
+
+    def plan(n: int) -> tuple[float, list[int]]:
+        holding = next((size for size in sizes if size >= n), None)
+        best: tuple[float, list[int]] = (float(holding) if holding else float("inf"), [n])
+        below = max((size for size in sizes if size < n), default=None)
+        if below is not None:
+            rows, parts = plan(n - below)
+            if below + CALL_COST_ROWS + rows < best[0]:
+                best = (below + CALL_COST_ROWS + rows, [below, *parts])
+        return best
+
+    return plan(count)[1] if count > 0 else []
 
 
 @dataclass(eq=False)
