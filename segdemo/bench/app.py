@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -49,6 +50,26 @@ def run_app_bench(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------- servers
+
+
+@functools.cache
+def _tls_context() -> Any:
+    """httpx's default TLS context, made once a process (see gradio_client_for)."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def gradio_client_for(url: str, download: str) -> Any:
+    """A gradio_client Client as every bench uses it: files downloaded under `download`, no analytics, and one TLS
+    context for all its requests. gradio_client passes `ssl_verify` to a fresh httpx client for each of a predict's
+    four calls, and httpx re-reads the CA bundle for each unless handed a context: ~100 ms of client CPU a request,
+    which made the load generator the limit of every load run before (docs/benchmarks.md)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=download, analytics_enabled=False, ssl_verify=_tls_context())
+
+
 
 
 def serve_floor(port: int, concurrency: int = 1, queue: int = 16) -> None:
@@ -131,7 +152,7 @@ class Server:
 
     def ready(self, first: str, extra: tuple, download: Path) -> Any:
         """Wait for the page, then retry a first predict until it succeeds; return the client."""
-        from gradio_client import Client, handle_file
+        from gradio_client import handle_file
         from gradio_client.exceptions import AppError
 
         deadline = time.monotonic() + READY_S
@@ -143,7 +164,7 @@ class Server:
             try:
                 urllib.request.urlopen(self.url, timeout=5).close()
                 # Same settings for both servers: what docs/app.md shows, files downloaded into the run's folder.
-                client = Client(self.url, verbose=False, download_files=str(download), analytics_enabled=False)
+                client = gradio_client_for(self.url, str(download))
                 client.submit(handle_file(first), *extra, api_name="/segment").result(timeout=READY_S)
                 self.ready_s = time.perf_counter() - self.started
                 return client

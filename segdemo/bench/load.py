@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import SegdemoError
 from ..profiling.spans import percentile
-from .app import READY_S
+from .app import READY_S, gradio_client_for
 from .tier import EngineCaller
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,6 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
                     requests: int, warmup: int, download: str, barrier: Any, results: Any) -> None:
     """One process of `count` clients (threads, one gradio_client Client or EngineCaller each): warm up, meet the
     others at the barrier, then the timed requests; puts (latencies, failures, wrong) on `results`."""
-    if kind != "engine":
-        from gradio_client import Client
-
     def run(tally: _Tally, number: int, check) -> None:
         with ThreadPoolExecutor(count) as pool:
             list(pool.map(lambda k: tally.client(first + k, number, lambda i: _answer(kind, clients[k], paths[i]),
@@ -204,7 +201,7 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
         with np.load(expected_file) as saved:
             expected = [saved[str(i)] for i in range(len(saved.files))]
         clients = [EngineCaller(url, paths) if kind == "engine" else
-                   Client(url, verbose=False, download_files=download, analytics_enabled=False) for _ in range(count)]
+                   gradio_client_for(url, download) for _ in range(count)]
         run(_Tally(), warmup, lambda i, a: None)
     except Exception as exc:  # noqa: BLE001 — the parent hears why instead of waiting out the barrier
         barrier.abort()
@@ -260,8 +257,6 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
     clients spread over client processes."""
     import sys
 
-    from gradio_client import Client
-
     from ..web.config import AppConfig
     from .app import Server
 
@@ -281,7 +276,7 @@ def app_load(args: argparse.Namespace, images: list[tuple[Path, tuple[int, int]]
         server.ready(str(images[0][0]), extra, work / "downloads")
         if kind == "app":  # the floor has no background work (and never logs its end)
             server.settle(args.backend, front_ends=front_ends)
-        client = Client(server.url, verbose=False, download_files=str(work / "downloads"), analytics_enabled=False)
+        client = gradio_client_for(server.url, str(work / "downloads"))
         paths = [str(path) for path, _ in images]
         expected = [_answer(kind, client, path) for path in paths]  # one at a time
         runs = {clients: _drive_processes(server.url, kind, paths, expected, clients, args, work)
