@@ -83,3 +83,28 @@ def test_an_engine_tier_that_cannot_be_made_leaves_each_front_end_its_own_model(
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("no shared engine tier: the engine tier's model export exited with code 2") and
                m.endswith("each front end loads its own copy of the model") for m in warned), warned
+
+
+def test_the_tier_models_account_logs_a_period_from_its_first_execution(monkeypatch, caplog):
+    """The engine tier's model says where its executions' time went: one line a period (counted from the period's
+    first execution, so idle time starts none), with the mean batch and each part's mean milliseconds."""
+    import logging
+
+    from segdemo.profiling.spans import INFERENCE, SpanRecorder
+    from segdemo.serving import engine_model
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine_model.time, "monotonic", lambda: clock[0])
+    account = engine_model.Account()
+    spans = SpanRecorder()
+    spans.add_device("gpu network", INFERENCE, 0, 3_000_000)
+    clock[0] += 3600  # an hour idle: the next execution opens a period, it does not close one
+    with caplog.at_level(logging.INFO, logger=engine_model.__name__):
+        account.add(16, (1_000_000, 30_000_000, 2_000_000), spans)
+        assert not caplog.records
+        clock[0] += engine_model.Account.PERIOD_S
+        account.add(8, (1_000_000, 20_000_000, 2_000_000), SpanRecorder())
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == ("2 executions, mean batch 12.0; ms an execution: inputs 1.00, session 25.00 (GPU: network 1.50), "
+                    "responses 2.00")
+    assert account.executions == 0  # a new period

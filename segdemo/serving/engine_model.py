@@ -126,8 +126,9 @@ class ServedSession:
 
 
 class Account:
-    """Where the model's executions spent their time, logged once a period while requests come: reading the
-    inputs, the session (and its GPU's share, where the backend times it), writing the responses."""
+    """Where the model's executions spent their time, logged PERIOD_S after a period's first execution (on the next
+    one) and at the end: reading the inputs, the session (its GPU's share, where the backend times it), writing the
+    responses."""
 
     PERIOD_S = 30.0
 
@@ -141,6 +142,8 @@ class Account:
         self.gpu_ns: dict[str, int] = defaultdict(int)  # the backend's device spans ("gpu network", …)
 
     def add(self, images: int, host_ns: tuple[int, int, int], spans: SpanRecorder) -> None:
+        if self.executions == 0:  # a period starts with its first execution: idle time is nobody's
+            self.since = time.monotonic()
         self.executions, self.images = self.executions + 1, self.images + images
         for i, ns in enumerate(host_ns):
             self.host_ns[i] += ns
