@@ -70,8 +70,6 @@ def gradio_client_for(url: str, download: str) -> Any:
     return Client(url, verbose=False, download_files=download, analytics_enabled=False, ssl_verify=_tls_context())
 
 
-
-
 def serve_floor(port: int, concurrency: int = 1, queue: int = 16) -> None:
     """The floor: the app's endpoint shape doing nothing (run in its own process by `measure`, and by `bench --load`
     with the app's concurrency and queue)."""

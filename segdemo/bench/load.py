@@ -191,7 +191,8 @@ def _answer(kind: str, client: Any, path: str) -> np.ndarray:
 def _client_process(url: str, kind: str, paths: list[str], expected_file: str, first: int, count: int,
                     requests: int, warmup: int, download: str, barrier: Any, results: Any) -> None:
     """One process of `count` clients (threads, one gradio_client Client or EngineCaller each): warm up, meet the
-    others at the barrier, then the timed requests; puts (latencies, failures, wrong) on `results`."""
+    others at the barrier, then the timed requests; puts (latencies, failures, wrong, CPU seconds of the timed
+    requests) on `results`."""
     def run(tally: _Tally, number: int, check) -> None:
         with ThreadPoolExecutor(count) as pool:
             list(pool.map(lambda k: tally.client(first + k, number, lambda i: _answer(kind, clients[k], paths[i]),
@@ -208,13 +209,12 @@ def _client_process(url: str, kind: str, paths: list[str], expected_file: str, f
         results.put(([], [f"client process: {type(exc).__name__}: {exc}"], [], 0.0))
         return
     barrier.wait(timeout=READY_S)
-    tally, cpu = _Tally(), time.process_time()
+    tally, begin = _Tally(), time.process_time()
     try:
         run(tally, requests, _checker(expected, sizes_only=kind == "floor"))
-        cpu = time.process_time() - cpu  # before the check, which is not the clients' work
+        tally.cpu_s = time.process_time() - begin  # before the check, which is not the clients' work
         tally.check()
     finally:
-        tally.cpu_s = cpu
         results.put((tally.latencies, tally.failures, tally.wrong, tally.cpu_s))
 
 
