@@ -72,8 +72,9 @@ class TritonPythonModel:
 
 
 def _array(request, name):
-    """A request's input as an owned, contiguous numpy array (the DLPack view points into shared memory)."""
-    return np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)), copy=True, order="C")
+    """A request's input as a contiguous numpy view of Triton's shared memory, valid while this `execute` runs
+    (nothing keeps it longer): ONNX Runtime reads it where it is."""
+    return np.ascontiguousarray(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name)))
 
 
 # The stub renames the DLPack capsules it takes over to "used_dlpack", which numpy's capsule destructor does not know
