@@ -88,5 +88,6 @@ def test_load_run_of_an_engine_tier_alone(tmp_path, build_dir, session_factory):
         server["executions"] and 1 <= server["mean_batch"] <= 4, server
     assert 0 < server["per_request"]["compute_infer_ms"] <= server["per_request"]["success_ms"], server
     assert "in the server, ms a request" in result.stdout
+    assert f"| {server['mean_batch']} | {run['client_cpu_ms']} |" in result.stdout  # the table's engine row
     # Every answer left the stub without a traceback (its DLPack capsules are handed over by DLPack's own name).
     assert "Traceback" not in (tmp_path / "tritonserver.log").read_text(errors="replace")

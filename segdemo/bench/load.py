@@ -372,8 +372,9 @@ def table(results: dict[str, Any]) -> str:
     """Markdown: one row per run, throughput also as a ratio to the unbatched run of the same target."""
     rows = [f"{results['clients']} clients × {results['requests_per_client']} requests, {results['model']}, "
             f"images 448–512 px a side", "",
-            "| run | images/s | × unbatched | p50 ms | p95 ms | p99 ms | failures | wrong | mean batch |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| run | images/s | × unbatched | p50 ms | p95 ms | p99 ms | failures | wrong | mean batch "
+            "| client CPU ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     base: dict[tuple[str, int], float] = {}  # the first run of each target at each client count: its baseline
     for label, run in results["runs"].items():
         key = (label.split(",")[0], run["clients"])
@@ -381,5 +382,12 @@ def table(results: dict[str, Any]) -> str:
         ratio = run["throughput_per_s"] / base[key] if base[key] else 0.0
         rows.append(f"| {label} | {run['throughput_per_s']} | {ratio:.2f} | {run['p50_ms']} | {run['p95_ms']} | "
                     f"{run['p99_ms']} | {run['failures']} | {run['wrong_answers']} | "
-                    f"{run.get('batches', {}).get('mean', '—')} |")
+                    f"{_mean_batch(run)} | {run.get('client_cpu_ms') or '—'} |")
     return "\n".join(rows)
+
+
+def _mean_batch(run: dict[str, Any]) -> Any:
+    """A run's mean batch: the session's own record, or the engine tier's (Triton's statistics)."""
+    if "batches" in run:
+        return run["batches"]["mean"]
+    return run.get("server", {}).get("mean_batch") or "—"
