@@ -111,12 +111,14 @@ class Session:
         with self.load_spans.span("session load", LOAD, model=model) as attrs:
             with self.load_spans.span("resolve model", LOAD, model=model):
                 self.source = source or resolve(model, build_dir)
-            with self.load_spans.span("onnx export", LOAD) as onnx_attrs:
-                self.onnx_file, hit = ensure_onnx(self.source, build_dir, self.load_spans)
-                onnx_attrs.update(cache_hit=hit, file=self.onnx_file.name,
-                                  bytes=self.onnx_file.stat().st_size)
             with self.load_spans.span("choose backend", LOAD):
                 name, _ = backends.choose(backend)
+            self._build_dir = build_dir
+            # Only a backend that runs the graph waits for it: torch-cuda and a Triton server build from the model.
+            self.onnx_file: Path | None = None  # set by fused_graph(), when something reads the graph
+            self._graph_exported = False
+            if backends.reads_graph(name):
+                self.fused_graph()
             self._context = backends.LoadContext(self.source, build_dir, progress, long_lived=warm_up != "off",
                                                  encoded_images=encoded_images)
             self._options = {"max_batch": max_batch} if max_batch > 1 else {}  # kept for reload_backend
@@ -131,9 +133,11 @@ class Session:
         self.init_ms = (time.perf_counter() - start) * 1e3
         steps = ", ".join(f"{s.name} {s.duration_ms:.0f} ms" for s in self.load_spans.spans
                           if s.name != "session load" and s.duration_ms >= 5)
-        log.info("init time: %.1f ms (model %s, backend %s, %s, graph %s %.1f MB%s; %s; warm-up %s; peak RSS %.0f MB)",
-                 self.init_ms, self.source.spec, name, self.backend.precision, self.onnx_file.name,
-                 self.onnx_file.stat().st_size / 1e6, ", cache hit" if hit else ", exported", steps, self.warm_up,
+        graph = "no graph" if self.onnx_file is None else (
+            f"graph {self.onnx_file.name} {self.onnx_file.stat().st_size / 1e6:.1f} MB"
+            f"{', exported' if self._graph_exported else ', cache hit'}")
+        log.info("init time: %.1f ms (model %s, backend %s, %s, %s; %s; warm-up %s; peak RSS %.0f MB)",
+                 self.init_ms, self.source.spec, name, self.backend.precision, graph, steps, self.warm_up,
                  peak_rss_mb())
         for note in self.source.notes:
             log.warning(note)
@@ -416,6 +420,15 @@ class Session:
     def trace_spans(self, request: SpanRecorder) -> list[Span]:
         """The session's load spans plus one request's spans, for traces and plots."""
         return self.load_spans.spans + request.spans
+
+    def fused_graph(self) -> Path:
+        """The fused ONNX graph's file (self.onnx_file), exported on first need unless cached."""
+        if self.onnx_file is None:
+            with self.load_spans.span("onnx export", LOAD) as attrs:
+                self.onnx_file, hit = ensure_onnx(self.source, self._build_dir, self.load_spans)
+                self._graph_exported = not hit
+                attrs.update(cache_hit=hit, file=self.onnx_file.name, bytes=self.onnx_file.stat().st_size)
+        return self.onnx_file
 
     def reload_backend(self, precision: str) -> None:
         """Recreate the backend (e.g. after an engine rebuild) at `precision`, then close the old one.

@@ -78,6 +78,22 @@ def test_exported_configs_follow_tritons_schema(session_factory, build_dir, tmp_
     assert (tmp_path / "repo" / "python" / "segformer" / "1" / "model.py").is_file()
 
 
+def test_a_session_variant_of_a_model_building_backend_is_exported_without_the_graph(session_factory, tmp_path):
+    """torch-cuda's engine tier reads no ONNX graph: its repository is written without one (no export on a fresh
+    machine), and only the session variant can be."""
+    from segdemo.triton.repository import export_repository, model_key
+
+    source = session_factory(MODEL, "fp32").source
+    (done,) = export_repository(source, None, tmp_path / "repo", ("session",), served=("torch-cuda", "fp16"))
+    params = _params(_config(done.repository / "segformer" / "config.pbtxt"))
+    assert params["segdemo_backend"] == "torch-cuda" and "segdemo_graph" not in params
+    assert params["segdemo_model"] == model_key(source)
+    with pytest.raises(ValueError, match="only the session variant"):
+        export_repository(source, None, tmp_path / "other", ("session", "onnxruntime"))
+    assert [b for b in ("onnxruntime", "tensorrt", "tensorrt-rtx", "torch-cuda", "triton://h:1/m")
+            if backends.reads_graph(b)] == ["onnxruntime", "tensorrt", "tensorrt-rtx"]
+
+
 def test_addresses_and_registry():
     from segdemo.backends.triton import Endpoint, parse_url
 
@@ -125,12 +141,14 @@ def _input(image, out_size) -> ModelInput:
     return ModelInput(model_input.pixels, out_size, model_input.original_size)
 
 
-def test_sessions_agree_pixel_for_pixel_with_onnxruntime(session_factory, server, build_dir):
-    """The whole request through Triton (gRPC) equals the local fp32 backend's, on real photos of two sizes."""
+def test_sessions_agree_pixel_for_pixel_with_onnxruntime(session_factory, server, tmp_path):
+    """The whole request through Triton (gRPC) equals the local fp32 backend's, on real photos of two sizes; the
+    remote session, on an empty build folder, exports no graph (the server runs the model)."""
     from segdemo.pipeline import Session
 
     local = session_factory(MODEL, "fp32")
-    with Session(MODEL, f"triton://{server.grpc_address}/segformer", build_dir=build_dir) as remote:
+    with Session(MODEL, f"triton://{server.grpc_address}/segformer", build_dir=tmp_path) as remote:
+        assert remote.onnx_file is None and not (tmp_path / "onnx").exists()
         assert remote.describe()["device"].startswith("triton python @ 127.0.0.1")
         for image in (photo("astronaut"), photo("coffee")):  # 512×512 and 400×600: two output sizes
             ours, theirs = local.segment(image), remote.segment(image)

@@ -5,7 +5,9 @@ The contract every backend follows is in `contract` (`Backend`; the optional `De
 `BatchRenderer`). Each backend lives in its own module, which imports its heavy runtime only when the backend is
 created, so `segdemo` imports anywhere. A module provides `unavailable_reason() -> str | None` and
 `create(onnx_file, spans, context, **options)`; its options are the keyword parameters of that `create` — anything
-else is refused, naming what it takes.
+else is refused, naming what it takes. A module that builds from the model source, not from the fused graph, says
+`READS_GRAPH = False` and is handed no graph: its session never exports one (seconds of a first start, and torch
+with transformers on a front end whose engine is remote).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..profiling.spans import SpanRecorder
 from .contract import Backend, BatchRenderer, BatchRunner, DeviceRenderer, LoadContext, Rendered, RenderJob
 
 __all__ = ["Backend", "BatchRenderer", "BatchRunner", "DeviceRenderer", "LoadContext", "Rendered", "RenderJob", "Rung",
-           "choose", "create", "kind", "ladder", "probe", "precision_for"]
+           "choose", "create", "kind", "ladder", "probe", "precision_for", "reads_graph"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,17 @@ def precision_for(name: str, requested: str = "auto") -> str:
     return PREFERRED_PRECISION.get(kind(name), "fp16") if requested == "auto" else requested
 
 
-def create(name: str, onnx_file: Path, spans: SpanRecorder, context: LoadContext | None = None,
+def reads_graph(name: str) -> bool:
+    """Whether backend `name` runs the fused ONNX graph (else it builds from the model source, and gets no graph)."""
+    return bool(getattr(_module(name), "READS_GRAPH", True))
+
+
+def create(name: str, onnx_file: Path | None, spans: SpanRecorder, context: LoadContext | None = None,
            **options: Any) -> Backend:
-    """Create backend `name` for the fused graph at `onnx_file`; an option it does not take is an error."""
+    """Create backend `name` for the fused graph at `onnx_file` (None for one that does not read it); an option it
+    does not take is an error."""
+    if onnx_file is None and reads_graph(name):
+        raise ValueError(f"backend '{name}' runs the fused graph: pass its file")
     factory = _module(name).create
     accepted = [p for p in inspect.signature(factory).parameters if p not in ("onnx_file", "spans", "context", "url")]
     unknown = sorted(set(options) - set(accepted))

@@ -90,6 +90,9 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(protocol, parts.hostname, port, parts.path.strip("/") or DEFAULT_NAME)
 
 
+READS_GRAPH = False  # the server runs the model; a session's source names it (model_key), no graph needed
+
+
 def unavailable_reason() -> str | None:
     return missing("tritonclient.grpc", "tritonclient[grpc,http]", "the triton backend")
 
@@ -101,7 +104,7 @@ class TritonBackend(Backend):
     device = "triton"
     concurrent = True  # the server queues requests and its dynamic batcher groups them
 
-    def __init__(self, endpoint: Endpoint, onnx_file: Path, context: LoadContext, spans: SpanRecorder,
+    def __init__(self, endpoint: Endpoint, onnx_file: Path | None, context: LoadContext, spans: SpanRecorder,
                  precision: str = "auto", timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
@@ -152,7 +155,7 @@ class TritonBackend(Backend):
                                f"({_cause(exc)}) — check that it runs (segdemo triton serve REPOSITORY) and that "
                                f"--backend {self.endpoint} names it") from None
 
-    def _waited_config(self, onnx_file: Path, context: LoadContext, wait_s: float) -> dict[str, Any]:
+    def _waited_config(self, onnx_file: Path | None, context: LoadContext, wait_s: float) -> dict[str, Any]:
         """`_checked_config`, tried again for up to `wait_s` seconds while the server is not serving the model."""
         deadline = time.monotonic() + wait_s
         while True:
@@ -164,7 +167,7 @@ class TritonBackend(Backend):
                 log.info("waiting for %s (up to %.0f s more): %s", self.endpoint, deadline - time.monotonic(), exc)
                 time.sleep(WAIT_POLL_S)
 
-    def _checked_config(self, onnx_file: Path, context: LoadContext) -> dict[str, Any]:
+    def _checked_config(self, onnx_file: Path | None, context: LoadContext) -> dict[str, Any]:
         """The served model's config, after checking that the server is up and the model is ours."""
         self._call("at start", "is_server_live")
         model = self.endpoint.model
@@ -180,6 +183,8 @@ class TritonBackend(Backend):
         params = parameters(config)
         if context.source is not None:
             ours, theirs, what = model_key(context.source), params.get(PARAM_MODEL), context.source.spec
+        elif onnx_file is None:
+            raise ValueError("the triton backend checks the served model against the model source or its graph")
         else:
             ours, theirs, what = file_sha256(onnx_file), params.get(PARAM_GRAPH), onnx_file.name
         if theirs != ours:
@@ -227,7 +232,7 @@ def _cause(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "…"
 
 
-def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, url: str | None = None,
+def create(onnx_file: Path | None, spans: SpanRecorder, context: LoadContext, url: str | None = None,
            precision: str = "auto", timeout: float = 30.0) -> TritonBackend:
     """`url`: the server and model, e.g. triton://host:8001/segformer; `timeout`: seconds per call."""
     if not url:

@@ -63,7 +63,9 @@ def _export(args: argparse.Namespace) -> int:
         name, _ = backends.choose(args.backend)
         session_runs = (name, backends.precision_for(name, args.precision))
     source = resolve(args.model, args.build_dir)
-    onnx_file, _ = ensure_onnx(source, args.build_dir)
+    # The session variant of a backend that builds from the model (torch-cuda) needs no graph: no export.
+    reads_graph = set(variants) - {"session"} or "session" in variants and backends.reads_graph(session_runs[0])
+    onnx_file = ensure_onnx(source, args.build_dir)[0] if reads_graph else None
     plan_precision = "fp16" if args.precision == "auto" else args.precision
     done = export_repository(source, onnx_file, args.out, variants, args.name, args.max_batch, args.instances,
                              args.build_dir, plan_precision, session_runs)

@@ -92,7 +92,8 @@ def config_text(variant: str, name: str, source: ModelSource, graph_sha256: str,
     batched = variant in BATCHED
     lead = [] if batched else [1]  # max_batch_size 0: the dims are the graph's own, batch 1 included
     shape_tensor = "\n    is_shape_tensor: true" if variant == "tensorrt" else ""
-    params = {PARAM_MODEL: model_key(source), PARAM_GRAPH: graph_sha256, PARAM_SPEC: source.spec,
+    params = {PARAM_MODEL: model_key(source), **({PARAM_GRAPH: graph_sha256} if graph_sha256 else {}),
+              PARAM_SPEC: source.spec,
               PARAM_PRECISION: precision, PARAM_VARIANT: variant, PARAM_CLASSES: str(len(source.labels)),
               **(extra or {})}
     lines = [
@@ -121,9 +122,9 @@ def _tensor(name: str, data_type: str, dims: list[int], extra: str = "") -> str:
             f"{extra}\n  }}")
 
 
-def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants: tuple[str, ...] = DEFAULT_VARIANTS,
-                      name: str = DEFAULT_NAME, max_batch: int = 8, instances: int = 1,
-                      build_dir: Path | None = None, precision: str = "fp16",
+def export_repository(source: ModelSource, onnx_file: Path | None, out: Path,
+                      variants: tuple[str, ...] = DEFAULT_VARIANTS, name: str = DEFAULT_NAME, max_batch: int = 8,
+                      instances: int = 1, build_dir: Path | None = None, precision: str = "fp16",
                       served: tuple[str, str] = ("auto", "auto")) -> list[Exported]:
     """Write `out/<variant>/<name>/` for each variant; `precision` picks the TensorRT plan (python and onnxruntime
     are fp32); `served`: the session variant's (backend, precision), resolved when it is served."""
@@ -132,7 +133,9 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
         raise SegdemoError(f"unknown Triton variant {', '.join(unknown)} — choose from {', '.join(VARIANTS)}")
     if max_batch < 1 or instances < 1:
         raise SegdemoError("--max-batch and --instances must be at least 1")
-    graph_sha = file_sha256(onnx_file)
+    if onnx_file is None and set(variants) - {"session"}:
+        raise ValueError("only the session variant is exported without the fused graph")
+    graph_sha = file_sha256(onnx_file) if onnx_file else ""  # none for a session whose backend builds from the model
     done = []
     for variant in variants:
         extra: dict[str, str] = {}
@@ -142,6 +145,7 @@ def export_repository(source: ModelSource, onnx_file: Path, out: Path, variants:
             artifact, variant_precision = None, served[1]
             extra = {PARAM_BACKEND: served[0], PARAM_BUILD_DIR: str(build_dir.resolve()) if build_dir else ""}
         elif variant == "tensorrt":
+            assert onnx_file is not None  # checked above
             found = find_plan(onnx_file, precision, build_dir if build_dir is not None else onnx_file.parent.parent)
             if found is None:
                 done.append(Exported(variant, None, _no_plan(source, precision)))

@@ -179,7 +179,8 @@ class Demo:
         serving = session.backend.name if session.backend.name in ("tensorrt", "tensorrt-rtx") else None
         flavour = serving or default_backend()
         with self._reload_lock:
-            engine = ensure_engine(session.onnx_file, precision, flavour, self.build_dir, progress=progress, force=True)
+            engine = ensure_engine(session.fused_graph(), precision, flavour, self.build_dir, progress=progress,
+                                   force=True)
             if serving:
                 session.reload_backend(precision)
         where = (f"now serving it with {serving}" if serving else

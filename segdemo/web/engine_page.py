@@ -67,7 +67,8 @@ def _facts(demo: Demo) -> str:
         f"**Backend:** `{backend.name}` on **{backend.device}**, precision **{backend.precision}**",
         f"**Machine:** {platform.machine()}, {os.cpu_count()} CPU cores, {gpu.describe() if gpu else 'no CUDA GPU'}",
         f"**Runtime versions:** {versions}",
-        f"**Fused graph:** `{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)",
+        "**Fused graph:** " + (f"`{session.onnx_file}` ({session.onnx_file.stat().st_size / 1e6:.1f} MB)"
+                               if session.onnx_file else "none (this backend builds from the model itself)"),
         f"**Init time:** {session.init_ms:.0f} ms · **peak RSS:** {peak_rss_mb():.0f} MB",
     ]
     if served_by := demo.served_by():

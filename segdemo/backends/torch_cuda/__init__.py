@@ -6,7 +6,7 @@ Rooms: `backend` (the Backend and its request paths), `network` (loading, backgr
 `ops` (the host's arithmetic as bit-exact torch ops).
 """
 
-from .backend import BACKGROUND_DONE, TorchCudaBackend, create, unavailable_reason
+from .backend import BACKGROUND_DONE, READS_GRAPH, TorchCudaBackend, create, unavailable_reason
 from .network import COMPILE_ENV
 
-__all__ = ["BACKGROUND_DONE", "COMPILE_ENV", "TorchCudaBackend", "create", "unavailable_reason"]
+__all__ = ["BACKGROUND_DONE", "COMPILE_ENV", "READS_GRAPH", "TorchCudaBackend", "create", "unavailable_reason"]

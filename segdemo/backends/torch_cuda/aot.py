@@ -62,7 +62,8 @@ class Format:
     name: str  # part of the key
     noun: str  # in span names: "find <noun>", "load <noun>"
     suffix: str
-    make: Callable[[torch.nn.Module, torch.Tensor, Path, SpanRecorder], bytes]
+    # (the file's bytes, what `load` would give back or None): a made program is used as it is, not read back
+    make: Callable[[torch.nn.Module, torch.Tensor, Path, SpanRecorder], tuple[bytes, Any]]
     load: Callable[[Path], Any]
     batch: int = 1  # the example's batch size: a trace replays only the shape it was traced at
 
@@ -78,7 +79,8 @@ def _export(network: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool
         return torch.export.export(network, (example,), dynamic_shapes=dims)
 
 
-def _make_program(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:
+def _make_program(network: torch.nn.Module, example: torch.Tensor, folder: Path,
+                  spans: SpanRecorder) -> tuple[bytes, Any]:
     import io
 
     import torch
@@ -87,7 +89,9 @@ def _make_program(network: torch.nn.Module, example: torch.Tensor, folder: Path,
         program = _export(network, example.expand(2, *example.shape[1:]).contiguous(), dynamic_batch=True)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    return buffer.getvalue()
+    # The program in hand, not read back: deserialising it costs a first start 5–8 s (docs/benchmarks.md); a file
+    # that does not load is found, and made again, on the next start.
+    return buffer.getvalue(), program.module().to(memory_format=torch.channels_last)
 
 
 def _load_program(path: Path) -> torch.nn.Module:
@@ -99,7 +103,8 @@ def _load_program(path: Path) -> torch.nn.Module:
     return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
-def _make_script(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:
+def _make_script(network: torch.nn.Module, example: torch.Tensor, folder: Path,
+                 spans: SpanRecorder) -> tuple[bytes, Any]:
     import io
 
     import torch
@@ -108,7 +113,7 @@ def _make_script(network: torch.nn.Module, example: torch.Tensor, folder: Path, 
         traced = torch.jit.trace(network, example, check_trace=False)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
-    return buffer.getvalue()
+    return buffer.getvalue(), None  # loaded from the file: a C++ load, and the check that it loads
 
 
 def _load_script(path: Path) -> Callable:
@@ -124,7 +129,8 @@ def _load_script(path: Path) -> Callable:
     return run
 
 
-def _make_package(network: torch.nn.Module, example: torch.Tensor, folder: Path, spans: SpanRecorder) -> bytes:
+def _make_package(network: torch.nn.Module, example: torch.Tensor, folder: Path,
+                  spans: SpanRecorder) -> tuple[bytes, Any]:
     import torch
 
     with spans.span("torch.export", LOAD):
@@ -133,7 +139,7 @@ def _make_package(network: torch.nn.Module, example: torch.Tensor, folder: Path,
         made = torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "network.pt2"))
         data = Path(made).read_bytes()
         attrs["bytes"] = len(data)
-    return data
+    return data, None
 
 
 def _load_package(path: Path) -> Callable:
@@ -205,15 +211,17 @@ def compiled_network(source: ModelSource, precision: str, device: torch.device, 
         cached, why = engine_cache.lookup(path, key)  # another process may have made it while we waited
         if cached is not None and (loaded := _load(kind, path, spans)) is not None:
             return loaded, {"package": path, "cache_hit": True, "compile_s": cached.sidecar.get("compile_s")}
-        seconds = _make(kind, path, parts, key, spans, make_network, progress)
-    loaded = _load(kind, path, spans)
+        seconds, made = _make(kind, path, parts, key, spans, make_network, progress)
+    loaded = made if made is not None else _load(kind, path, spans)
     if loaded is None:
         raise RuntimeError(f"the freshly made {kind.noun} {path} does not load")
     return loaded, {"package": path, "cache_hit": False, "compile_s": seconds}
 
 
 def _make(kind: Format, path: Path, parts: dict[str, Any], key: str, spans: SpanRecorder,
-          make_network: Callable[[], torch.nn.Module], progress: Callable[[float, str], None] | None) -> float:
+          make_network: Callable[[], torch.nn.Module],
+          progress: Callable[[float, str], None] | None) -> tuple[float, Any]:
+    """Make and store the artifact: (seconds, the artifact in hand where its format keeps it, else None)."""
     import torch
 
     if progress is not None:
@@ -226,12 +234,12 @@ def _make(kind: Format, path: Path, parts: dict[str, Any], key: str, spans: Span
     if progress is not None:
         progress(0.3, f"making the {kind.noun}: tracing{' and compiling' if kind is PACKAGE else ''}")
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-        data = kind.make(network, example, Path(folder), spans)
+        data, made = kind.make(network, example, Path(folder), spans)
     seconds = time.perf_counter() - start
     engine_cache.store(path, data, {"key": key, "parts": parts, "compile_s": round(seconds, 1)})
     log.info("made the %s in %.1f s → %s (%.1f MB); later starts load it", kind.noun, seconds, path,
              len(data) / 1e6)
-    return seconds
+    return seconds, made
 
 
 def _load(kind: Format, path: Path, spans: SpanRecorder) -> Any | None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+READS_GRAPH = False  # it builds from the model source (context.source): a session exports no ONNX graph for it
 BACKGROUND_DONE = "torch-cuda background work done"  # logged once the program, batch graphs and compilation are
 
 
@@ -369,7 +370,7 @@ class TorchCudaBackend(Backend, BatchRenderer, BatchRunner):
             self.torch.cuda.empty_cache()
 
 
-def create(onnx_file: Path, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
+def create(onnx_file: Path | None, spans: SpanRecorder, context: LoadContext, precision: str = "fp16", device: int = 0,
            compile: bool | None = None, max_batch: int = 1) -> TorchCudaBackend:
     """torch-cuda builds from the model itself (context.source), not from the graph; `compile`: torch.compile the
     network (default: $SEGDEMO_TORCH_COMPILE, on; $SEGDEMO_TORCH_AOT=1 loads it from an AOTInductor package)."""
